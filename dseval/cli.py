@@ -1,0 +1,150 @@
+"""The ``dseval`` command line (typer).
+
+Each command builds one validated config object and hands it on; user errors
+(:class:`~dseval.errors.UserError`) print one line and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dseval.backends.base import BackendOptions, backend_kinds
+from dseval.config import RunConfig
+from dseval.errors import UserError
+
+app = typer.Typer(help="Evaluate DeepSeek-V3-class models: run benchmarks, score, compare.", no_args_is_help=True, add_completion=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn a UserError into one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def run(
+    tasks: Annotated[list[str], typer.Argument(help="Task names (see `dseval tasks`).")],
+    model: Annotated[str, typer.Option(help="Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL.")],
+    out: Annotated[Path, typer.Option(help="Run folder; an interrupted run there is resumed.")] = Path("runs/latest"),
+    limit: Annotated[int | None, typer.Option(help="At most N docs per task (per subject for MMLU).")] = None,
+    ids: Annotated[str | None, typer.Option(help="Only these doc ids, comma-separated.")] = None,
+    shots: Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's reference).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and seeded draws.")] = 1234,
+    data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data, or `hub`; default $DSEVAL_DATA_DIR.")] = None,
+    chat: Annotated[bool, typer.Option(help="Use the chat prompts and the model's chat template.")] = False,
+    samples: Annotated[int, typer.Option(help="Samples per doc for generation tasks (pass@k).")] = 1,
+    max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    speculative: Annotated[str | None, typer.Option(help="`mtp` to decode with the MTP draft.")] = None,
+) -> None:
+    """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
+    from dseval.report import print_summary
+    from dseval.runner import evaluate
+
+    config = RunConfig(
+        tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
+        batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
+        device=device, speculative=speculative,
+    )  # fmt: skip
+    print_summary(evaluate(config))
+
+
+@app.command()
+@user_errors
+def score(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `dseval run`.")]) -> None:
+    """Recompute every metric and summary.json from the run's samples alone."""
+    from dseval.report import print_summary
+    from dseval.runner import rescore
+    from dseval.store import RunStore
+
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} not found")
+    print_summary(rescore(RunStore(run_dir)))
+
+
+@app.command("tasks")
+@user_errors
+def list_tasks() -> None:
+    """List tasks: name, data source, shots, request type, headline metric."""
+    from dseval.tasks.base import all_tasks
+
+    table = Table("task", "data (Hub | local)", "shots", "requests", "headline", "version")
+    for name, cls in all_tasks().items():
+        table.add_row(name, cls.dataset.describe(), str(cls.default_shots), cls.request_type, cls.headline, cls.version)
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """List model spec kinds and the built-in engine presets."""
+    from dseval.engine.presets import list_presets
+
+    table = Table("spec", "what it is")
+    for name, description in list_presets():
+        table.add_row(name, description)
+    for prefix, description in backend_kinds().items():
+        table.add_row(f"{prefix}:...", description)
+    table.add_row("PATH", "a Hugging Face DeepSeek-V3 checkpoint folder, run by the built-in engine")
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def generate(
+    model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
+    input_file: Annotated[Path, typer.Option(help="One prompt per line, or JSONL with a `prompt` field.")],
+    output_file: Annotated[Path | None, typer.Option(help="JSONL output (default: stdout).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Token limit per prompt.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
+    chat: Annotated[bool, typer.Option(help="Wrap each prompt in the chat template.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Most sequences at once.")] = 32,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Batch generation, one JSON line per prompt (prompt, token ids, output)."""
+    from dseval.engine.entrypoints import generate_file
+
+    options = BackendOptions(batch_size=batch_size, device=device, seed=seed)
+    generate_file(model, input_file, output_file, max_new_tokens, temperature, chat, options)
+
+
+@app.command()
+@user_errors
+def chat(
+    model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Token limit per reply.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+) -> None:
+    """Interactive chat with the chat template (/clear resets, /exit quits)."""
+    from dseval.engine.entrypoints import chat_loop
+
+    chat_loop(model, BackendOptions(device=device), max_new_tokens, temperature)
+
+
+def main() -> None:
+    app(prog_name="dseval")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The run configuration: one validated object built by the CLI and passed down whole."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dseval.backends.base import BackendOptions
+from dseval.errors import UserError
+
+#: Fields that decide which samples a run computes and how; a resumed run must agree on them.
+IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    tasks: tuple[str, ...]
+    model: str
+    out: Path
+    limit: int | None = None
+    ids: tuple[str, ...] | None = None
+    shots: int | None = None
+    batch_size: int = 32
+    seed: int = 1234
+    data_dir: str | None = None
+    chat: bool = False
+    samples: int = 1
+    max_tokens: int | None = None
+    device: str | None = None
+    speculative: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise UserError("no task given; `dseval tasks` lists them")
+        if self.limit is not None and self.limit <= 0:
+            raise UserError(f"--limit must be a positive number of docs, got {self.limit}")
+        if self.shots is not None and self.shots < 0:
+            raise UserError(f"--shots must be >= 0, got {self.shots}")
+        if self.batch_size <= 0:
+            raise UserError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.samples <= 0:
+            raise UserError(f"--samples must be positive, got {self.samples}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+
+    def identity(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {name: list(values[name]) if isinstance(values[name], tuple) else values[name] for name in IDENTITY_FIELDS}
+
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative)

@@ -1,0 +1,82 @@
+"""Crash safety: a run killed with SIGKILL and restarted equals an uninterrupted run, and
+`dseval score` reproduces summary.json from the samples alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TESTS / "fake_cli.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def run_args(out: Path, data_dir: Path) -> list[str]:
+    return ["run", "mmlu", "--model", "fake:hash", "--out", str(out), "--limit", "4", "--data-dir", str(data_dir)]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, data_dir: Path) -> None:
+    reference = tmp_path / "reference"
+    assert cli(*run_args(reference, data_dir)).wait(timeout=300) == 0
+
+    interrupted = tmp_path / "interrupted"
+    samples = interrupted / "mmlu" / "samples.jsonl"
+    slow = {**os.environ, "FAKE_DELAY_S": "0.01"}  # 228 docs x 4 requests x 10 ms
+    proc = cli(*run_args(interrupted, data_dir), env=slow)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not samples.exists() or len(samples.read_bytes().splitlines()) < 40):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(samples.read_bytes().splitlines())
+    assert 40 <= written < 228, "the kill must land in the middle of the run"
+    assert not (interrupted / "summary.json").exists()
+
+    resumed = cli(*run_args(interrupted, data_dir))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+
+    records = lines(samples)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 228, "no sample lost or duplicated"
+    assert [r for r in lines(samples)[:written]] == records[:written], "finished samples were not recomputed"
+    assert json.loads((interrupted / "summary.json").read_text()) == json.loads((reference / "summary.json").read_text())
+
+
+def test_torn_last_line_is_recomputed(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    samples = out / "mmlu" / "samples.jsonl"
+    full = samples.read_bytes()
+    samples.write_bytes(full[: len(full) - 40])  # a write cut off mid-line, as a kill leaves it
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    assert sorted(samples.read_bytes().splitlines()) == sorted(full.splitlines())
+
+
+def test_score_reproduces_summary(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    before = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").unlink()
+    proc = cli("score", str(out))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    assert json.loads((out / "summary.json").read_text()) == before
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    proc = cli("run", "mmlu", "--model", "fake:hash", "--out", str(out), "--limit", "5", "--data-dir", str(data_dir))
+    assert proc.wait(timeout=300) == 2
+    err = proc.stderr.read().decode()
+    assert "limit=4" in err and "Traceback" not in err
