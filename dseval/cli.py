@@ -55,6 +55,9 @@ def run(
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     speculative: Annotated[str | None, typer.Option(help="`mtp` to decode with the MTP draft.")] = None,
+    dp: Annotated[int, typer.Option(help="Data-parallel replicas (under torchrun).")] = 1,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel ranks per replica.")] = 1,
+    ep: Annotated[int, typer.Option(help="Expert-parallel ranks per replica.")] = 1,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -63,9 +66,11 @@ def run(
     config = RunConfig(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
         batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
-        device=device, speculative=speculative,
+        device=device, speculative=speculative, dp=dp, tp=tp, ep=ep,
     )  # fmt: skip
-    print_summary(evaluate(config))
+    summary = evaluate(config)
+    if summary:  # rank 0 under torchrun
+        print_summary(summary)
 
 
 @app.command()

@@ -29,6 +29,9 @@ class RunConfig:
     max_tokens: int | None = None
     device: str | None = None
     speculative: str | None = None
+    dp: int = 1
+    tp: int = 1
+    ep: int = 1
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -49,4 +52,6 @@ class RunConfig:
         return {name: list(values[name]) if isinstance(values[name], tuple) else values[name] for name in IDENTITY_FIELDS}
 
     def backend_options(self) -> BackendOptions:
-        return BackendOptions(batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative)
+        return BackendOptions(
+            batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep
+        )

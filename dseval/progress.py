@@ -27,7 +27,8 @@ class RateColumn(ProgressColumn):
         return Text("- it/s" if speed is None else f"{speed:.2f} it/s", style="progress.data.speed")
 
 
-def make_progress() -> Progress:
+def make_progress(enabled: bool = True) -> Progress:
+    """A progress display; ``enabled=False`` (ranks other than 0) shows nothing."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,4 +40,5 @@ def make_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not enabled,
     )

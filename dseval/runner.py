@@ -19,6 +19,7 @@ from typing import Any
 from dseval.backends.base import ModelBackend, load_backend
 from dseval.config import RunConfig
 from dseval.data import DataSource
+from dseval.distributed import Topology, barrier, init_process_group, share
 from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
@@ -118,8 +119,7 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
 
 
 def task_summary(task: Task, samples: Sequence[Sample]) -> dict[str, Any]:
-    ordered = sorted(samples, key=lambda s: s.index)
-    summary: Summary = task.summarize(ordered)
+    summary: Summary = task.summarize(sorted(samples, key=lambda s: s.index))
     return {
         "metrics": summary.metrics,
         "stderr": summary.stderr,
@@ -132,7 +132,7 @@ def task_summary(task: Task, samples: Sequence[Sample]) -> dict[str, Any]:
 class _Collector:
     """Gathers per-request answers into finished docs and flushes scored samples to disk."""
 
-    def __init__(self, prepared: PreparedTask, pending: list[int], writer: SampleWriter, advance: Callable[[int], None]):
+    def __init__(self, prepared: PreparedTask, pending: list[int], writer: SampleWriter | None, advance: Callable[[int], None]):
         self.prepared = prepared
         self.writer = writer
         self.advance = advance
@@ -169,6 +169,8 @@ class _Collector:
         return sample
 
     def flush(self) -> None:
+        if self.ready and self.writer is None:  # a tensor-parallel peer: its replica's writer records these
+            self.ready = []
         if self.ready:
             for sample, metrics in zip(self.ready, self.prepared.task.score(self.ready), strict=True):
                 sample.metrics = metrics
@@ -179,28 +181,43 @@ class _Collector:
         self.last_flush = time.monotonic()
 
 
-def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, progress: Any) -> list[Sample]:
+def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, topology: Topology, progress: Any) -> None:
+    """Compute this replica's share of the task's unfinished docs and record them."""
     name = prepared.task.name
-    wanted = {doc.id for doc in prepared.docs}
-    done = [s for s in store.load_samples(name, repair=True) if s.id in wanted]
-    done_ids = {s.id for s in done}
-    pending = [i for i, doc in enumerate(prepared.docs) if doc.id not in done_ids]
-    bar = progress.add_task(name, total=len(prepared.docs), completed=len(done))
-    with store.sample_writer(name) as writer:
-        collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
-        requests = collector.flat_requests()
-        try:
-            if requests and isinstance(requests[0], GenerateRequest):
-                backend.generate(requests, collector.on_result)
-            elif requests:
-                backend.loglikelihood(requests, collector.on_result)
-        finally:
-            collector.flush()  # whatever finished is kept, even when the backend fails
-    return done + collector.finished
+    if topology.is_leader:
+        store.load_samples(name, repair=True)  # drop torn lines before anyone reads
+    barrier(topology)
+    done_ids = {s.id for s in store.load_samples(name)}
+    unfinished = [i for i, doc in enumerate(prepared.docs) if doc.id not in done_ids]
+    pending = share(unfinished, topology)
+    if topology.dp == 1:
+        bar = progress.add_task(name, total=len(prepared.docs), completed=len(prepared.docs) - len(unfinished))
+    else:  # rank 0 shows its own replica's share
+        bar = progress.add_task(f"{name} (replica 0 of {topology.dp})", total=len(pending))
+    writer = None
+    if topology.is_writer:
+        writer = store.sample_writer(name, shard=None if topology.dp == 1 else topology.dp_rank)
+    collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
+    requests = collector.flat_requests()
+    try:
+        if requests and isinstance(requests[0], GenerateRequest):
+            backend.generate(requests, collector.on_result)
+        elif requests:
+            backend.loglikelihood(requests, collector.on_result)
+    finally:
+        collector.flush()  # whatever finished is kept, even when the backend fails
+        if writer:
+            writer.close()
 
 
 def evaluate(config: RunConfig, backend: ModelBackend | None = None) -> dict[str, Any]:
-    """Run every task of ``config`` (resuming from ``config.out``) and write summary.json."""
+    """Run every task of ``config`` (resuming from ``config.out``) and write summary.json.
+
+    Under torchrun with ``--dp`` each replica computes a share of the docs; rank 0 merges the
+    shards and writes the summary. Other ranks return an empty dict.
+    """
+    topology = Topology.from_env(config.dp, config.tp, config.ep)
+    init_process_group(topology)
     store = RunStore(config.out)
     tasks = [get_task(name) for name in config.tasks]
     source = DataSource(config.data_dir)
@@ -214,14 +231,21 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None) -> dict[str
             records[task.name] = prepared[task.name].record(shots)
         run = check_resume(store, config, records)
         run["backend"] = backend.description
-        store.write_run(run)
+        if topology.is_leader:
+            store.write_run(run)
         summaries = {}
-        with make_progress() as progress:
+        with make_progress(enabled=topology.is_leader) as progress:
             for name, item in prepared.items():
-                summaries[name] = task_summary(item.task, run_task(item, store, backend, progress))
+                run_task(item, store, backend, topology, progress)
+                barrier(topology)
+                if topology.is_leader:
+                    summaries[name] = task_summary(item.task, store.finalize(name))
+                barrier(topology)
     finally:
         if owned:
             backend.close()
+    if not topology.is_leader:
+        return {}
     summary = {"model": config.model, "tasks": summaries}
     store.write_summary(summary)
     return summary
@@ -238,12 +262,7 @@ def rescore(store: RunStore) -> dict[str, Any]:
         samples = sorted(store.load_samples(name), key=lambda s: s.index)
         for sample, metrics in zip(samples, task.score(samples), strict=True):
             sample.metrics = metrics
-        path = store.samples_file(name)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        with SampleWriter(tmp) as writer:
-            writer.write(samples)
-        tmp.replace(path)
+        store.rewrite(name, samples)
         summaries[name] = task_summary(task, samples)
     summary = {"model": run["model"], "tasks": summaries}
     store.write_summary(summary)

@@ -66,39 +66,69 @@ class RunStore:
     def write_summary(self, payload: dict[str, Any]) -> None:
         write_json_atomic(self.summary_file, payload)
 
-    def tasks_on_disk(self) -> list[str]:
-        return sorted(p.parent.name for p in self.root.glob("*/samples.jsonl"))
+    def sample_files(self, task: str) -> list[Path]:
+        """samples.jsonl and the shards data-parallel replicas write before they are merged."""
+        main = self.samples_file(task)
+        return [main, *sorted(main.parent.glob("samples.part*.jsonl"))]
 
     def load_samples(self, task: str, repair: bool = False) -> list[Sample]:
-        """Samples already written for ``task``, first occurrence of each id kept.
+        """Samples already written for ``task`` (all shards), first occurrence of each id kept.
 
         A final line without its newline is the mark of a write cut off by a kill: with
         ``repair`` it is truncated away (it will be recomputed); otherwise it is an error.
         """
-        path = self.samples_file(task)
-        if not path.exists():
-            return []
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            if not repair:
-                raise UserError(f"{path}: last line is incomplete (an interrupted run); resume it with `dseval run`")
-            with path.open("r+b") as handle:
-                handle.truncate(cut)
-            data = data[:cut]
         samples: dict[str, Sample] = {}
-        for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                sample = Sample.from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise UserError(f"{path}:{number}: not a sample record ({err})") from err
-            samples.setdefault(sample.id, sample)
+        for path in self.sample_files(task):
+            for sample in _read_samples(path, repair):
+                samples.setdefault(sample.id, sample)
         return list(samples.values())
 
-    def sample_writer(self, task: str) -> SampleWriter:
-        return SampleWriter(self.samples_file(task))
+    def finalize(self, task: str) -> list[Sample]:
+        """Merge every shard into one samples.jsonl in the task's reference order.
+
+        Whatever the batching, resumption or replica count, the finished file is then the same.
+        """
+        samples = self.load_samples(task)
+        self.rewrite(task, samples)
+        for part in self.sample_files(task)[1:]:
+            part.unlink()
+        return sorted(samples, key=lambda s: s.index)
+
+    def rewrite(self, task: str, samples: list[Sample]) -> None:
+        """Replace samples.jsonl atomically with ``samples`` in reference order."""
+        main = self.samples_file(task)
+        tmp = main.with_name(main.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        with SampleWriter(tmp) as writer:
+            writer.write(sorted(samples, key=lambda s: s.index))
+        tmp.replace(main)
+
+    def sample_writer(self, task: str, shard: int | None = None) -> SampleWriter:
+        path = self.samples_file(task)
+        return SampleWriter(path if shard is None else path.with_name(f"samples.part{shard}.jsonl"))
+
+
+def _read_samples(path: Path, repair: bool) -> list[Sample]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        if not repair:
+            raise UserError(f"{path}: last line is incomplete (an interrupted run); resume it with `dseval run`")
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+        data = data[:cut]
+    samples = []
+    # split on "\n" only: str.splitlines() also breaks at \x85 and \u2028, which data text contains
+    for number, line in enumerate(data.decode("utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(Sample.from_json(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(f"{path}:{number}: not a sample record ({err})") from err
+    return samples
 
 
 class SampleWriter:

@@ -23,7 +23,7 @@ def run_args(out: Path, data_dir: Path) -> list[str]:
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, data_dir: Path) -> None:
@@ -43,14 +43,19 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, data_dir: Path
     assert 40 <= written < 228, "the kill must land in the middle of the run"
     assert not (interrupted / "summary.json").exists()
 
+    intact = samples.read_bytes().splitlines()[: written - 1]  # the last line may be torn
+    before_kill = {r["id"]: r for r in map(json.loads, intact)}
     resumed = cli(*run_args(interrupted, data_dir))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
 
     records = lines(samples)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)) == 228, "no sample lost or duplicated"
-    assert [r for r in lines(samples)[:written]] == records[:written], "finished samples were not recomputed"
+    assert [r["index"] for r in records] == list(range(228)), "the finished file is in reference order"
+    after = {r["id"]: r for r in records}
+    assert all(after[i] == r for i, r in before_kill.items()), "finished samples were kept as they were"
     assert json.loads((interrupted / "summary.json").read_text()) == json.loads((reference / "summary.json").read_text())
+    assert samples.read_bytes() == (reference / "mmlu" / "samples.jsonl").read_bytes()
 
 
 def test_torn_last_line_is_recomputed(tmp_path: Path, data_dir: Path) -> None:

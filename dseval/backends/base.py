@@ -32,6 +32,9 @@ class BackendOptions:
     device: str | None = None
     dtype: str | None = None
     speculative: str | None = None
+    #: Tensor- and expert-parallel degrees inside one model replica (see dseval.distributed).
+    tp: int = 1
+    ep: int = 1
 
 
 class ModelBackend(ABC):

@@ -1,0 +1,93 @@
+"""Process layout under ``torchrun``: data-parallel replicas, each a tensor/expert-parallel group.
+
+``torchrun --nproc-per-node N -m dseval run ... --dp D --tp T --ep E`` starts N processes (the
+environment says RANK and WORLD_SIZE; several hosts come from torchrun's own flags). The world
+splits into D replicas of M = WORLD_SIZE / D consecutive ranks; inside a replica, attention and
+dense layers are split T ways and routed experts E ways (each 1 or M). Replicas take disjoint
+shares of the pending docs; only the first rank of each replica writes samples. NCCL on GPUs,
+gloo on CPU. No launcher of our own: torchrun does rendezvous, so no address is hard-coded here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from dseval.errors import UserError
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int = 0
+    world_size: int = 1
+    dp: int = 1
+    tp: int = 1
+    ep: int = 1
+
+    @property
+    def model_size(self) -> int:
+        """Ranks that together hold one copy of the model."""
+        return self.world_size // self.dp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.model_size
+
+    @property
+    def model_rank(self) -> int:
+        return self.rank % self.model_size
+
+    @property
+    def is_writer(self) -> bool:
+        """The rank of a replica that records its samples."""
+        return self.model_rank == 0
+
+    @property
+    def is_leader(self) -> bool:
+        """The rank that merges shards and writes run.json and summary.json."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, dp: int = 1, tp: int = 1, ep: int = 1) -> Topology:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        for flag, value in (("--dp", dp), ("--tp", tp), ("--ep", ep)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if world % dp:
+            raise UserError(f"--dp {dp} does not divide the {world} processes started by torchrun")
+        model = world // dp
+        for flag, value in (("--tp", tp), ("--ep", ep)):
+            if value not in (1, model):
+                raise UserError(f"{flag} {value}: with {world} processes and --dp {dp}, each replica has {model} ranks; use {flag} 1 or {model}")
+        if model > 1 and tp == 1 and ep == 1:
+            raise UserError(f"{world} processes with --dp {dp} leave {model} ranks per replica: set --tp or --ep to {model}, or --dp {world}")
+        return cls(rank=rank, world_size=world, dp=dp, tp=tp, ep=ep)
+
+
+def init_process_group(topology: Topology) -> None:
+    """Join torchrun's process group once (NCCL when this rank has a GPU, else gloo)."""
+    if topology.world_size == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+
+
+def barrier(topology: Topology) -> None:
+    if topology.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def share(items: list[int], topology: Topology) -> list[int]:
+    """This replica's share of the pending docs: every dp-th, so long and short docs mix."""
+    return items[topology.dp_rank :: topology.dp]

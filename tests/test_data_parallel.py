@@ -1,0 +1,52 @@
+"""Data parallelism under torchrun with gloo: the files equal a single process's, and a run
+interrupted under one replica count resumes under another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+
+def launch(nproc: int, out: Path, data_dir: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(TESTS / "fake_cli.py")]
+    args = ["run", "mmlu", "--model", "fake:hash", "--out", str(out), "--limit", "3", "--data-dir", str(data_dir), "--dp", str(nproc), *extra]
+    return subprocess.Popen(command + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+
+def finished(out: Path) -> tuple[bytes, dict]:
+    return (out / "mmlu" / "samples.jsonl").read_bytes(), json.loads((out / "summary.json").read_text())
+
+
+def test_dp2_writes_the_same_files_as_dp1(tmp_path: Path, data_dir: Path) -> None:
+    one, two = tmp_path / "dp1", tmp_path / "dp2"
+    proc = launch(1, one, data_dir)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    proc = launch(2, two, data_dir)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    assert finished(one) == finished(two)
+    assert not list((two / "mmlu").glob("samples.part*")), "shards are merged away"
+
+
+def test_interrupted_dp2_resumes_with_dp1(tmp_path: Path, data_dir: Path) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert launch(1, reference, data_dir).wait(timeout=300) == 0
+    slow = {**os.environ, "FAKE_DELAY_S": "0.01"}
+    proc = launch(2, out, data_dir, env=slow)
+    parts = out / "mmlu"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(len(p.read_bytes().splitlines()) for p in parts.glob("samples.part*")) < 30:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    proc.wait()
+    shard_lines = sum(len(p.read_bytes().splitlines()) for p in parts.glob("samples.part*"))
+    assert 30 <= shard_lines < 171
+    resumed = launch(1, out, data_dir)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert finished(out) == finished(reference)
