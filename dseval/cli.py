@@ -115,6 +115,46 @@ def models() -> None:
 
 @app.command()
 @user_errors
+def leaderboard(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or their summary.json).")],
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, html or latex.")] = "md",
+    name: Annotated[list[str] | None, typer.Option(help="Column name per run, in order (default: the model spec).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
+) -> None:
+    """A table like the DeepSeek-V3 report's: benchmarks as rows, models as columns, best in bold."""
+    from dseval.leaderboard import render, score_frame
+
+    text = render(score_frame(runs, name), fmt)  # type: ignore[arg-type]
+    if output:
+        output.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder.")],
+    new: Annotated[Path, typer.Argument(help="New run folder.")],
+    z: Annotated[float, typer.Option(help="Flag drops more than this many standard errors.")] = 1.96,
+    min_drop: Annotated[float, typer.Option(help="...and at least this many points (x100).")] = 0.0,
+) -> None:
+    """Regression check: exit 1 when a task's headline metric dropped beyond chance."""
+    from dseval.compare import compare_runs
+
+    results = compare_runs(baseline, new, z, min_drop)
+    table = Table("task", "metric", "baseline", "new", "diff", "z", "test", "verdict")
+    for r in results:
+        verdict = "[bold red]DROP[/]" if r.regression else "ok"
+        test = f"paired n={r.paired_n}" if r.paired_n else "summaries"
+        table.add_row(r.task, r.metric, f"{100 * r.baseline:.2f}", f"{100 * r.new:.2f}", f"{100 * r.diff:+.2f}", f"{r.z:.2f}", test, verdict)
+    Console().print(table)
+    if any(r.regression for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def generate(
     model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
     input_file: Annotated[Path, typer.Option(help="One prompt per line, or JSONL with a `prompt` field.")],
