@@ -155,6 +155,38 @@ def compare(
 
 @app.command()
 @user_errors
+def niah(
+    model: Annotated[str, typer.Option(help="Checkpoint folder, preset, or openai:URL#MODEL.")],
+    out: Annotated[Path, typer.Option(help="Run folder (resumable); niah.png and niah.json land here.")] = Path("runs/niah"),
+    lengths: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated (4k = 4096).")] = "1k,2k,4k,8k,16k,32k,64k,128k",
+    depths: Annotated[str, typer.Option(help="Needle depths in percent, comma-separated.")] = "0,10,20,30,40,50,60,70,80,90,100",
+    data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data (the haystack is DROP's passages).")] = None,
+    chat: Annotated[bool, typer.Option(help="Ask through the chat template.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Most sequences at once.")] = 8,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+) -> None:
+    """The long-context sweep: needle retrieval over context length x depth, with its heatmap."""
+    from dseval.niah import length_label, write_report
+    from dseval.runner import evaluate
+    from dseval.store import RunStore
+    from dseval.tasks.niah import NeedleInAHaystack, parse_length
+
+    try:
+        task = NeedleInAHaystack([parse_length(x) for x in lengths.split(",")], [int(x) for x in depths.split(",")])
+    except ValueError as err:
+        raise UserError(f"--lengths/--depths: {err}") from None
+    config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, batch_size=batch_size, device=device)
+    if evaluate(config, tasks=[task]):
+        table = write_report(RunStore(out), f"needle in a haystack: {model}")
+        grid = Table("depth", *map(length_label, table["lengths"]), title="retrieved")
+        for depth, row in zip(table["depths"], table["acc"], strict=True):
+            grid.add_row(f"{depth}%", *["-" if v is None else f"{v:.0%}" for v in row])
+        Console().print(grid)
+        Console().print(f"heatmap: {out / 'niah.png'}")
+
+
+@app.command()
+@user_errors
 def generate(
     model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
     input_file: Annotated[Path, typer.Option(help="One prompt per line, or JSONL with a `prompt` field.")],

@@ -210,16 +210,17 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
             writer.close()
 
 
-def evaluate(config: RunConfig, backend: ModelBackend | None = None) -> dict[str, Any]:
+def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
     """Run every task of ``config`` (resuming from ``config.out``) and write summary.json.
 
     Under torchrun with ``--dp`` each replica computes a share of the docs; rank 0 merges the
-    shards and writes the summary. Other ranks return an empty dict.
+    shards and writes the summary. Other ranks return an empty dict. ``tasks`` passes configured
+    task objects (the NIAH sweep's grid) instead of building them by name.
     """
     topology = Topology.from_env(config.dp, config.tp, config.ep)
     init_process_group(topology)
     store = RunStore(config.out)
-    tasks = [get_task(name) for name in config.tasks]
+    tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
     source = DataSource(config.data_dir)
     owned = backend is None
     backend = backend or load_backend(config.model, config.backend_options())
