@@ -22,3 +22,13 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"benchmark data not found at {path}")
     return path
+
+
+def load_task(name: str, data_dir: Path):
+    """A registered task and its docs from the data folder (tests share this instead of
+    repeating the two steps in every module)."""
+    from dseval.data import DataSource
+    from dseval.tasks.base import get_task
+
+    task = get_task(name)
+    return task, task.load(DataSource(data_dir))

@@ -6,13 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import load_task
+from dseval.tasks.base import PromptContext, get_task
+from dseval.tasks.mmlu import CATEGORIES, SUBJECTS
 from fake_model import FakeBackend, prefers
 
 from dseval.config import RunConfig
 from dseval.data import DataSource
 from dseval.runner import evaluate
-from dseval.tasks.base import PromptContext, get_task
-from dseval.tasks.mmlu import CATEGORIES, SUBJECTS
 
 BASE = PromptContext(shots=5, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 
@@ -33,8 +34,7 @@ ABSTRACT_ALGEBRA_0 = (
 
 @pytest.fixture(scope="module")
 def mmlu(data_dir: Path):
-    task = get_task("mmlu")
-    return task, task.load(DataSource(data_dir))
+    return load_task("mmlu", data_dir)
 
 
 def test_counts_and_ids(mmlu) -> None:

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_task
+from dseval.tasks.base import Doc, PromptContext, Sample, get_task
+from dseval.tasks.humaneval import BASE_STOP
+from dseval.tasks.mbpp import build_program
 
 from dseval.data import DataSource, read_json, read_jsonl
 from dseval.errors import UserError
 from dseval.scoring.code_exec import run_programs
-from dseval.tasks.base import Doc, PromptContext, Sample, get_task
-from dseval.tasks.humaneval import BASE_STOP
-from dseval.tasks.mbpp import build_program
 
 BASE = PromptContext(shots=3, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 CHAT = PromptContext(shots=3, chat=True, seed=0, samples=1, render_chat=lambda m: f"<user>{m[-1]['content']}<assistant>")
@@ -41,8 +42,7 @@ def _failures(task, samples: list[Sample]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def humaneval(data_dir: Path):
-    task = get_task("humaneval")
-    return task, task.load(DataSource(data_dir))
+    return load_task("humaneval", data_dir)
 
 
 def test_humaneval_prompt_is_the_problem_prompt(humaneval) -> None:
@@ -89,8 +89,7 @@ def test_humaneval_chat_answers_assembled(humaneval) -> None:
 
 @pytest.fixture(scope="module")
 def mbpp(data_dir: Path):
-    task = get_task("mbpp")
-    return task, task.load(DataSource(data_dir))
+    return load_task("mbpp", data_dir)
 
 
 def test_mbpp_prompt_exact(mbpp) -> None:

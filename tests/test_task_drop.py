@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from dseval.data import DataSource
+from conftest import load_task
 from dseval.tasks.base import PromptContext, Sample, get_task
 from dseval.tasks.drop import passage_of
+
+from dseval.data import DataSource
 
 BASE = PromptContext(shots=3, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 CHAT = PromptContext(shots=3, chat=True, seed=0, samples=1, render_chat=lambda m: m[-1]["content"])
@@ -21,8 +22,7 @@ CHAT = PromptContext(shots=3, chat=True, seed=0, samples=1, render_chat=lambda m
 
 @pytest.fixture(scope="module")
 def drop(data_dir: Path):
-    task = get_task("drop")
-    return task, task.load(DataSource(data_dir))
+    return load_task("drop", data_dir)
 
 
 def test_data_and_ids(drop) -> None:

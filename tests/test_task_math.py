@@ -10,9 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import load_task
+from dseval.tasks.base import PromptContext, Sample, get_task
 
 from dseval.data import DataSource
-from dseval.tasks.base import PromptContext, Sample, get_task
 
 BASE = PromptContext(shots=4, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 CHAT = PromptContext(shots=0, chat=True, seed=0, samples=1, render_chat=lambda m: f"<user>{m[-1]['content']}<assistant>")
@@ -30,14 +31,12 @@ PROMPT_END = (
 
 @pytest.fixture(scope="module")
 def math500(data_dir: Path):
-    task = get_task("math500")
-    return task, task.load(DataSource(data_dir))
+    return load_task("math500", data_dir)
 
 
 @pytest.fixture(scope="module")
 def math_full(data_dir: Path):
-    task = get_task("math")
-    return task, task.load(DataSource(data_dir))
+    return load_task("math", data_dir)
 
 
 def test_math500_data(math500) -> None:
