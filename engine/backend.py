@@ -1,0 +1,199 @@
+"""The harness backend of the built-in engine: typed harness requests -> engine requests.
+
+Tokenisation rules live here, not in the engine, because they are the harness's contract:
+
+* **BOS.** DeepSeek-V3's ``tokenizer_config.json`` says ``add_bos_token: false`` because its
+  chat template writes the BOS itself; the model was nevertheless trained with BOS at the start
+  of every document. So every request the engine sees starts with BOS: prepended to raw
+  prompts and loglikelihood contexts, not doubled when the text already begins with it (a
+  rendered chat template).
+* **Loglikelihood boundary** (lm-evaluation-harness's rule, see
+  :class:`dseval.requests.LoglikelihoodRequest`): trailing whitespace of the context moves to
+  the front of the continuation; ``context + continuation`` is encoded whole and the
+  continuation is the tokens past ``len(encode(context))``; an empty context is scored right
+  after BOS.
+* **Too long.** Inputs beyond the context limit lose their oldest tokens (just after the BOS,
+  which stays), as lm-evaluation-harness truncates from the left; the continuation (or room
+  for ``max_tokens``) is always kept.
+
+Requests that share a context are submitted next to each other, so the prefix cache computes
+the shared context once for all of a question's choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from typing import Any
+
+import torch
+from dseval.engine.llm import (
+    LLM,
+    EngineConfig,
+    GenerationOutput,
+    ScoreRequest,
+    default_device,
+)
+from dseval.engine.sequence import SamplingParams
+
+from dseval.backends.base import BackendOptions, ModelBackend, OnResult
+from dseval.errors import UserError
+from dseval.requests import (
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype: as named, else float32 on CPU (bf16 matmuls are slow and inexact
+    there) and bfloat16 on GPU (the checkpoint's own precision)."""
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise UserError(f"option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}") from None
+
+
+class EngineBackend(ModelBackend):
+    """Answers harness requests with an in-process :class:`LLM`."""
+
+    def __init__(self, llm: LLM, name: str = "") -> None:
+        if llm.tokenizer is None:
+            raise UserError(f"model {name!r} has no tokenizer; the engine backend needs one")
+        self.llm = llm
+        self.tokenizer = llm.tokenizer
+        bos = getattr(self.tokenizer, "bos_id", None)
+        self.bos_id: int | None = bos if bos is not None else getattr(llm.config, "bos_token_id", None)
+        self.description = f"engine:{name} on {llm.device} ({str(llm.dtype).removeprefix('torch.')})"
+
+    @classmethod
+    def from_spec(cls, arg: str, options: BackendOptions) -> EngineBackend:
+        """``arg`` is a checkpoint folder or a preset name (``tiny``)."""
+        try:
+            device = torch.device(options.device) if options.device else default_device()
+        except RuntimeError as e:
+            raise UserError(f"option 'device' = {options.device!r} is not a torch device: {e}") from None
+        dtype = parse_dtype(options.dtype, device)
+        if options.batch_size < 1:
+            raise UserError(f"option 'batch_size' must be >= 1, got {options.batch_size}")
+        try:
+            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return cls(LLM(arg, ec, device=device, dtype=dtype), arg)
+
+    # ------------------------------------------------------------------ tokenisation
+    def encode_prompt(self, text: str) -> list[int]:
+        """Prompt ids with exactly one leading BOS (a rendered chat template already has it)."""
+        ids = self.tokenizer.encode(text, add_bos=False)
+        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        if not ids:
+            raise UserError("empty prompt and the tokenizer has no BOS token")
+        return ids
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """(tokens, index of the first continuation token) by the documented boundary rule."""
+        stripped = context.rstrip()
+        if stripped != context:
+            continuation = context[len(stripped):] + continuation
+            context = stripped
+        whole = self.tokenizer.encode(context + continuation, add_bos=False)
+        n_ctx = len(self.tokenizer.encode(context, add_bos=False)) if context else 0
+        head = [self.bos_id] if self.bos_id is not None else []
+        if not head and n_ctx == 0:
+            raise UserError("loglikelihood with an empty context needs a BOS token, and the tokenizer has none")
+        tokens, start = head + whole, len(head) + n_ctx
+        limit = self.llm.max_model_len
+        if len(tokens) > limit:
+            cut = len(tokens) - limit  # oldest context tokens, after the BOS
+            if len(head) + cut >= start:
+                raise UserError(f"loglikelihood continuation of {len(tokens) - start} tokens does not fit the "
+                                f"context limit of {limit} tokens")
+            tokens, start = head + tokens[len(head) + cut :], start - cut
+        return tokens, start
+
+    # ------------------------------------------------------------------ requests
+    def loglikelihood(
+        self, requests: Seq[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
+    ) -> list[LoglikelihoodResult]:
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+
+        def emit(i: int, r: LoglikelihoodResult) -> None:
+            results[i] = r
+            if on_result is not None:
+                on_result(i, r)
+
+        # Group by context, groups in order of first appearance: choices of one question run
+        # side by side and their shared context hits the prefix cache.
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.context.rstrip(), []).append(i)
+        order = [i for members in groups.values() for i in members]
+        score_reqs: list[ScoreRequest] = []
+        index: list[int] = []
+        for i in order:
+            tokens, start = self.encode_pair(requests[i].context, requests[i].continuation)
+            if start >= len(tokens):  # empty continuation: probability 1
+                emit(i, LoglikelihoodResult(0.0, True))
+                continue
+            score_reqs.append(ScoreRequest(tuple(tokens), start))
+            index.append(i)
+        self.llm.score(score_reqs, lambda k, out: emit(index[k], LoglikelihoodResult(out.logprob, out.is_greedy)))
+        return [r for r in results if r is not None]
+
+    def generate_ids(
+        self,
+        prompts: Seq[list[int]],
+        params: Seq[SamplingParams],
+        on_finish: Callable[[int, GenerationOutput], None] | None = None,
+    ) -> list[GenerationOutput]:
+        """Token-level generation (the ``dseval generate`` entry point needs the ids)."""
+        limit = self.llm.max_model_len
+        fitted = []
+        for ids, p in zip(prompts, params):
+            keep = max(2, limit - max(p.max_tokens, 1))
+            if len(ids) > keep:  # drop the oldest prompt tokens, keeping a leading BOS
+                ids = ids[:1] + ids[len(ids) - keep + 1 :] if ids[0] == self.bos_id else ids[-keep:]
+            fitted.append(ids)
+        return self.llm.generate(fitted, list(params), on_finish)
+
+    def generate(
+        self, requests: Seq[GenerateRequest], on_result: OnResult[GenerateResult] | None = None
+    ) -> list[GenerateResult]:
+        try:
+            params = [
+                SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=r.seed,
+                               max_tokens=r.max_tokens, stop=tuple(r.stop))
+                for r in requests
+            ]
+        except UserError as e:
+            raise UserError(f"generate request: {e}") from None
+        prompts = [self.encode_prompt(r.prompt) for r in requests]
+        results: list[GenerateResult | None] = [None] * len(requests)
+
+        def done(i: int, out: GenerationOutput) -> None:
+            res = GenerateResult(out.text, len(out.token_ids), out.finish_reason)
+            results[i] = res
+            if on_result is not None:
+                on_result(i, res)
+
+        self.generate_ids(prompts, params, done)
+        return [r for r in results if r is not None]
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(messages)
+
+    def close(self) -> None:
+        del self.llm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

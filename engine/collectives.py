@@ -1,0 +1,55 @@
+"""The few collectives the sharded layers need, as functions of a :class:`ParallelContext`.
+
+Each is the identity on a single process, so layers call them unconditionally and a one-process
+model never touches ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .parallel import ParallelContext
+
+
+def all_reduce(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """Sum of ``x`` over the replica's ranks (in place, returned for chaining)."""
+    if not ctx.is_single:
+        dist.all_reduce(x, group=ctx.group)
+    return x
+
+
+def all_gather_last(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """Concatenate every rank's equally shaped ``x`` along the last dim, in rank order."""
+    if ctx.is_single:
+        return x
+    parts = [torch.empty_like(x) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, x.contiguous(), group=ctx.group)
+    return torch.cat(parts, dim=-1)
+
+
+def all_gather_rows(x: torch.Tensor, rows: list[int], ctx: ParallelContext) -> torch.Tensor:
+    """Concatenate rank r's ``x`` of ``rows[r]`` rows along dim 0. Shards may differ by a row,
+    so each is padded to the largest before the (equal-size) all-gather and trimmed after."""
+    if ctx.is_single:
+        return x
+    width = max(rows)
+    padded = x.new_zeros(width, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded, group=ctx.group)
+    return torch.cat([p[:n] for p, n in zip(parts, rows)], dim=0)
+
+
+def exchange_counts(send_counts: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """All-to-all of one count per peer: how many rows each rank will send to this one."""
+    recv = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv, send_counts, group=ctx.group)
+    return recv
+
+
+def all_to_all_rows(x: torch.Tensor, send: list[int], recv: list[int], ctx: ParallelContext) -> torch.Tensor:
+    """Rows ``x`` split ``send[r]`` to rank r; returns the ``sum(recv)`` rows the peers sent here."""
+    out = x.new_empty(sum(recv), *x.shape[1:])
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=ctx.group)
+    return out

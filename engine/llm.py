@@ -1,0 +1,339 @@
+"""The engine: requests in, finished outputs out, through schedule -> run -> postprocess steps.
+
+``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP
+speculator) and owns only the step loop and the end-of-request rules: EOS, stop token ids,
+stop strings (checked on the decoded text, cut before the stop string), the token limit and
+the model's context length. Generation and scoring (loglikelihood) are the same machinery:
+a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
+``logprob_start`` are scored during prefill, so scoring shares batching, chunking and the
+prefix cache with generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from dseval.engine.block_manager import BlockManager
+from dseval.engine.model_runner import ModelRunner
+from dseval.engine.scheduler import Scheduler, SchedulerConfig
+from dseval.engine.sequence import SamplingParams, Sequence
+from dseval.engine.speculative import MtpSpeculator, parse_speculative
+
+if TYPE_CHECKING:
+    from dseval.engine.config import ModelConfig
+    from dseval.engine.model import DeepseekV3ForCausalLM
+    from dseval.engine.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Runtime knobs; model architecture lives in the model's own config."""
+
+    block_size: int = 16
+    #: KV-cache blocks; None sizes the cache from free device memory (GPU) or ``cpu_kv_cache_gib``.
+    num_kv_blocks: int | None = None
+    kv_cache_memory_fraction: float = 0.85
+    cpu_kv_cache_gib: float = 0.25
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    chunked_prefill: bool = True
+    enable_prefix_cache: bool = True
+    #: ``"mtp"`` for speculative decoding with the model's MTP module, else None.
+    speculative: str | None = None
+    #: Context limit; None uses the model's ``max_position_embeddings``.
+    max_model_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"engine field 'block_size' must be >= 1, got {self.block_size}")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"engine field 'num_kv_blocks' must be >= 1, got {self.num_kv_blocks}")
+        if not 0 < self.kv_cache_memory_fraction <= 1:
+            raise ValueError(f"engine field 'kv_cache_memory_fraction' must be in (0, 1], got {self.kv_cache_memory_fraction}")
+        parse_speculative(self.speculative)
+
+
+@dataclass
+class GenerationOutput:
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    #: "stop" (EOS, stop token or stop string) or "length" (max_tokens or context length).
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``token_ids[continuation_start:]`` given the tokens before them."""
+
+    token_ids: tuple[int, ...]
+    continuation_start: int
+
+
+@dataclass
+class ScoreOutput:
+    logprob: float
+    is_greedy: bool
+    token_logprobs: list[float]
+
+
+@dataclass
+class EngineStats:
+    prefill_steps: int = 0
+    decode_steps: int = 0
+    #: Prompt tokens pushed through the model (prefix-cache hits excluded).
+    prefill_tokens: int = 0
+    #: Prompt tokens taken from the prefix cache instead.
+    prefix_hit_tokens: int = 0
+    generated_tokens: int = 0
+    preemptions: int = 0
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LLM:
+    """A loaded model plus its serving runtime.
+
+    ``LLM("tiny")`` or ``LLM("/path/to/checkpoint")`` loads through
+    :func:`dseval.engine.loader.load_model`; ``LLM.from_model(model, config, tokenizer)`` wraps
+    an already built model (tests).
+    """
+
+    def __init__(
+        self,
+        model_spec: str,
+        engine_config: EngineConfig = EngineConfig(),
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        from dseval.engine.loader import load_model
+
+        dev = torch.device(device) if device is not None else default_device()
+        if dtype is None:
+            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        # FP8 checkpoints keep FP8 weights only for bf16 compute (the FP8 GEMM takes bf16
+        # activations); any other compute dtype gets dequantized weights.
+        fp8 = "auto" if dtype == torch.bfloat16 else "dequantize"
+        model, config, tokenizer = load_model(model_spec, device=str(dev), dtype=dtype, fp8_weights=fp8)
+        self._setup(model, config, tokenizer, engine_config, dev, dtype)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: DeepseekV3ForCausalLM,
+        config: ModelConfig,
+        tokenizer: Tokenizer | None = None,
+        engine_config: EngineConfig = EngineConfig(),
+    ) -> LLM:
+        self = cls.__new__(cls)
+        p = next(model.parameters())
+        self._setup(model, config, tokenizer, engine_config, p.device, p.dtype)
+        return self
+
+    def _setup(self, model: DeepseekV3ForCausalLM, config: ModelConfig, tokenizer: Tokenizer | None,
+               ec: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.config, self.tokenizer = model, config, tokenizer
+        self.engine_config = ec
+        self.device, self.dtype = device, dtype
+        self.max_model_len = ec.max_model_len or int(config.max_position_embeddings)
+        spec = parse_speculative(ec.speculative)
+        num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
+        self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
+        self.scheduler = Scheduler(
+            SchedulerConfig(ec.max_num_seqs, ec.max_num_batched_tokens, ec.chunked_prefill), self.block_manager
+        )
+        self.runner = ModelRunner(
+            model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=ec.max_num_seqs,
+            max_model_len=self.max_model_len, device=device, dtype=dtype,
+        )
+        self.speculator = MtpSpeculator(self.runner) if spec == "mtp" else None
+        eos = config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None:
+            eos_ids.add(int(tokenizer.eos_id))
+        self.eos_token_ids = frozenset(eos_ids)
+        self.stats = EngineStats()
+
+    def _auto_num_blocks(self, model: DeepseekV3ForCausalLM, config: ModelConfig, ec: EngineConfig,
+                         device: torch.device, dtype: torch.dtype) -> int:
+        per_block = ModelRunner.kv_bytes_per_block(model, config, ec.block_size, dtype)
+        # Never more than every slot of every sequence at full context needs.
+        ceiling = ec.max_num_seqs * -(-(self.max_model_len + 2) // ec.block_size)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = int(free * ec.kv_cache_memory_fraction)
+        else:
+            budget = int(ec.cpu_kv_cache_gib * 2**30)
+        return max(1, min(ceiling, budget // per_block))
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self,
+        prompts_token_ids: Seq[Seq[int]],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        on_finish: Callable[[int, GenerationOutput], None] | None = None,
+    ) -> list[GenerationOutput]:
+        """Generate for every prompt with continuous batching; ``on_finish(i, output)`` fires as
+        each request ends. Returns outputs in prompt order. Default params: greedy, 256 tokens."""
+        if params is None:
+            params = SamplingParams()
+        plist = [params] * len(prompts_token_ids) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts_token_ids):
+            raise ValueError(f"{len(prompts_token_ids)} prompts but {len(plist)} sampling params")
+        if self.tokenizer is None and any(p.stop for p in plist):
+            raise ValueError("stop strings need a tokenizer")
+        seqs = []
+        for i, (ids, p) in enumerate(zip(prompts_token_ids, plist)):
+            if len(ids) >= self.max_model_len:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens; the context limit is {self.max_model_len}")
+            seqs.append(Sequence(list(ids), p, request_index=i))
+        results: list[GenerationOutput | None] = [None] * len(seqs)
+
+        def done(seq: Sequence) -> None:
+            out = GenerationOutput(seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
+                                   seq.output_text, seq.finish_reason or "stop")
+            results[seq.request_index] = out
+            if on_finish is not None:
+                on_finish(seq.request_index, out)
+
+        self._run(seqs, done)
+        return [r for r in results if r is not None]
+
+    def score(
+        self,
+        requests: Seq[ScoreRequest],
+        on_finish: Callable[[int, ScoreOutput], None] | None = None,
+    ) -> list[ScoreOutput]:
+        """Sum of log-probabilities of each request's continuation tokens, and whether each of
+        them was the greedy choice. Requests sharing leading tokens share prefix-cache blocks;
+        keep such requests adjacent so the shared part is computed once."""
+        seqs = []
+        for i, r in enumerate(requests):
+            if not 1 <= r.continuation_start < len(r.token_ids):
+                raise ValueError(f"score request {i}: continuation_start {r.continuation_start} must be in "
+                                 f"[1, {len(r.token_ids)}) (at least one context and one continuation token)")
+            if len(r.token_ids) > self.max_model_len:
+                raise ValueError(f"score request {i} has {len(r.token_ids)} tokens; the context limit is {self.max_model_len}")
+            seqs.append(Sequence(list(r.token_ids), SamplingParams(max_tokens=0),
+                                 logprob_start=r.continuation_start, request_index=i))
+        results: list[ScoreOutput | None] = [None] * len(seqs)
+
+        def done(seq: Sequence) -> None:
+            assert seq.logprob_start is not None
+            pos = range(seq.logprob_start, seq.num_prompt_tokens)
+            lps = [seq.prompt_logprobs[p] for p in pos]
+            out = ScoreOutput(sum(lp for lp, _ in lps), all(g for _, g in lps), [lp for lp, _ in lps])
+            results[seq.request_index] = out
+            if on_finish is not None:
+                on_finish(seq.request_index, out)
+
+        self._run(seqs, done)
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self, seqs: list[Sequence], done: Callable[[Sequence], None]) -> None:
+        t0 = time.perf_counter()
+        for seq in seqs:
+            self.scheduler.add(seq)
+        try:
+            while self.scheduler.has_work():
+                for seq in self.step():
+                    done(seq)
+        finally:
+            # An exception (or KeyboardInterrupt) must not leave requests holding blocks.
+            for seq in list(self.scheduler.running):
+                self.scheduler.finish(seq)
+            self.scheduler.waiting.clear()
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.preemptions = self.scheduler.num_preemptions
+            self.stats.prefix_hit_tokens = self.block_manager.stats.hit_blocks * self.block_manager.block_size
+            if self.speculator is not None:
+                self.stats.draft_proposed = self.speculator.stats.proposed
+                self.stats.draft_accepted = self.speculator.stats.accepted
+
+    def step(self) -> list[Sequence]:
+        """One schedule -> run -> postprocess round; returns the sequences that finished."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            raise RuntimeError("scheduler produced an empty step with requests pending (KV cache too small?)")
+        if batch.is_prefill:
+            self.stats.prefill_steps += 1
+            self.stats.prefill_tokens += batch.num_tokens
+        else:
+            self.stats.decode_steps += 1
+        out = self.runner.execute(batch)
+        if self.speculator is not None:
+            new_tokens = self.speculator.accept(batch, out)
+            self.speculator.propose(batch, out, new_tokens)
+        else:
+            new_tokens = [s[:1] for s in out.sampled]
+
+        finished: list[Sequence] = []
+        for seq, n, new, lps in zip(batch.seqs, batch.num_new_tokens, new_tokens, out.logprobs):
+            # Prefill: the whole chunk is now in the cache. Decode: the fed token, plus the
+            # draft row when it was accepted (then len(new) == 2).
+            seq.num_computed_tokens += n if batch.is_prefill else len(new)
+            for p, lp, g in lps:
+                seq.prompt_logprobs[p] = (lp, g)
+            is_done = False
+            for tok in new:
+                is_done = self._append(seq, tok)
+                if is_done:
+                    break
+            seq.num_computed_tokens = min(seq.num_computed_tokens, len(seq))
+            if seq.params.max_tokens == 0 and seq.num_computed_tokens == len(seq):
+                seq.finish_reason, is_done = "length", True
+            self.block_manager.commit(seq)
+            if is_done:
+                seq.draft_token = None
+                self.scheduler.finish(seq)
+                finished.append(seq)
+        return finished
+
+    def _append(self, seq: Sequence, tok: int) -> bool:
+        """Append one generated token; decide whether the request is complete."""
+        seq.token_ids.append(tok)
+        self.stats.generated_tokens += 1
+        p = seq.params
+        if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
+            seq.finish_reason = "stop"
+            self._set_text(seq, seq.output_token_ids[:-1])
+            return True
+        if p.stop and self.tokenizer is not None:  # generate() refuses stop strings without one
+            # A stop string completed by this token lies in the last few tokens' text; only
+            # then is the whole output decoded (keeps long generations linear, not quadratic).
+            # Byte-level tokens may carry a quarter of a character, hence 4 tokens per char.
+            window = 4 * max(len(s) for s in p.stop) + 4
+            tail = self.tokenizer.decode(seq.output_token_ids[-window:])
+            if any(s in tail for s in p.stop):
+                text = self.tokenizer.decode(seq.output_token_ids)
+                cut = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    seq.finish_reason, seq.output_text = "stop", text[:cut]
+                    return True
+        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
+            seq.finish_reason = "length"
+            self._set_text(seq, seq.output_token_ids)
+            return True
+        return False
+
+    def _set_text(self, seq: Sequence, ids: list[int]) -> None:
+        seq.output_text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
