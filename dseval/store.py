@@ -35,7 +35,7 @@ class RunStore:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / f".write-test-{os.getpid()}"  # per process: ranks probe at once
             probe.write_text("")
             probe.unlink()
         except OSError as err:
