@@ -122,8 +122,9 @@ def test_mbpp_reference_code_passes_test_split(mbpp) -> None:
     task, docs = mbpp
     samples = _samples(task, docs, BASE, [[d.data["code"]] for d in docs])
     failures = _failures(task, samples)
-    assert failures == {f"mbpp/test/{i}": "timeout" for i in MBPP_REFERENCE_TIMEOUTS}
-    assert task.summarize(samples).metrics["pass@1"] == pytest.approx(499 / 500)
+    # 123 finishes near the 3 s limit: a timeout on a loaded machine, a pass on an idle one
+    assert failures.items() <= {f"mbpp/test/{i}": "timeout" for i in MBPP_REFERENCE_TIMEOUTS}.items()
+    assert task.summarize(samples).metrics["pass@1"] >= 499 / 500
 
 
 def test_mbpp_sanitized_reference_passes(data_dir: Path) -> None:
@@ -133,7 +134,8 @@ def test_mbpp_sanitized_reference_passes(data_dir: Path) -> None:
     # the sanitized prompt shows the sanitized description and every test of the problem
     assert "Your code should pass these tests" in task.build(docs[0], BASE)[0]
     samples = _samples(task, docs, BASE, [[d.data["code"]] for d in docs])
-    assert _failures(task, samples) == {f"mbpp_sanitized/test/{i}": "timeout" for i in MBPP_REFERENCE_TIMEOUTS}
+    slow = {f"mbpp_sanitized/test/{i}": "timeout" for i in MBPP_REFERENCE_TIMEOUTS}
+    assert _failures(task, samples).items() <= slow.items()
 
 
 @pytest.mark.slow
