@@ -34,6 +34,7 @@ from dseval.engine.llm import (
     ScoreRequest,
     default_device,
 )
+from dseval.engine.parallel import ParallelContext
 from dseval.engine.sequence import SamplingParams
 
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
@@ -74,6 +75,8 @@ class EngineBackend(ModelBackend):
         bos = getattr(self.tokenizer, "bos_id", None)
         self.bos_id: int | None = bos if bos is not None else getattr(llm.config, "bos_token_id", None)
         self.description = f"engine:{name} on {llm.device} ({str(llm.dtype).removeprefix('torch.')})"
+        if not llm.model.parallel.is_single:  # run.json says how the replica was split
+            self.description += f", {llm.model.parallel.describe()}"
 
     @classmethod
     def from_spec(cls, arg: str, options: BackendOptions) -> EngineBackend:
@@ -89,7 +92,8 @@ class EngineBackend(ModelBackend):
             ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative)
         except ValueError as e:
             raise UserError(str(e)) from None
-        return cls(LLM(arg, ec, device=device, dtype=dtype), arg)
+        parallel = ParallelContext.from_options(options.tp, options.ep)  # --tp/--ep: docs/parallelism.md
+        return cls(LLM(arg, ec, device=device, dtype=dtype, parallel=parallel), arg)
 
     # ------------------------------------------------------------------ tokenisation
     def encode_prompt(self, text: str) -> list[int]:

@@ -192,7 +192,9 @@ class CheckpointReader:
 
 def expected_tensors(model: torch.nn.Module) -> dict[str, ExpectedTensor]:
     """Every tensor the model needs, by checkpoint name (works on a meta-device model)."""
-    from .linear import Linear  # local: keeps this module importable without the model stack
+    from .linear import (
+        Linear,  # local: keeps this module importable without the model stack
+    )
 
     out: dict[str, ExpectedTensor] = {}
     linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Linear)}

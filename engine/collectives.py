@@ -53,3 +53,16 @@ def all_to_all_rows(x: torch.Tensor, send: list[int], recv: list[int], ctx: Para
     out = x.new_empty(sum(recv), *x.shape[1:])
     dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=ctx.group)
     return out
+
+
+def min_over_ranks(value: int, ctx: ParallelContext) -> int:
+    """The smallest ``value`` of the replica's ranks. Ranks must make identical scheduling
+    decisions (each step is a collective), so sizes derived from per-GPU free memory, such as
+    the number of KV-cache blocks, are agreed on this way."""
+    if ctx.is_single:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    if dist.get_backend(ctx.group) == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=ctx.group)
+    return int(t.item())

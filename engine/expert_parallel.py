@@ -5,15 +5,17 @@ tensor-parallel and all-reduced). Under the reference scheme (``moe_comm="all_re
 would route all T tokens and run its experts on them, then all-reduce T x hidden. Here each rank
 instead takes a 1/W share of the tokens and, per step:
 
-1. routes its share (router replicated), sorts its (token, expert) pairs by expert — experts are
-   partitioned contiguously, so that also groups them by owner rank;
-2. exchanges per-peer pair counts (one small all-to-all), then the pair rows and their expert ids;
-3. runs the received rows through its own experts and sends the results back the same way;
-4. weights and sums them per token, adds the (replicated) shared experts for its share, and
+1. routes its share (router replicated) and forms one row per (token, rank owning at least one
+   of its experts), grouped by rank, with the experts and routing weights of that rank's slots;
+2. exchanges per-peer row counts (one small all-to-all), then the rows, experts and weights;
+3. runs each received row through its slots' experts, weights and sums them per row, and sends
+   one row back per row received;
+4. sums the returned rows per token, adds the (replicated) shared experts for its share, and
    all-gathers the shares so every rank again holds all T outputs.
 
-Each rank runs the router, shared experts and its experts on ~T/W tokens instead of T; traffic is
-k·T/W rows each way plus the final all-gather, instead of an all-reduce of T rows.
+A token crosses to a rank once however many of its experts live there, so with V3's node-limited
+routing (4 of 8 expert groups, which are ranks under EP8) it is sent at most 4 times instead of
+8. Each rank runs router and shared experts on ~T/W tokens instead of T.
 """
 
 from __future__ import annotations
@@ -40,19 +42,36 @@ def moe_all_to_all(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     shares = token_shares(x.shape[0], ctx.world_size)
     start = sum(shares[: ctx.rank])
     xl = x[start : start + shares[ctx.rank]]  # this rank's share of the tokens
-    weights, ids = moe.gate(xl)
-    flat = ids.flatten()
-    order = flat.argsort(stable=True)  # pairs grouped by expert, hence by owner rank
-    experts = flat[order]
-    tok = order // ids.shape[1]
-    send = torch.bincount(experts // moe.experts_per_rank, minlength=ctx.world_size)
+    t, k = xl.shape[0], moe.gate.config.num_experts_per_tok
+    weights, ids = moe.gate(xl)  # [t, k]
+    # One row per (token, destination rank), grouped by destination: key = dest·t + token.
+    dest = ids // moe.experts_per_rank
+    keys, pair_row = torch.unique(dest * t + torch.arange(t, device=x.device)[:, None], return_inverse=True)
+    row_token, row_dest = keys % t, keys // t
+    # Per row, the expert and routing weight of each slot that goes to that rank (-1 / 0 elsewhere).
+    row_experts = torch.full((keys.numel(), k), -1, dtype=ids.dtype, device=x.device)
+    row_weights = torch.zeros(keys.numel(), k, dtype=torch.float32, device=x.device)
+    slot = torch.arange(k, device=x.device).expand(t, k)
+    row_experts[pair_row, slot] = ids
+    row_weights[pair_row, slot] = weights
+    send = torch.bincount(row_dest, minlength=ctx.world_size)
     recv = exchange_counts(send, ctx)
     send_n, recv_n = send.tolist(), recv.tolist()
-    x_in = all_to_all_rows(xl[tok], send_n, recv_n, ctx)
-    e_in = all_to_all_rows(experts, send_n, recv_n, ctx)
-    y_back = all_to_all_rows(moe.expert_rows(x_in, e_in), recv_n, send_n, ctx)  # in our sorted pair order
-    out = torch.zeros(xl.shape[0], xl.shape[1], dtype=torch.float32, device=x.device)
-    out.index_add_(0, tok, y_back.float() * weights.flatten()[order, None])
+    x_in = all_to_all_rows(xl[row_token], send_n, recv_n, ctx)
+    e_in = all_to_all_rows(row_experts, send_n, recv_n, ctx)
+    w_in = all_to_all_rows(row_weights, send_n, recv_n, ctx)
+    y_back = all_to_all_rows(weighted_rows(moe, x_in, e_in, w_in), recv_n, send_n, ctx)  # in our row order
+    out = torch.zeros(t, xl.shape[1], dtype=torch.float32, device=x.device)
+    out.index_add_(0, row_token, y_back.float())
     if moe.shared_experts is not None:
         out += moe.shared_experts(xl).float()
     return all_gather_rows(out.to(x.dtype), shares, ctx)
+
+
+def weighted_rows(moe: MoE, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Row i -> Σ_j weights[i, j]·expert_{experts[i, j]}(x_i) over the slots with an expert (>= 0)."""
+    row, slot = (experts >= 0).nonzero(as_tuple=True)
+    y = moe.expert_rows(x[row], experts[row, slot])
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    out.index_add_(0, row, y.float() * weights[row, slot, None])
+    return out.to(x.dtype)

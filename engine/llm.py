@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from dseval.engine.block_manager import BlockManager
+from dseval.engine.collectives import min_over_ranks
 from dseval.engine.model_runner import ModelRunner
+from dseval.engine.parallel import ParallelContext
 from dseval.engine.scheduler import Scheduler, SchedulerConfig
 from dseval.engine.sequence import SamplingParams, Sequence
 from dseval.engine.speculative import MtpSpeculator, parse_speculative
@@ -47,6 +49,15 @@ class EngineConfig:
     speculative: str | None = None
     #: Context limit; None uses the model's ``max_position_embeddings``.
     max_model_len: int | None = None
+    #: Replay plain decode steps from CUDA graphs (CUDA devices only; ignored elsewhere).
+    cuda_graphs: bool = True
+    #: Batch buckets decode steps are padded to for graph replay (None: the runner's default).
+    graph_batch_sizes: tuple[int, ...] | None = None
+    #: Stack routed experts once for ``dseval.kernels.fused_moe`` (bf16 compute only: the
+    #: kernel's contract); off keeps the per-expert reference loop.
+    fused_moe: bool = True
+    #: CUDA prefill attention (``dseval.kernels.mla_prefill.PREFILL_BACKENDS``); process-wide.
+    prefill_attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -59,6 +70,8 @@ class EngineConfig:
         if not 0 < self.kv_cache_memory_fraction <= 1:
             raise ValueError(f"engine field 'kv_cache_memory_fraction' must be in (0, 1], got {self.kv_cache_memory_fraction}")
         parse_speculative(self.speculative)
+        # prefill_attention is checked by kernels.mla_prefill.set_prefill_backend when the engine
+        # starts: importing dseval.kernels here would load Triton whenever this module is imported.
 
 
 @dataclass
@@ -123,6 +136,7 @@ class LLM:
         engine_config: EngineConfig = EngineConfig(),
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        parallel: ParallelContext = ParallelContext(),  # noqa: B008 (frozen) - this rank's TP/EP shard
     ) -> None:
         from dseval.engine.loader import load_model
 
@@ -132,7 +146,8 @@ class LLM:
         # FP8 checkpoints keep FP8 weights only for bf16 compute (the FP8 GEMM takes bf16
         # activations); any other compute dtype gets dequantized weights.
         fp8 = "auto" if dtype == torch.bfloat16 else "dequantize"
-        model, config, tokenizer = load_model(model_spec, device=str(dev), dtype=dtype, fp8_weights=fp8)
+        model, config, tokenizer = load_model(model_spec, device=str(dev), dtype=dtype, fp8_weights=fp8,
+                                              parallel=parallel)
         self._setup(model, config, tokenizer, engine_config, dev, dtype)
 
     @classmethod
@@ -155,6 +170,13 @@ class LLM:
         self.device, self.dtype = device, dtype
         self.max_model_len = ec.max_model_len or int(config.max_position_embeddings)
         spec = parse_speculative(ec.speculative)
+        from dseval.kernels.mla_prefill import set_prefill_backend
+
+        set_prefill_backend(ec.prefill_attention)
+        if ec.fused_moe and dtype == torch.bfloat16 and self.device.type == "cuda":
+            from dseval.engine.fused_weights import prepare_fused_moe
+
+            prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
         num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
         self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
         self.scheduler = Scheduler(
@@ -163,6 +185,7 @@ class LLM:
         self.runner = ModelRunner(
             model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=ec.max_num_seqs,
             max_model_len=self.max_model_len, device=device, dtype=dtype,
+            cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes,
         )
         self.speculator = MtpSpeculator(self.runner) if spec == "mtp" else None
         eos = config.eos_token_id
@@ -180,6 +203,8 @@ class LLM:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget = int(free * ec.kv_cache_memory_fraction)
+            # TP/EP ranks must schedule identically (every step is a collective): agree on the least free memory
+            budget = min_over_ranks(budget, model.parallel)
         else:
             budget = int(ec.cpu_kv_cache_gib * 2**30)
         return max(1, min(ceiling, budget // per_block))

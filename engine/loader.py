@@ -21,13 +21,25 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import SCALE_SUFFIX, CheckpointError, CheckpointReader, expected_tensors, validate_checkpoint
+from .checkpoint import (
+    SCALE_SUFFIX,
+    CheckpointError,
+    CheckpointReader,
+    expected_tensors,
+    validate_checkpoint,
+)
 from .config import ModelConfig
 from .linear import Linear
 from .model import DeepseekV3ForCausalLM
 from .moe import Router
 from .parallel import ParallelContext
-from .sharding import dequantize_shard, is_fp8, read_fp8_shard, read_shard, require_aligned
+from .sharding import (
+    dequantize_shard,
+    is_fp8,
+    read_fp8_shard,
+    read_shard,
+    require_aligned,
+)
 from .tokenizer import Tokenizer
 
 Fp8Mode = Literal["auto", "keep", "dequantize"]

@@ -27,6 +27,7 @@ from torch import nn
 from .attention_metadata import AttentionMetadata
 from .config import ModelConfig
 from .linear import ColumnParallelLinear, Linear, RowParallelLinear
+from .mla_absorbed import absorbed_decode, mla_prefill_attention, one_query_per_sequence
 from .norm import RMSNorm
 from .parallel import ParallelContext
 from .rope import RotaryEmbedding, softmax_scale
@@ -120,6 +121,8 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
     A query at position p sees cached positions 0..p of its own sequence (cache row i holds
     position i). Scores and softmax are float32.
     """
+    if one_query_per_sequence(q_nope, meta, kv_cache):  # plain decode: one fused kernels.mla_decode call
+        return absorbed_decode(attn, q_nope, q_pe, meta, kv_cache)
     dtype = q_nope.dtype
     out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_dim)
     w_uk, w_uv = attn._kv_b(dtype) if meta.absorbed else (None, None)
@@ -132,6 +135,11 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
         rows = _gather_context(kv_cache, meta.block_tables[b], ctx[b]).to(dtype)  # [S, C+rope]
         latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
         qn, qp = q_nope[s:e], q_pe[s:e]  # [t, H, nope], [t, H, rope]
+        if not meta.absorbed:  # expanded: per-head K/V from the latents, fused causal attention
+            kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [S, H, nope+v]
+            k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
+            out[s:e] = mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale)  # queries = last t rows
+            continue
         key_pos = torch.arange(ctx[b], device=rows.device)
         mask = key_pos[None, :] > positions[s:e, None]  # [t, S] True = future token, hidden
         if meta.absorbed:

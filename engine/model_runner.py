@@ -9,17 +9,22 @@ for), because the vocabulary projection dominates small-batch cost.
 Decode steps copy their inputs into persistent buffers sized for ``max_num_seqs`` and hand the
 model views of them, with the block-table width rounded up to a power of two: tensor addresses
 and shapes then repeat from step to step, which is the precondition for capturing the decode
-step in a CUDA graph (gpt-fast's static-shape decode), added by the kernels work later.
+step in a CUDA graph (gpt-fast's static-shape decode). With ``cuda_graphs`` on a CUDA device,
+plain decode steps (one token per sequence) are padded to a batch bucket and replayed from
+:class:`dseval.engine.cuda_graphs.DecodeGraphs`; padded rows write their latents into one
+scratch cache block past ``num_blocks`` that the block manager never hands out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import torch
 from dseval.engine.attention_metadata import AttentionMetadata
+from dseval.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from dseval.engine.sampler import Sampler, token_logprobs
 from dseval.engine.scheduler import ScheduledBatch
 from dseval.engine.sequence import SamplingParams, Sequence
@@ -80,28 +85,55 @@ class ModelRunner:
         device: torch.device,
         dtype: torch.dtype,
         max_tokens_per_seq_decode: int = 2,
+        cuda_graphs: bool = False,
+        graph_sizes: Seq[int] | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.block_size = block_size
         self.device = device
         width = model.kv_cache_row_width(config)
+        use_graphs = cuda_graphs and torch.device(device).type == "cuda"
+        # One extra block (never allocated) takes the cache writes of graph-padding rows.
+        self._scratch_slot = num_blocks * block_size
         self.kv_caches = [
-            torch.zeros(num_blocks, block_size, width, dtype=dtype, device=device)
+            torch.zeros(num_blocks + int(use_graphs), block_size, width, dtype=dtype, device=device)
             for _ in range(model.num_attention_layers)
         ]
         self.sampler = Sampler()
         self.max_blocks_per_seq = -(-(max_model_len + max_tokens_per_seq_decode) // block_size)
-        # Persistent decode buffers (static addresses for graph capture).
+        # Persistent decode buffers (static addresses for graph capture): ids, positions, slots,
+        # cu_seqlens and context lengths are views of one device buffer, filled from one pinned
+        # host staging buffer with a single copy per step; block tables come from a host mirror
+        # that only writes the entries appended since the last step.
         t_max = max_num_seqs * max_tokens_per_seq_decode
-        self._dec_ids = torch.zeros(t_max, dtype=torch.int64, device=device)
-        self._dec_pos = torch.zeros(t_max, dtype=torch.int64, device=device)
-        self._dec_slots = torch.zeros(t_max, dtype=torch.int64, device=device)
-        self._dec_cu = torch.zeros(max_num_seqs + 1, dtype=torch.int64, device=device)
-        self._dec_ctx = torch.zeros(max_num_seqs, dtype=torch.int64, device=device)
+        pin = torch.device(device).type == "cuda"
+        n_all = 3 * t_max + 2 * max_num_seqs + 1
+        self._dec_all = torch.zeros(n_all, dtype=torch.int64, device=device)
+        self._stage = torch.zeros(n_all, dtype=torch.int64, pin_memory=pin)
+        self._stage_np = self._stage.numpy()
+        self._stage_done: torch.cuda.Event | None = None
+        cuts = [0, t_max, 2 * t_max, 3 * t_max, 3 * t_max + max_num_seqs + 1, n_all]
+        self._dec_ids, self._dec_pos, self._dec_slots, self._dec_cu, self._dec_ctx = (
+            self._dec_all[a:b] for a, b in pairwise(cuts))
+        self._stage_cuts = cuts
         self._dec_tables = torch.full((max_num_seqs, self.max_blocks_per_seq), -1, dtype=torch.int64, device=device)
+        self._host_tables = torch.full((max_num_seqs, self.max_blocks_per_seq), -1, dtype=torch.int64,
+                                       pin_memory=pin)
+        self._host_tables_np = self._host_tables.numpy()
+        # Per mirror row: the block-table list it mirrors (kept referenced, so identity is a
+        # safe key: the block manager only ever appends to a list, and replaces it on free)
+        # and how many entries were copied.
+        self._mirror_of: list[list[int] | None] = [None] * max_num_seqs
+        self._mirror_len = [0] * max_num_seqs
         self.max_num_seqs = max_num_seqs
         self.max_tokens_per_seq_decode = max_tokens_per_seq_decode
+        self.graphs: DecodeGraphs | None = None
+        self._graph_meta: AttentionMetadata | None = None
+        if use_graphs:
+            # Captured graphs cannot grow the rotary tables (a host sync): build them for every position now.
+            model.model.rotary.reserve(max_model_len + max_tokens_per_seq_decode, torch.device(device))
+            self.graphs = DecodeGraphs(self._graph_forward, graph_batch_sizes(max_num_seqs, graph_sizes))
 
     @staticmethod
     def kv_bytes_per_block(model: DeepseekV3ForCausalLM, config: ModelConfig, block_size: int,
@@ -130,18 +162,23 @@ class ModelRunner:
         width = max(-(-c // bs) for c in ctx)
         if static and len(rows) <= self.max_num_seqs and len(ids) <= self._dec_ids.numel():
             width = min(_bucket(width), self.max_blocks_per_seq)
-            tables = torch.full((len(rows), width), -1, dtype=torch.int64)
-            for i, r in enumerate(rows):
-                n = min(len(r.seq.block_table), width)
-                tables[i, :n] = torch.tensor(r.seq.block_table[:n], dtype=torch.int64)
             B, T = len(rows), len(ids)
             nb = self.device.type == "cuda"
-            self._dec_ids[:T].copy_(torch.tensor(ids, dtype=torch.int64), non_blocking=nb)
-            self._dec_pos[:T].copy_(torch.tensor(pos, dtype=torch.int64), non_blocking=nb)
-            self._dec_slots[:T].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=nb)
-            self._dec_cu[: B + 1].copy_(torch.tensor(offsets, dtype=torch.int64), non_blocking=nb)
-            self._dec_ctx[:B].copy_(torch.tensor(ctx, dtype=torch.int64), non_blocking=nb)
-            self._dec_tables[:B, :width].copy_(tables, non_blocking=nb)
+            if self._stage_done is not None:  # the previous step's copies out of the pinned buffers
+                self._stage_done.synchronize()
+            for i, r in enumerate(rows):
+                self._mirror_row(i, r.seq.block_table, width)
+            st, c = self._stage_np, self._stage_cuts
+            st[c[0] : c[0] + T] = ids
+            st[c[1] : c[1] + T] = pos
+            st[c[2] : c[2] + T] = slots
+            st[c[3] : c[3] + B + 1] = offsets
+            st[c[4] : c[4] + B] = ctx
+            self._dec_all.copy_(self._stage, non_blocking=nb)
+            self._dec_tables[:B, :width].copy_(self._host_tables[:B, :width], non_blocking=nb)
+            if nb:
+                self._stage_done = torch.cuda.Event()
+                self._stage_done.record()
             meta = AttentionMetadata(
                 cu_seqlens_q=self._dec_cu[: B + 1],
                 context_lens=self._dec_ctx[:B],
@@ -170,6 +207,61 @@ class ModelRunner:
         )
         return StepInputs(dev(ids), dev(pos), meta, offsets)
 
+    def _mirror_row(self, i: int, table: list[int], width: int) -> None:
+        """Row ``i`` of the host block-table mirror := ``table[:width]`` (-1 padded), writing
+        only the entries appended since this row last mirrored the same list."""
+        n = min(len(table), width)
+        row = self._host_tables_np[i]
+        if self._mirror_of[i] is table and self._mirror_len[i] <= n:
+            done = self._mirror_len[i]
+            if n > done:
+                row[done:n] = table[done:n]
+        else:
+            row[:n] = table[:n]
+            row[n:] = -1
+            self._mirror_of[i] = table
+        self._mirror_len[i] = n
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _graph_forward(self) -> torch.Tensor:
+        meta = self._graph_meta
+        assert meta is not None
+        n = meta.num_seqs
+        return self.model(self._dec_ids[:n], self._dec_pos[:n], meta)
+
+    def _graph_bucket(self, batch: ScheduledBatch) -> int | None:
+        """The padded batch size a decode step replays at, or None to run it eagerly."""
+        if self.graphs is None or batch.is_prefill or any(n != 1 for n in batch.num_new_tokens):
+            return None
+        return self.graphs.bucket(len(batch.seqs))
+
+    def pad_decode_buffers(self, n: int, bucket: int) -> None:
+        """Rows ``[n, bucket)`` of the persistent decode buffers become inert padding: token 0
+        at position 0, context 0 (attention writes zeros), cache writes to the scratch slot."""
+        if bucket == n:
+            return
+        self._dec_ids[n:bucket].zero_()
+        self._dec_pos[n:bucket].zero_()
+        self._dec_slots[n:bucket].fill_(self._scratch_slot)
+        self._dec_ctx[n:bucket].zero_()
+        self._dec_cu[n + 1 : bucket + 1].copy_(
+            torch.arange(n + 1, bucket + 1, dtype=torch.int64).to(self.device, non_blocking=True))
+
+    def _run_graph(self, inputs: StepInputs, bucket: int) -> torch.Tensor:
+        assert self.graphs is not None
+        n = inputs.meta.num_seqs
+        width = int(inputs.meta.block_tables.shape[1])
+        self.pad_decode_buffers(n, bucket)
+        self._graph_meta = AttentionMetadata(
+            cu_seqlens_q=self._dec_cu[: bucket + 1],
+            context_lens=self._dec_ctx[:bucket],
+            block_tables=self._dec_tables[:bucket, :width],
+            slot_mapping=self._dec_slots[:bucket],
+            kv_caches=self.kv_caches,
+            absorbed=True,
+        )
+        return self.graphs.run((bucket, width))[:n]
+
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
@@ -184,7 +276,11 @@ class ModelRunner:
                 tokens = tokens + [seq.draft_token]
             rows.append(RowSpec(seq, start, tokens))
         inputs = self.prepare(rows, absorbed=not batch.is_prefill, static=not batch.is_prefill)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        bucket = self._graph_bucket(batch)
+        if bucket is not None:
+            hidden = self._run_graph(inputs, bucket)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
         # Which rows need logits, and what for.
         logit_rows: list[int] = []
@@ -220,8 +316,11 @@ class ModelRunner:
                          sampled=[[] for _ in rows], logprobs=[[] for _ in rows])
         dev = hidden.device
         if logit_rows:
-            idx = torch.tensor(logit_rows, dtype=torch.int64).to(dev, non_blocking=True)
-            logits = self.model.compute_logits(hidden.index_select(0, idx))
+            if len(logit_rows) == hidden.shape[0]:  # decode: every row, in order (rows are unique)
+                logits = self.model.compute_logits(hidden)
+            else:
+                idx = torch.tensor(logit_rows, dtype=torch.int64).to(dev, non_blocking=True)
+                logits = self.model.compute_logits(hidden.index_select(0, idx))
             tokens = self.sampler(logits, sample_params, sample_index).tolist()
             for owner, tok in zip(sample_owner, tokens):
                 out.sampled[owner].append(int(tok))

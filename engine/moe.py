@@ -30,7 +30,6 @@ from .linear import ColumnParallelLinear, RowParallelLinear
 from .parallel import ParallelContext
 from .sharding import local_size
 
-
 _SINGLE = ParallelContext()  # the layout of a replicated module
 
 
@@ -118,6 +117,10 @@ class MoE(nn.Module):
 
     def expert_rows(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         """Row i of ``x`` through expert ``expert_ids[i]`` (all owned by this rank): [n, hidden]."""
+        fused = getattr(self, "fused_experts", None)
+        if fused is not None:  # one expert per row at weight 1: the stacked kernel does the grouping
+            ones = torch.ones(x.shape[0], 1, dtype=torch.float32, device=x.device)
+            return fused(x, ones, expert_ids[:, None]).to(x.dtype)
         y = torch.empty_like(x)
         order = expert_ids.argsort(stable=True)
         counts = torch.bincount(expert_ids - self.first_expert, minlength=self.experts_per_rank).tolist()
@@ -132,6 +135,9 @@ class MoE(nn.Module):
     def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Σ over this rank's experts of weight·expert(x), float32 [T, hidden]; experts owned
         elsewhere contribute zero here."""
+        fused = getattr(self, "fused_experts", None)  # set by engine.fused_weights.prepare_fused_moe
+        if fused is not None:
+            return fused(x, weights, ids)
         out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
         flat = ids.flatten()  # [T*k] (token, slot) pairs, token-major
         local = ((flat >= self.first_expert) & (flat < self.first_expert + self.experts_per_rank)).nonzero().squeeze(1)
@@ -141,14 +147,16 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.parallel
-        if p.ep and p.moe_comm == "all_to_all":
+        # Dispatch sizes its buffers from counts read on the host, which a CUDA graph cannot
+        # capture: captured decode steps take the (numerically equivalent) all-reduce scheme.
+        if p.ep and p.moe_comm == "all_to_all" and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             from .expert_parallel import moe_all_to_all
 
             return moe_all_to_all(self, x)
         weights, ids = self.gate(x)
         out = self.routed(x, weights, ids)
-        if p.ep:  # reference scheme: every rank ran its experts over all tokens; sum them
-            out = all_reduce(out, p)
+        if p.ep:  # reference scheme: every rank ran its experts over all tokens; sum them (in x's dtype, as it does)
+            out = all_reduce(out.to(x.dtype), p).float()
         if self.shared_experts is not None:
             out += self.shared_experts(x).float()
         if p.tp and not p.ep:  # sliced experts: routed + shared partial sums, one reduction

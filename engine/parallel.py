@@ -19,8 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dseval.errors import UserError
+
 MoeComm = Literal["all_to_all", "all_reduce"]
 MOE_COMMS: tuple[str, ...] = ("all_to_all", "all_reduce")
+
+
+class LayoutError(UserError, ValueError):
+    """A parallel layout the model cannot be split into (heads, vocabulary or experts do not
+    divide); a UserError so ``dseval run --tp 3`` reports it instead of a traceback."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,11 @@ class ParallelContext:
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"bad parallel layout: rank={self.rank} world_size={self.world_size}")
+            raise LayoutError(f"bad parallel layout: rank={self.rank} world_size={self.world_size}")
         if self.world_size > 1 and not (self.tp or self.ep):
-            raise ValueError(f"{self.world_size} ranks hold one model but neither tp nor ep splits it")
+            raise LayoutError(f"{self.world_size} ranks hold one model but neither tp nor ep splits it")
         if self.moe_comm not in MOE_COMMS:
-            raise ValueError(f"moe_comm must be one of {MOE_COMMS}, not {self.moe_comm!r}")
+            raise LayoutError(f"moe_comm must be one of {MOE_COMMS}, not {self.moe_comm!r}")
 
     @property
     def is_single(self) -> bool:
@@ -63,6 +70,13 @@ class ParallelContext:
     def ep_rank(self) -> int:
         return self.rank if self.ep else 0
 
+    def describe(self) -> str:
+        """``tp2``, ``ep8 all_to_all``, ``tp8 ep8 all_reduce`` or ``single`` (run.json records it)."""
+        if self.is_single:
+            return "single"
+        parts = ([f"tp{self.world_size}"] if self.tp else []) + ([f"ep{self.world_size}", self.moe_comm] if self.ep else [])
+        return " ".join(parts)
+
     @classmethod
     def from_options(cls, tp: int = 1, ep: int = 1, moe_comm: MoeComm = "all_to_all") -> ParallelContext:
         """This rank's context from ``--tp/--ep`` once torch.distributed is initialised.
@@ -80,10 +94,10 @@ class ParallelContext:
         size = max(tp, ep)
         for flag, value in (("tp", tp), ("ep", ep)):
             if value not in (1, size):
-                raise ValueError(f"{flag}={value}: tp and ep must each be 1 or the replica size {size}")
+                raise LayoutError(f"{flag}={value}: tp and ep must each be 1 or the replica size {size}")
         world, rank = dist.get_world_size(), dist.get_rank()
         if world % size:
-            raise ValueError(f"replica size {size} does not divide the world of {world} ranks")
+            raise LayoutError(f"replica size {size} does not divide the world of {world} ranks")
         mine = None
         for start in range(0, world, size):
             group = dist.new_group(list(range(start, start + size)))

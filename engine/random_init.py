@@ -37,3 +37,55 @@ def random_state_dict(config: ModelConfig, seed: int = 0) -> dict[str, torch.Ten
         if name.endswith(".embed_tokens.weight") and name != "model.embed_tokens.weight":
             out[name] = out["model.embed_tokens.weight"].clone()
     return out
+
+
+def random_fp8_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+                     seed: int = 0) -> torch.nn.Module:
+    """A :class:`DeepseekV3ForCausalLM` with random weights drawn straight on ``device``: every
+    linear except the output head as e4m3 with float32 128x128 block scales (the layout of the
+    official FP8 release), head/embeddings/norms in ``dtype``, router in float32.
+
+    Why: benchmarking at real dimensions (W3: ~27 GB) without writing or reading a checkpoint;
+    the scales vary per block so the FP8 kernels' scale handling is exercised. Values follow
+    :func:`random_state_dict`'s scales (linear weights ~ N(0, 1/fan_in)).
+    """
+    from torch import nn
+
+    from .fp8_blocks import FP8_DTYPE, scale_shape
+    from .linear import Linear
+    from .model import DeepseekV3ForCausalLM
+    from .moe import Router
+    from .vocab_parallel import VocabParallelHead
+
+    dev = torch.device(device)
+    with torch.device("meta"):
+        model = DeepseekV3ForCausalLM(config)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    block = config.quantization.weight_block_size if config.quantization else (128, 128)
+
+    def randn(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=dev, dtype=torch.float32).to(dt)
+
+    for mod_name, module in model.named_modules():
+        if isinstance(module, Linear) and not isinstance(module, VocabParallelHead):
+            out_f, in_f = module.out_features, module.in_features
+            # e4m3 codes ~ N(0, 32^2) (max 448), scale_inv ~ fan_in^-0.5 / 32 with +-10% per block
+            q = (torch.randn(out_f, in_f, generator=gen, device=dev, dtype=torch.bfloat16) * 32).clamp_(-448, 448)
+            s = (1 + 0.1 * (torch.rand(scale_shape((out_f, in_f), block), generator=gen, device=dev) * 2 - 1))
+            module.set_fp8(q.to(FP8_DTYPE), s * (in_f ** -0.5 / 32))
+            continue
+        for p_name, p in list(module.named_parameters(recurse=False)):
+            if isinstance(module, Router):
+                t = randn(*p.shape, dt=torch.float32) * (0.1 if p_name == "e_score_correction_bias" else p.shape[-1] ** -0.5)
+            elif p_name == "weight" and "norm" in mod_name:
+                t = 1.0 + 0.1 * randn(*p.shape)
+            elif "embed_tokens" in mod_name:
+                t = randn(*p.shape)
+            else:  # the output head and any other dense weight [out, in]
+                t = randn(*p.shape) * p.shape[-1] ** -0.5
+            setattr(module, p_name, nn.Parameter(t.to(torch.float32 if isinstance(module, Router) else dtype),
+                                                 requires_grad=False))
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"random_fp8_model left '{left[0]}' unset")
+    return model.eval()

@@ -76,6 +76,18 @@ class RotaryEmbedding:
         self.factor = rope_cos_sin_factor(config)
         self.interleave = config.rope_interleave
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: Devices whose table was reserved for every position the engine can reach: lookups
+        #: there skip the host-side length check (a sync that CUDA-graph capture forbids).
+        self._reserved: set[torch.device] = set()
+
+    def reserve(self, max_positions: int, device: torch.device) -> None:
+        """Build the tables for positions ``[0, max_positions)`` now and trust callers to stay
+        inside them (the model runner guarantees it through ``max_model_len``)."""
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # tensors report "cuda:N", never bare "cuda"
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self._table(max_positions, dev)
+        self._reserved.add(dev)
 
     def _table(self, needed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._tables.get(device)
@@ -88,8 +100,11 @@ class RotaryEmbedding:
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [T, d/2] (float32) for integer positions [T]."""
-        needed = int(positions.max().item()) + 1 if positions.numel() else 1
-        cos, sin = self._table(needed, positions.device)
+        if positions.device in self._reserved:
+            cos, sin = self._tables[positions.device]
+        else:
+            needed = int(positions.max().item()) + 1 if positions.numel() else 1
+            cos, sin = self._table(needed, positions.device)
         return cos[positions], sin[positions]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

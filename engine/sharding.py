@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import SCALE_SUFFIX, CheckpointError, CheckpointReader
 from .fp8_blocks import FP8_DTYPE
+from .parallel import LayoutError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TensorShard:
     def bounds(self, full: int, what: str = "tensor") -> tuple[int, int]:
         """[start, stop) of this part of a dimension of length ``full``."""
         if full % self.count:
-            raise ValueError(f"{what}: dimension {self.dim} of size {full} does not split into {self.count} equal parts")
+            raise LayoutError(f"{what}: dimension {self.dim} of size {full} does not split into {self.count} equal parts")
         size = full // self.count
         return self.index * size, (self.index + 1) * size
 
@@ -39,7 +40,7 @@ class TensorShard:
 def local_size(full: int, count: int, what: str) -> int:
     """``full / count``, refusing layouts that do not divide (named after the hyper-parameter)."""
     if full % count:
-        raise ValueError(f"{what} = {full} is not divisible by the {count} parallel ranks")
+        raise LayoutError(f"{what} = {full} is not divisible by the {count} parallel ranks")
     return full // count
 
 
@@ -67,7 +68,7 @@ class Fp8Shard:
 
 def read_fp8_shard(reader: CheckpointReader, name: str, shard: TensorShard | None,
                    block: tuple[int, int]) -> Fp8Shard:
-    """Read an FP8 weight part plus the scale blocks that cover it (FP8 stays FP8 on disk read).
+    """Read an FP8 weight part and the scale blocks that cover it, both as stored (no dequantization).
 
     The part is block-aligned when its start is a multiple of the block and its end is one too
     or is the tensor's end. E.g. TP8 of V3's dense ``down_proj`` (K = 18432) keeps K = 2304 =

@@ -35,6 +35,12 @@ MLA decode (``mla_decode``)
         max_context_len when block_tables is sized far beyond the live contexts.
     default_mla_config(B, H) -> MlaDecodeConfig (H200-tuned)
 
+MLA prefill (``mla_prefill``)
+    mla_prefill_attention(q_nope [t, H, nope], q_pe [t, H, rope], k_nope [S, H, nope],
+                          k_pe [S, rope], v [S, H, v], sm_scale) -> [t, H, v]
+        causal attention of a sequence's last t positions over its S context rows; CUDA ->
+        torch SDPA (flash/cuDNN, no [H, t, S] scores), else the float32 reference.
+
 RMSNorm (``norm``)
     rms_norm(x [..., H], weight [H], eps=1e-6, residual=None)
         -> y, or (y, x + residual) when residual is given (residual not modified)
@@ -76,6 +82,7 @@ from .mla_decode import (
     mla_decode,
     mla_decode_torch,
 )
+from .mla_prefill import mla_prefill_attention, mla_prefill_attention_torch
 from .moe import MoeConfig, fused_moe, fused_moe_torch, moe_align
 from .norm import rms_norm, rms_norm_torch
 
@@ -103,6 +110,8 @@ __all__ = [
     "fused_moe_torch",
     "mla_decode",
     "mla_decode_torch",
+    "mla_prefill_attention",
+    "mla_prefill_attention_torch",
     "moe",
     "moe_align",
     "norm",

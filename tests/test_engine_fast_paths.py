@@ -1,0 +1,190 @@
+"""CPU checks of the engine's fast-path plumbing: CUDA-graph batch buckets and padding, stacked
+expert weights for the fused MoE, the prefill attention kernel's contract, the sync-free rotary
+lookup, and the on-device random FP8 model used by bench/engine_w3.py. The GPU kernels
+themselves are covered by tests/test_kernels_*.py; timings live in bench/."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from dseval.engine.cuda_graphs import bucket_for, graph_batch_sizes
+from dseval.engine.fp8_blocks import FP8_DTYPE, quantize_blockwise
+from dseval.engine.fused_weights import prepare_fused_moe, stack_experts
+from dseval.engine.model_runner import ModelRunner
+from dseval.engine.moe import MoE
+from dseval.engine.random_init import random_fp8_model
+from dseval.engine.rope import RotaryEmbedding
+from engine_fixtures import v3_style_config
+
+
+def test_graph_buckets_cover_every_batch_size() -> None:
+    sizes = graph_batch_sizes(100)
+    assert sizes[-1] == 100 and sizes == sorted(set(sizes))
+    for n in range(1, 101):
+        b = bucket_for(n, sizes)
+        assert b is not None and n <= b
+        assert not any(n <= s < b for s in sizes)  # the smallest fitting bucket
+    assert bucket_for(101, sizes) is None
+    assert graph_batch_sizes(5, [8, 2]) == [2, 5]
+
+
+def test_pad_decode_buffers_makes_inert_rows() -> None:
+    cfg = v3_style_config()
+    with torch.device("meta"):
+        from dseval.engine.model import DeepseekV3ForCausalLM
+
+        model = DeepseekV3ForCausalLM(cfg)
+    runner = ModelRunner(model, cfg, num_blocks=10, block_size=4, max_num_seqs=8, max_model_len=32,
+                         device=torch.device("cpu"), dtype=torch.float32)
+    for buf in (runner._dec_ids, runner._dec_pos, runner._dec_slots, runner._dec_ctx, runner._dec_cu):
+        buf.fill_(7)  # stale values of an earlier, larger batch
+    runner.pad_decode_buffers(3, 8)
+    assert runner._dec_ids[3:8].eq(0).all() and runner._dec_pos[3:8].eq(0).all()
+    assert runner._dec_ctx[3:8].eq(0).all()
+    assert runner._dec_slots[3:8].eq(10 * 4).all()  # the scratch block past num_blocks
+    assert runner._dec_cu[4:9].tolist() == [4, 5, 6, 7, 8]
+    assert runner._dec_ids[:3].eq(7).all() and runner._dec_cu[3].item() == 7  # real rows untouched
+
+
+def _fp8_moe(seed: int = 0) -> MoE:
+    """A V3-style MoE layer whose experts hold FP8 weights in whole 128x128 blocks."""
+    cfg = replace(v3_style_config(), hidden_size=128, moe_intermediate_size=128, n_routed_experts=8,
+                  num_experts_per_tok=2, n_group=1, topk_group=1)
+    moe = MoE(cfg)
+    g = torch.Generator().manual_seed(seed)
+    for lin in [m for m in moe.modules() if hasattr(m, "set_fp8")]:
+        w = torch.randn(lin.out_features, lin.in_features, generator=g) * lin.in_features ** -0.5
+        q, s = quantize_blockwise(w)
+        lin.set_fp8(q, s)
+    moe.gate.weight.data = torch.randn(moe.gate.weight.shape, generator=g) * 128 ** -0.5
+    return moe
+
+
+def test_stacked_experts_equal_per_expert_weights() -> None:
+    moe = _fp8_moe()
+    before = {k: (e.gate_proj.weight.clone(), e.up_proj.weight_scale_inv.clone(), e.down_proj.weight.clone())
+              for k, e in moe.experts.items()}
+    x = torch.randn(13, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
+    w, ids = moe.gate(x)
+    loop = moe.routed(x, w, ids)
+    stack = stack_experts(moe)
+    assert stack.w13.dtype == FP8_DTYPE and stack.w13.shape == (8, 256, 128) and stack.w2.shape == (8, 128, 128)
+    for k, e in moe.experts.items():  # experts now view the stack and still hold the same values
+        g, su, d = before[k]
+        assert torch.equal(e.gate_proj.weight.view(torch.uint8), g.view(torch.uint8))
+        assert torch.equal(e.up_proj.weight_scale_inv, su)
+        assert torch.equal(e.down_proj.weight.view(torch.uint8), d.view(torch.uint8))
+        assert e.gate_proj.weight.untyped_storage().data_ptr() == stack.w13.untyped_storage().data_ptr()
+    moe.fused_experts = stack
+    fused = moe.routed(x, w, ids)
+    rel = ((fused - loop).norm() / loop.norm()).item()
+    # torch fallback: bf16 rounding only (~5e-3); the Triton kernel (TRITON_INTERPRET=1 in a
+    # full test run) also quantizes activations to e4m3 per 1x128 group (~4.5e-2)
+    assert rel < 6e-2, rel
+    stack.w13 = stack.w13[[1, 0, *range(2, 8)]].contiguous()  # experts 0 and 1 swapped: must show
+    swapped = moe.routed(x, w, ids)
+    assert ((swapped - loop).norm() / loop.norm()).item() > 0.3
+
+
+def test_stacked_experts_drop_ids_owned_elsewhere() -> None:
+    """Under expert parallelism a rank's stack covers its range; other ids contribute zero."""
+    moe = _fp8_moe(seed=3)
+    stack = stack_experts(moe)
+    stack.first_expert, stack.covers_all = 4, False  # pretend this rank holds experts 4..11
+    x = torch.randn(5, 128, dtype=torch.bfloat16)
+    ids = torch.tensor([[0, 5]] * 5)
+    w = torch.tensor([[0.7, 0.3]] * 5)
+    only_local = stack(x, torch.tensor([[0.0, 0.3]] * 5), torch.tensor([[4, 5]] * 5))
+    torch.testing.assert_close(stack(x, w, ids), only_local)
+
+
+def test_prepare_fused_moe_marks_every_moe_layer_once() -> None:
+    cfg = replace(v3_style_config(), hidden_size=128, moe_intermediate_size=128, q_lora_rank=128,
+                  num_nextn_predict_layers=0)
+    model = random_fp8_model(cfg, "cpu")
+    n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+    assert prepare_fused_moe(model) == n_moe
+    assert prepare_fused_moe(model) == 0  # already stacked
+
+
+def test_prefill_attention_is_causal_from_the_last_positions() -> None:
+    from dseval.kernels.mla_prefill import (
+        mla_prefill_attention,
+        mla_prefill_attention_torch,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    t, s, h = 5, 12, 3
+    qn, qp = torch.randn(t, h, 16, generator=g), torch.randn(t, h, 8, generator=g)
+    kn, kp, v = torch.randn(s, h, 16, generator=g), torch.randn(s, 8, generator=g), torch.randn(s, h, 16, generator=g)
+    out = mla_prefill_attention(qn, qp, kn, kp, v, 0.3)
+    # explicit float64 reference: query i sits at position s - t + i
+    ref = torch.empty(t, h, 16, dtype=torch.float64)
+    for i in range(t):
+        n = s - t + i + 1
+        sc = (torch.einsum("hd,shd->hs", qn[i].double(), kn[:n].double())
+              + torch.einsum("hr,sr->hs", qp[i].double(), kp[:n].double())) * 0.3
+        ref[i] = torch.einsum("hs,shv->hv", sc.softmax(-1), v[:n].double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    kn2 = kn.clone()
+    kn2[-1] += 5  # the last key is visible only to the last query
+    out2 = mla_prefill_attention_torch(qn, qp, kn2, kp, v, 0.3)
+    torch.testing.assert_close(out2[:-1], out[:-1])
+    assert not torch.allclose(out2[-1], out[-1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="SDPA path runs on CUDA only")
+def test_prefill_attention_sdpa_matches_reference() -> None:
+    from dseval.kernels.mla_prefill import (
+        mla_prefill_attention,
+        mla_prefill_attention_torch,
+    )
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t, s, h = 64, 300, 8
+    args = [torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16)
+            for shape in ((t, h, 128), (t, h, 64), (s, h, 128), (s, 64), (s, h, 128))]
+    out = mla_prefill_attention(*args, 0.1)
+    ref = mla_prefill_attention_torch(*args, 0.1)
+    assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 1e-2
+
+
+def test_reserved_rotary_tables_skip_the_length_check() -> None:
+    cfg = v3_style_config()
+    a, b = RotaryEmbedding(cfg), RotaryEmbedding(cfg)
+    b.reserve(64, torch.device("cpu"))
+    pos = torch.tensor([0, 5, 63])
+    for x, y in zip(a.cos_sin(pos), b.cos_sin(pos)):
+        torch.testing.assert_close(x, y)
+    b._tables[torch.device("cpu")][0].fill_(3.0)  # a reserved lookup reads the table as is
+    assert b.cos_sin(pos)[0].eq(3.0).all()
+
+
+def test_random_fp8_model_layout() -> None:
+    cfg = replace(v3_style_config(), hidden_size=128, moe_intermediate_size=128, q_lora_rank=128,
+                  num_nextn_predict_layers=0)
+    model = random_fp8_model(cfg, "cpu", seed=1)
+    params = dict(model.named_parameters())
+    assert params["lm_head.weight"].dtype == torch.bfloat16
+    assert params["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert params["model.layers.1.mlp.gate.weight"].dtype == torch.float32
+    w = params["model.layers.0.self_attn.o_proj.weight"]
+    s = params["model.layers.0.self_attn.o_proj.weight_scale_inv"]
+    assert w.dtype == FP8_DTYPE and s.shape == (1, 1) and s.dtype == torch.float32
+    scales = params["model.layers.1.mlp.experts.0.gate_proj.weight_scale_inv"]
+    assert scales.numel() == 1 or scales.std() > 0  # per-block scales vary
+    from dseval.kernels.fp8_quant import dequant_block_fp8_weight
+
+    std = dequant_block_fp8_weight(w, s).std().item()  # ~ fan_in^-0.5
+    assert 0.5 < std * cfg.num_attention_heads ** 0.5 * cfg.v_head_dim ** 0.5 < 2.0
+
+
+def test_prefill_backend_is_validated() -> None:
+    from dseval.engine.llm import EngineConfig
+    from dseval.kernels import mla_prefill
+
+    with pytest.raises(ValueError, match="prefill attention backend"):
+        mla_prefill.set_prefill_backend("nope")
+    assert EngineConfig().prefill_attention == "auto"
