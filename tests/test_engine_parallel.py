@@ -16,6 +16,7 @@ flips to another expert (≈ 0.6): asserted all rows but one <= 0.1, all <= 1.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -83,14 +84,17 @@ def reference(checkpoints: Path, layout: str) -> dict:
     ckpt, _tp, _ep, _comm, fp8, dtype = layout.split(":")
     key = (ckpt, fp8, dtype)
     if key not in _REFERENCE:
-        # torchrun starts each rank with OMP_NUM_THREADS=1; the reference sums in the same
-        # order, or bf16 rounding (and the odd flipped expert) depends on the thread count.
-        threads = torch.get_num_threads()
+        # Compute it as the ranks do: torchrun starts each with OMP_NUM_THREADS=1 (the summation
+        # order decides bf16 rounding and the odd flipped expert), and parallel_worker.py runs
+        # without the Triton interpreter that the kernel tests switch on for this session.
+        threads, interpret = torch.get_num_threads(), os.environ.pop("TRITON_INTERPRET", None)
         torch.set_num_threads(1)
         try:
             _REFERENCE[key] = run_model(load(checkpoints / ckpt, fp8, dtype))
         finally:
             torch.set_num_threads(threads)
+            if interpret is not None:
+                os.environ["TRITON_INTERPRET"] = interpret
     return _REFERENCE[key]
 
 
