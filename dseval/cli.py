@@ -58,6 +58,7 @@ def run(
     dp: Annotated[int, typer.Option(help="Data-parallel replicas (under torchrun).")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel ranks per replica.")] = 1,
     ep: Annotated[int, typer.Option(help="Expert-parallel ranks per replica.")] = 1,
+    moe_comm: Annotated[str, typer.Option(help="Expert-parallel exchange: all_to_all or all_reduce.")] = "all_to_all",
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -66,7 +67,7 @@ def run(
     config = RunConfig(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
         batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
-        device=device, speculative=speculative, dp=dp, tp=tp, ep=ep,
+        device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

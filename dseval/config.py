@@ -32,6 +32,7 @@ class RunConfig:
     dp: int = 1
     tp: int = 1
     ep: int = 1
+    moe_comm: str = "all_to_all"
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -46,6 +47,8 @@ class RunConfig:
             raise UserError(f"--samples must be positive, got {self.samples}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.moe_comm not in ("all_to_all", "all_reduce"):
+            raise UserError(f"--moe-comm must be all_to_all or all_reduce, got {self.moe_comm!r}")
 
     def identity(self) -> dict[str, Any]:
         values = asdict(self)
@@ -53,5 +56,6 @@ class RunConfig:
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
-            batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep
+            batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep,
+            moe_comm=self.moe_comm,
         )

@@ -99,7 +99,8 @@ class EngineBackend(ModelBackend):
             ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget)
         except ValueError as e:
             raise UserError(str(e)) from None
-        parallel = ParallelContext.from_options(options.tp, options.ep)  # --tp/--ep: docs/parallelism.md
+        # --tp/--ep/--moe-comm: docs/parallelism.md
+        parallel = ParallelContext.from_options(options.tp, options.ep, options.moe_comm)  # type: ignore[arg-type]
         return cls(LLM(arg, ec, device=device, dtype=dtype, parallel=parallel), arg)
 
     # ------------------------------------------------------------------ tokenisation

@@ -266,16 +266,17 @@ def read_samples(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "mmlu" / "samples.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("flag", ["--tp", "--ep"])
+@pytest.mark.parametrize("flag,comm", [("--tp", "all_to_all"), ("--ep", "all_to_all"), ("--ep", "all_reduce")])
 def test_dseval_run_sharded_writes_the_single_process_samples(single_run: Path, tmp_path: Path, data_dir: Path,
-                                                              flag: str) -> None:
+                                                              flag: str, comm: str) -> None:
     """``torchrun --nproc-per-node 2 -m dseval run ... --tp 2`` (or ``--ep 2``) on the ``tiny``
     preset (FP8, 128-blocks on 16-wide layers: dequantized split-through-block shards).
     Everything in samples.jsonl is equal except loglikelihoods, whose float32 sums run in
     another order: measured max |Δ| 9.5e-7 over 57 docs x 4 choices, asserted <= 1e-5."""
-    run_cli(tmp_path, data_dir, 2, flag, "2")
+    run_cli(tmp_path, data_dir, 2, flag, "2", "--moe-comm", comm)
     backend = json.loads((tmp_path / "run.json").read_text())["backend"]
     assert f"{flag[2:]}2" in backend, backend  # the model really was split, not loaded whole twice
+    assert flag == "--tp" or comm in backend, backend  # and experts exchanged the way --moe-comm asked
     want, got = read_samples(single_run), read_samples(tmp_path)
     assert len(got) == len(want) == 57
     for a, b in zip(got, want, strict=True):

@@ -35,6 +35,9 @@ class BackendOptions:
     #: Tensor- and expert-parallel degrees inside one model replica (see dseval.distributed).
     tp: int = 1
     ep: int = 1
+    #: How expert-parallel ranks exchange tokens: "all_to_all" dispatch or the reference
+    #: code's "all_reduce" (every rank runs its experts on all tokens).
+    moe_comm: str = "all_to_all"
 
 
 class ModelBackend(ABC):
