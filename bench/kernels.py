@@ -416,20 +416,29 @@ def bench_moe(sweep: bool) -> None:
                flop_ceil=BF16_CEIL)
 
 
+def _mla_inputs(b: int, h: int, ctx: int, bs: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor,
+                                                           torch.Tensor, torch.Tensor, int, float]:
+    """Paged-cache copies (enough to defeat L2), a shuffled block table, lengths, latent and rope
+    queries for B sequences of ``ctx`` tokens with H heads, plus the bytes and FLOPs of one call."""
+    nblk = b * ctx // bs
+    cache_bytes = b * ctx * (KVLORA + ROPE) * 2
+    nc = _copies(cache_bytes, cap=8)
+    caches = [torch.randn(nblk + 1, bs, KVLORA + ROPE, device="cuda", dtype=torch.bfloat16) for _ in range(nc)]
+    bt = torch.randperm(nblk, device="cuda").view(b, ctx // bs)
+    cl = torch.full((b,), ctx, device="cuda", dtype=torch.int32)
+    qn = torch.randn(b, h, KVLORA, device="cuda", dtype=torch.bfloat16)
+    qp = torch.randn(b, h, ROPE, device="cuda", dtype=torch.bfloat16)
+    nbytes = cache_bytes + b * h * (KVLORA * 4 + ROPE * 2)
+    flops = 2.0 * b * h * ctx * (KVLORA + ROPE + KVLORA)
+    return caches, bt, cl, qn, qp, nbytes, flops
+
+
 def bench_mla(sweep: bool) -> None:
     bs = 64
     for b, h, ctx in ((1, 16, 32768), (1, 16, 131072), (8, 16, 32768), (32, 16, 32768),
                       (1, 128, 32768), (8, 128, 32768), (64, 128, 4096)):
-        nblk = b * ctx // bs
-        cache_bytes = b * ctx * (KVLORA + ROPE) * 2
-        nc = _copies(cache_bytes, cap=8)
-        caches = [torch.randn(nblk + 1, bs, KVLORA + ROPE, device="cuda", dtype=torch.bfloat16) for _ in range(nc)]
-        bt = torch.randperm(nblk, device="cuda").view(b, ctx // bs)
-        cl = torch.full((b,), ctx, device="cuda", dtype=torch.int32)
-        qn = torch.randn(b, h, KVLORA, device="cuda", dtype=torch.bfloat16)
-        qp = torch.randn(b, h, ROPE, device="cuda", dtype=torch.bfloat16)
-        nbytes = cache_bytes + b * h * (KVLORA * 4 + ROPE * 2)
-        fl = 2.0 * b * h * ctx * (KVLORA + ROPE + KVLORA)
+        caches, bt, cl, qn, qp, nbytes, fl = _mla_inputs(b, h, ctx, bs)
+        nc = len(caches)
 
         def run(cfg: Any = None, reps: int = 20) -> float:
             fns = [(lambda c=c: K.mla_decode(qn, qp, c, bt, cl, 0.1, config=cfg)) for c in caches]
@@ -471,16 +480,8 @@ def sweep_focus() -> None:
         (1, 128, 32768, [(32, 64, 4, 2, True), (64, 32, 8, 2, False)]),
         (8, 128, 32768, [(64, 32, 8, 2, False), (32, 64, 4, 2, True)]),
     ):
-        nblk = b * ctx // bs
-        cache_bytes = b * ctx * (KVLORA + ROPE) * 2
-        nc = _copies(cache_bytes, cap=8)
-        caches = [torch.randn(nblk + 1, bs, KVLORA + ROPE, device="cuda", dtype=torch.bfloat16) for _ in range(nc)]
-        bt = torch.randperm(nblk, device="cuda").view(b, ctx // bs)
-        cl = torch.full((b,), ctx, device="cuda", dtype=torch.int32)
-        qn = torch.randn(b, h, KVLORA, device="cuda", dtype=torch.bfloat16)
-        qp = torch.randn(b, h, ROPE, device="cuda", dtype=torch.bfloat16)
-        nbytes = cache_bytes + b * h * (KVLORA * 4 + ROPE * 2)
-        fl = 2.0 * b * h * ctx * (KVLORA + ROPE + KVLORA)
+        caches, bt, cl, qn, qp, nbytes, fl = _mla_inputs(b, h, ctx, bs)
+        nc = len(caches)
         for bh, bn, warps, st, tr in grid:
             for splits in (None, 8, 16, 32, 64, 128):
                 cfg = None if splits is None and (bh, bn, warps, st, tr) == grid[0] else K.MlaDecodeConfig(

@@ -74,9 +74,6 @@ class DataSource:
         except Exception as err:  # datasets raises many kinds; all mean "could not get the data"
             raise UserError(f"could not load Hub dataset {hub_id} ({config}, {split}): {err}") from err
 
-    def fingerprint_hint(self) -> str:
-        return HUB if self.hub else str(self.root)
-
 
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")

@@ -143,9 +143,6 @@ class Task(ABC):
         """Aggregate metrics; the default is the mean with its standard error, plus breakdowns."""
         return summarize(samples, self.breakdowns)
 
-    def describe_requests(self) -> str:
-        return self.request_type
-
 
 _REGISTRY: dict[str, type[Task]] = {}
 _ENTRY_POINTS_LOADED = False
