@@ -481,7 +481,6 @@ def sweep_focus() -> None:
         (8, 128, 32768, [(64, 32, 8, 2, False), (32, 64, 4, 2, True)]),
     ):
         caches, bt, cl, qn, qp, nbytes, fl = _mla_inputs(b, h, ctx, bs)
-        nc = len(caches)
         for bh, bn, warps, st, tr in grid:
             for splits in (None, 8, 16, 32, 64, 128):
                 cfg = None if splits is None and (bh, bn, warps, st, tr) == grid[0] else K.MlaDecodeConfig(
