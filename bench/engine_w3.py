@@ -14,8 +14,19 @@ first dense, random FP8 weights with block scales drawn on the GPU), then
    replay alone is timed with CUDA events.
 3. ``e2e``: real ``LLM.generate`` (chunked prefill + decode) at the shortest prompt.
 4. ``prefill``: one ``--prefill-len`` prompt (128K) through chunked prefill, batch 1.
-5. ``hf``: transformers' DeepseekV3ForCausalLM with the same config in bf16 (random init on the
+5. ``eval``: eval throughput, ``--eval-requests`` prompts of the shortest prompt length through
+   ``LLM.generate`` (at most ``max(--batches)`` running at once); under data parallelism each
+   replica takes its contiguous share, as ``dseval run --dp`` does, and the wall time is the
+   slowest replica's.
+6. ``hf``: transformers' DeepseekV3ForCausalLM with the same config in bf16 (random init on the
    GPU), ``generate`` at the cells it can do within ``--hf-budget-s``.
+
+Several GPUs (launched with torchrun, one process per GPU): ``--tp N`` / ``--ep N`` split each
+replica of N ranks as ``dseval run`` does (``--moe-comm`` picks the expert exchange); ranks
+left over form data-parallel replicas. Weights are drawn per checkpoint tensor from its name, so
+every layout holds the same model: ``--save-logits`` (single GPU) and ``--compare-logits`` (a
+sharded run) check the sharded decode step, CUDA graph and NCCL collectives included, against
+the single GPU's logits. Global rank 0 prints and writes the JSON.
 
 The floor of a decode step is the bytes it must read over ``--bandwidth`` (4.24 TB/s measured
 copy rate of the H200): FP8 linears with their scales, the bf16 head, a bf16 router, the
@@ -24,6 +35,7 @@ expected number of distinct routed experts hit by B tokens (uniform routing:
 
     python bench/engine_w3.py [--layers 3] [--batches 1 8 32 128] [--prompts 256 4096 32768]
         [--new-tokens 32] [--prefill-len 131072] [--no-hf] [--out results/bench/engine_w3.json]
+    torchrun --nproc-per-node 2 bench/engine_w3.py --tp 2 --batches 1 32 --prompts 256 --no-hf ...
 
 Prints one table and writes JSON to ``--out`` and ``$OUT`` (if set) after every phase.
 """
@@ -31,6 +43,7 @@ Prints one table and writes JSON to ``--out`` and ``$OUT`` (if set) after every 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -43,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 W3_CONFIG = ROOT / "configs" / "models" / "w3.json"
@@ -55,7 +69,7 @@ def w3_config(layers: int, tiny: bool) -> Any:
     cfg = ModelConfig.from_json_file(W3_CONFIG)
     cfg = dataclasses.replace(cfg, num_hidden_layers=layers)
     if tiny:  # CPU smoke run of this script's logic, not a measurement
-        cfg = dataclasses.replace(cfg, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+        cfg = dataclasses.replace(cfg, hidden_size=256, intermediate_size=512, moe_intermediate_size=256,
                                   num_attention_heads=4, q_lora_rank=128, vocab_size=2048, n_routed_experts=16,
                                   n_group=4, topk_group=2, num_experts_per_tok=4)
     return cfg
@@ -72,11 +86,43 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def global_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return global_rank() == 0
+
+
+def say(msg: str) -> None:
+    """Print on global rank 0 only (every rank runs the same phases)."""
+    if is_main():
+        print(msg, flush=True)
+
+
+def barrier() -> None:
+    sync()
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def init_layout(args: argparse.Namespace) -> tuple[Any, int, int]:
+    """(this rank's ParallelContext, data-parallel rank, data-parallel size): ``dseval run``'s
+    layout under torchrun (replicas of max(tp, ep) consecutive ranks), a single process otherwise."""
+    from dseval.distributed import Topology, init_process_group
+    from dseval.engine.parallel import ParallelContext
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    topology = Topology.from_env(world // max(args.tp, args.ep), args.tp, args.ep)
+    init_process_group(topology)
+    return ParallelContext.from_options(args.tp, args.ep, args.moe_comm), topology.dp_rank, topology.dp
+
+
 class Report:
     """Collects results; rewrites the JSON files after every phase so a timeout loses little."""
 
     def __init__(self, paths: list[Path], meta: dict[str, Any]) -> None:
-        self.paths = paths
+        self.paths = paths if is_main() else []
         self.data: dict[str, Any] = {"meta": meta, "floor": {}, "check": {}, "dseval": [], "e2e": [],
                                      "prefill": {}, "hf": [], "errors": [], "skipped": []}
 
@@ -87,7 +133,7 @@ class Report:
 
     def error(self, phase: str, exc: BaseException) -> None:
         tb = traceback.format_exc()
-        print(f"[{phase}] FAILED: {exc!r}\n{tb}", flush=True)
+        print(f"[{phase}] FAILED on rank {global_rank()}: {exc!r}\n{tb}", flush=True)
         self.data["errors"].append({"phase": phase, "error": repr(exc), "traceback": tb[-4000:]})
         self.save()
 
@@ -121,12 +167,12 @@ def step_floor_bytes(cfg: Any, batch: int, context: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------- dseval
-def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device) -> Any:
+def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device, parallel: Any) -> Any:
     from dseval.engine.llm import LLM, EngineConfig
     from dseval.engine.random_init import random_fp8_model
 
     t0 = time.perf_counter()
-    model = random_fp8_model(cfg, device, torch.bfloat16, seed=0)
+    model = random_fp8_model(cfg, device, torch.bfloat16, seed=0, parallel=parallel)
     sync()
     built = time.perf_counter() - t0
     max_prompt = max(max(args.prompts), args.prefill_len)
@@ -138,8 +184,9 @@ def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device) -> Any:
     for cache in llm.runner.kv_caches:  # decode cells attend over these instead of prefilled rows
         cache.normal_(generator=torch.Generator(device=cache.device).manual_seed(1))
     sync()
-    print(f"built W3 ({cfg.num_hidden_layers} layers) in {built:.1f}s, engine setup {time.perf_counter() - t0:.1f}s; "
-          f"weights {sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9:.2f} GB", flush=True)
+    say(f"built W3 ({cfg.num_hidden_layers} layers, {parallel.describe()}) in {built:.1f}s, engine setup "
+        f"{time.perf_counter() - t0:.1f}s; weights {sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9:.2f}"
+        f" GB on rank 0")
     return llm
 
 
@@ -264,7 +311,7 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
             res[name] = {"ms": ms, "tflops": flops / ms / 1e9, "rel_vs_causal_bias": rel}
         except Exception as e:  # noqa: BLE001 (a backend may be missing on this build)
             res[name] = {"error": repr(e)[:300]}
-        print(f"prefill attention {name}: {res[name]}", flush=True)
+        say(f"prefill attention {name}: {res[name]}")
         free_memory()
     mp.set_prefill_backend("auto")
     ok = {k: v["ms"] for k, v in res.items() if isinstance(v, dict) and "ms" in v and v["rel_vs_causal_bias"] < 2e-2}
@@ -291,8 +338,11 @@ def run_prefill(llm: Any, length: int) -> dict[str, Any]:
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
-def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)) -> dict[str, Any]:
-    """Graph-replayed decode vs expanded prefill of the same tokens; fused vs reference MoE."""
+def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Graph-replayed decode vs expanded prefill of the same tokens; fused vs reference MoE.
+    Also returns, for cross-layout checks, the graph-replayed decode logits (float32 [3, vocab])
+    and :func:`module_probes`."""
     from dseval.engine.model_runner import RowSpec
     from dseval.engine.moe import MoE
     from dseval.engine.sequence import SamplingParams, Sequence
@@ -374,15 +424,107 @@ def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)) -
             finally:
                 moe.fused_experts = keep
             out["fused_moe_rel"] = ((fused - loop).norm() / loop.norm()).item()
+            # fused routing kernel vs the torch chain (the same router, copied to the CPU)
+            cpu_gate = copy.deepcopy(moe.gate).cpu()
+            w_cpu, ids_cpu = cpu_gate(x.cpu())
+            out["router_fused_vs_torch_ids_equal"] = (ids.cpu() == ids_cpu).all(-1).float().mean().item()
+            out["router_fused_vs_torch_w_max_abs"] = (w.cpu() - w_cpu).abs().max().item()
+        # fused rotary + latent-cache write vs its torch reference at the real sizes
+        from dseval.kernels.mla_rope import mla_rope_and_cache, mla_rope_and_cache_torch
+
+        attn0 = model.model.layers[0].self_attn
+        t_ = 64
+        q = torch.randn(t_, attn0.n_heads, attn0.nope + attn0.rope_dim, device=llm.device, dtype=torch.bfloat16)
+        kv = torch.randn(t_, attn0.kv_rank + attn0.rope_dim, device=llm.device, dtype=torch.bfloat16)
+        pos = torch.randint(0, llm.max_model_len, (t_,), device=llm.device)
+        cos, sin = attn0.rotary.tables(pos)
+        slots = torch.randperm(64 * bs, device=llm.device)[:t_]
+        caches = [torch.zeros(64, bs, attn0.kv_rank + attn0.rope_dim, device=llm.device, dtype=torch.bfloat16)
+                  for _ in range(2)]
+        args_ = (pos, cos, sin, attn0.kv_a_layernorm.weight, attn0.kv_a_layernorm.eps)
+        qa = mla_rope_and_cache(q, kv, *args_, caches[0], slots, attn0.rotary.interleave)
+        qb = mla_rope_and_cache_torch(q, kv, *args_, caches[1], slots, attn0.rotary.interleave)
+        out["mla_rope_vs_torch_max_abs"] = max((qa.float() - qb.float()).abs().max().item(),
+                                               (caches[0].float() - caches[1].float()).abs().max().item())
     # A row may differ more when bf16 noise flips a near-tied expert choice (then top-1 still
     # agrees); the median row must sit at bf16 level.
     # Prefill runs W8A8 GEMMs (activations quantized to e4m3) and decode W8A16 ones, and the
     # fused MoE quantizes activations where the per-expert loop does not: those comparisons
     # carry FP8 activation noise (a few %) through random layers. The graph-vs-loop decode
     # comparison has identical GEMMs and must sit at bf16 level.
-    out["pass"] = bool(out["layer0_attention_fused_vs_loop_rel"] < 1e-2 and out.get("fused_moe_rel", 0.0) < 6e-2)
-    print(f"check: {out}", flush=True)
-    return out
+    out["pass"] = bool(out["layer0_attention_fused_vs_loop_rel"] < 1e-2 and out.get("fused_moe_rel", 0.0) < 6e-2
+                       and out.get("router_fused_vs_torch_ids_equal", 1.0) > 0.95
+                       and out["mla_rope_vs_torch_max_abs"] < 0.1)
+    say(f"check: {out}")
+    probes = module_probes(llm, cfg, dec_rows)
+    return out, {"logits": dec_logits.float().cpu(), **probes}
+
+
+@torch.inference_mode()
+def module_probes(llm: Any, cfg: Any, dec_rows: list[Any]) -> dict[str, torch.Tensor]:
+    """One fixed input through layer 0's attention (decode form, graph-free) and dense MLP and
+    layer 1's MoE: outputs every layout must reproduce up to its own reduction order. Unlike
+    whole-model logits they carry no amplification through random layers or expert flips."""
+    from dseval.engine.moe import MoE
+
+    model, runner = llm.model, llm.runner
+    g = torch.Generator(device=llm.device).manual_seed(23)
+    x = torch.randn(len(dec_rows), cfg.hidden_size, generator=g, device=llm.device, dtype=torch.bfloat16)
+    inp = runner.prepare(dec_rows, absorbed=True, static=True)
+    layer0 = model.model.layers[0]
+    probes = {"attention": layer0.self_attn(x, inp.positions, inp.meta, runner.kv_caches[0]),
+              "dense_mlp": layer0.mlp(x)}
+    moe = next((m for m in model.modules() if isinstance(m, MoE)), None)
+    if moe is not None:
+        xs = torch.randn(64, cfg.hidden_size, generator=g, device=llm.device, dtype=torch.bfloat16)
+        probes["moe"] = moe(xs)
+    return {k: v.float().cpu() for k, v in probes.items()}
+
+
+def compare_checks(mine: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """This layout's check outputs against the single GPU's (``--save-logits``). Same model,
+    same inputs; only reduction order differs (NCCL sums of bf16 partials, per-rank GEMM
+    tiling). Module probes must agree at bf16 level (relative L2 < 1e-2). Whole-model logits
+    are reported too, but random layers amplify any rounding difference (one GPU's own graph
+    vs loop decode already differs by ~2.4%) and a near-tied expert can flip."""
+    ref = torch.load(path)
+    res: dict[str, Any] = {}
+    for name, r in ref.items():
+        m = mine[name]
+        res[f"vs_single_gpu_{name}_rel"] = ((m - r).norm() / r.norm()).item()
+    logits = mine["logits"]
+    res["vs_single_gpu_logits_rel_rows"] = ((logits - ref["logits"]).norm(dim=-1) / ref["logits"].norm(dim=-1)).tolist()
+    res["vs_single_gpu_top1"] = (logits.argmax(-1) == ref["logits"].argmax(-1)).float().mean().item()
+    res["vs_single_gpu_pass"] = all(res[f"vs_single_gpu_{k}_rel"] < 1e-2 for k in ref if k != "logits")
+    return res
+
+
+def run_eval(llm: Any, args: argparse.Namespace, dp_rank: int, dp_size: int) -> dict[str, Any]:
+    """Eval throughput: ``--eval-requests`` random prompts, this replica's contiguous share,
+    through ``LLM.generate``; wall time from a common barrier to the slowest replica's end."""
+    from dseval.engine.sequence import SamplingParams
+
+    n, prompt = args.eval_requests, min(args.prompts)
+    gen = torch.Generator().manual_seed(17)
+    prompts = [torch.randint(2, llm.config.vocab_size, (prompt,), generator=gen).tolist() for _ in range(n)]
+    base, extra = divmod(n, dp_size)
+    start = dp_rank * base + min(dp_rank, extra)
+    share = prompts[start : start + base + (dp_rank < extra)]
+    params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
+    # warm-up on one full wave: compiles the prefill shapes and captures the decode graph the
+    # timed run will replay (a capture inside the timed region would cost one replica only)
+    llm.generate(share[: llm.engine_config.max_num_seqs], params)
+    barrier()
+    t0 = time.perf_counter()
+    outs = llm.generate(share, params)
+    barrier()
+    wall = time.perf_counter() - t0
+    if sum(len(o.token_ids) for o in outs) != len(share) * args.new_tokens:
+        raise RuntimeError("eval: a request stopped before --new-tokens despite ignore_eos")
+    generated = n * args.new_tokens
+    return {"requests": n, "prompt": prompt, "new_tokens": args.new_tokens, "replicas": dp_size,
+            "max_num_seqs": llm.engine_config.max_num_seqs, "seconds": wall, "requests_per_s": n / wall,
+            "generated_tok_s": generated / wall, "prompt_tok_s": n * prompt / wall}
 
 
 # ---------------------------------------------------------------------------------------- transformers
@@ -422,7 +564,7 @@ def run_hf(cfg: Any, args: argparse.Namespace, device: torch.device, report: Rep
         torch.set_default_dtype(prev)
     sync()
     report.data["meta"]["transformers"] = transformers.__version__
-    print(f"transformers {transformers.__version__}: built in {time.perf_counter() - t0:.1f}s", flush=True)
+    say(f"transformers {transformers.__version__}: built in {time.perf_counter() - t0:.1f}s")
     t_start = time.perf_counter()
     cells = [(b, p) for p in args.hf_prompts for b in args.batches]
     for b, p in cells:
@@ -438,7 +580,7 @@ def run_hf(cfg: Any, args: argparse.Namespace, device: torch.device, report: Rep
             step = (tn - t1) / (args.new_tokens - 1)
             row = {"batch": b, "prompt": p, "step_ms": 1e3 * step, "tok_s": b / step, "prefill_s": t1}
             report.data["hf"].append(row)
-            print(f"hf B={b} P={p}: {row['tok_s']:.1f} tok/s ({row['step_ms']:.2f} ms/step)", flush=True)
+            say(f"hf B={b} P={p}: {row['tok_s']:.1f} tok/s ({row['step_ms']:.2f} ms/step)")
         except torch.cuda.OutOfMemoryError as e:
             report.data["skipped"].append({"engine": "hf", "batch": b, "prompt": p, "why": f"OOM: {e!s:.200}"})
             free_memory()
@@ -453,9 +595,15 @@ def run_hf(cfg: Any, args: argparse.Namespace, device: torch.device, report: Rep
 def print_table(report: Report, bandwidth: float) -> None:
     d = report.data
     hf = {(r["batch"], r["prompt"]): r for r in d["hf"]}
-    print("\n| batch | prompt | dseval tok/s | ms/step | graph replay ms | floor ms | x floor (step) | "
-          "x floor (replay) | HF tok/s | x HF |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    # The floor is the whole model's bytes over one GPU's bandwidth; under TP/EP each GPU reads
+    # only its share, so there it is a reference line, not a bound.
+    floor = "floor ms" if d["meta"].get("layout", "single") == "single" else "1-GPU floor ms"
+    if not d["dseval"]:
+        print()
+    else:
+        print(f"\n| batch | prompt | dseval tok/s | ms/step | graph replay ms | {floor} | x floor (step) | "
+              "x floor (replay) | HF tok/s | x HF |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     for r in d["dseval"]:
         f = r["floor_ms"]
         h = hf.get((r["batch"], r["prompt"]))
@@ -466,6 +614,11 @@ def print_table(report: Report, bandwidth: float) -> None:
               if h else
               f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['mean_step_ms']:.3f} | {rep} | {f:.3f} | "
               f"{r['mean_step_ms'] / f:.2f} | {xr} | - | - |")
+    if d.get("eval"):
+        e = d["eval"]
+        print(f"eval throughput ({d['meta']['layout']}, {e['replicas']} replica(s)): {e['requests']} requests of "
+              f"{e['prompt']} + {e['new_tokens']} tokens in {e['seconds']:.2f}s = {e['requests_per_s']:.1f} req/s, "
+              f"{e['generated_tok_s']:.0f} generated tok/s")
     for r in d["e2e"]:
         print(f"e2e generate B={r['batch']} P={r['prompt']}: {r['tok_s']:.0f} tok/s incl. prefill ({r['seconds']:.2f}s)")
     if d["prefill"]:
@@ -498,12 +651,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--skip", nargs="*", default=[], choices=["check", "decode", "e2e", "prefill"])
+    ap.add_argument("--eval-requests", type=int, default=0, help="eval-throughput phase size (0 skips it)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (torchrun)")
+    ap.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per replica (torchrun)")
+    ap.add_argument("--moe-comm", default="all_to_all", choices=["all_to_all", "all_reduce"])
+    ap.add_argument("--save-logits", default=None, help="write the check's logits and probes here (single GPU)")
+    ap.add_argument("--compare-logits", default=None, help="compare the check's logits and probes with this file")
     ap.add_argument("--deadline-s", type=float, default=1e9, help="start no new phase after this many seconds")
     ap.add_argument("--bandwidth", type=float, default=4.24e12, help="bytes/s for the floor (H200 copy rate)")
     ap.add_argument("--tiny", action="store_true", help="shrunken dims: CPU smoke test of the script")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "engine_w3.json"))
     args = ap.parse_args(argv)
     t_begin = time.perf_counter()
+    parallel, dp_rank, dp_size = init_layout(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = w3_config(args.layers, args.tiny)
     need_blocks = max(max(args.batches) * -(-(max(args.prompts) + args.new_tokens + args.warmup_steps + 2)
@@ -515,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "layers": args.layers, "bandwidth": args.bandwidth,
             "new_tokens": args.new_tokens, "block_size": args.block_size, "kv_blocks": args.kv_blocks,
             "chunk": args.chunk, "tiny": args.tiny, "cuda_graphs": not args.no_graphs,
+            "layout": parallel.describe(), "replicas": dp_size,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "decode_method": "cache filled with random latents (no prefill); mean of timed LLM.step calls"}
     report = Report(paths, meta)
 
@@ -532,14 +694,19 @@ def main(argv: list[str] | None = None) -> int:
         e1.record()
         sync()
         meta["copy_tb_s"] = 2 * a.numel() * 10 / (e0.elapsed_time(e1) * 1e-3) / 1e12
-        print(f"device copy rate {meta['copy_tb_s']:.2f} TB/s (floor uses {args.bandwidth / 1e12:.2f})", flush=True)
+        say(f"device copy rate {meta['copy_tb_s']:.2f} TB/s (floor uses {args.bandwidth / 1e12:.2f})")
         del a, b
         free_memory()
-    llm = build_llm(cfg, args, device)
+    llm = build_llm(cfg, args, device, parallel)
     report.data["meta"]["weights_gb"] = sum(p.numel() * p.element_size() for p in llm.model.parameters()) / 1e9
     if "check" not in args.skip:
         try:
-            report.data["check"] = run_checks(llm, cfg)
+            report.data["check"], outputs = run_checks(llm, cfg)
+            if args.save_logits and is_main():
+                torch.save(outputs, args.save_logits)
+            if args.compare_logits:
+                report.data["check"].update(compare_checks(outputs, Path(args.compare_logits)))
+                say(f"check vs single GPU: {report.data['check']}")
         except Exception as e:  # noqa: BLE001
             report.error("check", e)
         report.save()
@@ -555,8 +722,8 @@ def main(argv: list[str] | None = None) -> int:
                     r.update(floor_ms=1e3 * f["total"] / args.bandwidth, floor_weights_gb=f["weights"] / 1e9,
                              floor_kv_gb=f["kv"] / 1e9, distinct_experts=f["distinct_experts"])
                     report.data["dseval"].append(r)
-                    print(f"dseval B={b} P={p}: {r['tok_s']:.0f} tok/s, step {r['mean_step_ms']:.3f} ms "
-                          f"(replay {r['replay_ms']}), floor {r['floor_ms']:.3f} ms", flush=True)
+                    say(f"dseval B={b} P={p}: {r['tok_s']:.0f} tok/s, step {r['mean_step_ms']:.3f} ms "
+                          f"(replay {r['replay_ms']}), floor {r['floor_ms']:.3f} ms")
                 except torch.cuda.OutOfMemoryError as e:
                     release(llm)
                     report.data["skipped"].append({"engine": "dseval", "batch": b, "prompt": p, "why": f"OOM {e!s:.200}"})
@@ -565,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                     release(llm)
                     report.error(f"decode B={b} P={p}", e)
                     if llm.runner.graphs is not None:  # keep measuring, eagerly, rather than lose the run
-                        print("disabling CUDA graphs for the remaining cells", flush=True)
+                        say("disabling CUDA graphs for the remaining cells")
                         llm.runner.graphs = None
                         report.data["meta"]["cuda_graphs"] = "disabled after an error"
                 report.save()
@@ -577,6 +744,14 @@ def main(argv: list[str] | None = None) -> int:
                 release(llm)
                 report.error(f"e2e B={b}", e)
             report.save()
+    if args.eval_requests and not late():
+        try:
+            report.data["eval"] = run_eval(llm, args, dp_rank, dp_size)
+            say(f"eval: {report.data['eval']}")
+        except Exception as e:  # noqa: BLE001
+            release(llm)
+            report.error("eval", e)
+        report.save()
     if "prefill" not in args.skip and args.prefill_len and not late():
         from dseval.kernels.mla_prefill import set_prefill_backend
 
@@ -602,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                 report.data.setdefault("prefill_runs", []).append(r)
                 if not report.data["prefill"] or r["seconds"] < report.data["prefill"]["seconds"]:
                     report.data["prefill"] = r
-                print(f"prefill ({backend}): {r}", flush=True)
+                say(f"prefill ({backend}): {r}")
             except Exception as e:  # noqa: BLE001
                 release(llm)
                 report.error(f"prefill {backend}", e)
@@ -618,14 +793,18 @@ def main(argv: list[str] | None = None) -> int:
     free_memory()
     if device.type == "cuda":
         report.data["meta"]["gib_in_use_before_hf"] = torch.cuda.memory_allocated() / 2**30
-    if not args.no_hf and not late():
+    if not args.no_hf and not late() and not dist.is_initialized():
         try:
             run_hf(cfg, args, device, report, step_floor_bytes)
         except Exception as e:  # noqa: BLE001
             report.error("hf", e)
     report.data["meta"]["wall_s"] = time.perf_counter() - t_begin
     report.save()
-    print_table(report, args.bandwidth)
+    if is_main():
+        print_table(report, args.bandwidth)
+    if dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -75,10 +75,12 @@ def init_process_group(topology: Topology) -> None:
 
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    if torch.cuda.is_available():  # naming the device lets NCCL bind it now instead of guessing
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", timeout=timedelta(minutes=30), device_id=device)
+    else:
+        dist.init_process_group(backend="gloo", timeout=timedelta(minutes=30))
 
 
 def barrier(topology: Topology) -> None:

@@ -103,13 +103,22 @@ class MLAttention(nn.Module):
         q = self._queries(x)
         q_nope, q_pe = q.split([self.nope, self.rope_dim], dim=-1)  # [T, H, nope], [T, H, rope]
         kv = self.kv_a_proj_with_mqa(x)
-        c_kv, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)  # [T, C], [T, rope]
-        c_kv = self.kv_a_layernorm(c_kv)
-        cos, sin = self.rotary.cos_sin(positions)
-        q_pe = self.rotary.apply(q_pe, cos, sin)
-        k_pe = self.rotary.apply(k_pe, cos, sin)
-        width = kv_cache.shape[-1]
-        kv_cache.view(-1, width)[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(kv_cache.dtype)
+        if x.is_cuda and x.dtype == kv_cache.dtype == torch.bfloat16:
+            # One launch for rotary, kv_a_layernorm and the cache write (~25 small kernels
+            # otherwise); imported lazily so CPU runs never load Triton.
+            from dseval.kernels.mla_rope import mla_rope_and_cache
+
+            cos, sin = self.rotary.tables(positions)
+            q_pe = mla_rope_and_cache(q, kv, positions, cos, sin, self.kv_a_layernorm.weight,
+                                      self.kv_a_layernorm.eps, kv_cache, meta.slot_mapping, self.rotary.interleave)
+        else:
+            c_kv, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)  # [T, C], [T, rope]
+            c_kv = self.kv_a_layernorm(c_kv)
+            cos, sin = self.rotary.cos_sin(positions)
+            q_pe = self.rotary.apply(q_pe, cos, sin)
+            k_pe = self.rotary.apply(k_pe, cos, sin)
+            width = kv_cache.shape[-1]
+            kv_cache.view(-1, width)[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(kv_cache.dtype)
         out = paged_mla(self, q_nope, q_pe, positions, meta, kv_cache)  # [T, H, v]
         return self.o_proj(out.reshape(T, self.n_heads * self.v_dim))
 

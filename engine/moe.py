@@ -68,9 +68,20 @@ class Router(nn.Module):
         """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k] int64)."""
         cfg = self.config
         logits = F.linear(x.float(), self.weight.float())  # [T, E]
+        use_groups = cfg.topk_method != "greedy" and cfg.n_group > 1
+        if logits.is_cuda:  # one kernel instead of ~15 (decode is launch-bound) where the shape allows
+            # (imported lazily: CPU runs never load Triton)
+            from dseval.kernels.router import group_topk, group_topk_supported
+
+            g = cfg.n_group if use_groups else 1
+            if group_topk_supported(logits.shape[1], g, cfg.num_experts_per_tok):
+                return group_topk(logits, self.e_score_correction_bias, top_k=cfg.num_experts_per_tok,
+                                  n_group=g, topk_group=cfg.topk_group, sigmoid=cfg.scoring_func == "sigmoid",
+                                  group_top2=cfg.topk_method == "noaux_tc", normalize=cfg.norm_topk_prob,
+                                  scaling=cfg.routed_scaling_factor)
         scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
         choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias.float()
-        if cfg.topk_method != "greedy" and cfg.n_group > 1:
+        if use_groups:
             T, E = choice.shape
             grouped = choice.view(T, cfg.n_group, E // cfg.n_group)  # [T, E] -> [T, G, E/G]
             if cfg.topk_method == "noaux_tc":

@@ -98,13 +98,16 @@ class RotaryEmbedding:
             self._tables[device] = cached
         return cached
 
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole cos, sin tables [n, d/2] (float32) on ``positions``' device, n > max(positions)."""
+        if positions.device in self._reserved:
+            return self._tables[positions.device]
+        needed = int(positions.max().item()) + 1 if positions.numel() else 1
+        return self._table(needed, positions.device)
+
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [T, d/2] (float32) for integer positions [T]."""
-        if positions.device in self._reserved:
-            cos, sin = self._tables[positions.device]
-        else:
-            needed = int(positions.max().item()) + 1 if positions.numel() else 1
-            cos, sin = self._table(needed, positions.device)
+        cos, sin = self.tables(positions)
         return cos[positions], sin[positions]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,17 @@ MLA prefill (``mla_prefill``)
         causal attention of a sequence's last t positions over its S context rows; CUDA ->
         torch SDPA (flash/cuDNN, no [H, t, S] scores), else the float32 reference.
 
+MLA rotary + latent cache (``mla_rope``)
+    mla_rope_and_cache(q [T, H, nope+rope], kv [T, kv_rank+rope], positions [T], cos, sin
+                       [max_pos, rope/2] fp32, norm_weight [kv_rank], eps, cache [nb, bs, kv_rank+rope],
+                       slot_mapping [T], interleave) -> q_pe rotated [T, H, rope]
+        one launch: q_pe rotation per head, kv_a_layernorm + k_pe rotation into the cache rows.
+
+Routing (``router``)
+    group_topk(logits fp32 [T, E], bias [E] | None, top_k, n_group, topk_group, sigmoid,
+               group_top2, normalize, scaling) -> (weights fp32 [T, k], ids int64 [T, k])
+        DeepSeek-V3 group-limited top-k in one launch; group_topk_supported(E, n_group, k).
+
 RMSNorm (``norm``)
     rms_norm(x [..., H], weight [H], eps=1e-6, residual=None)
         -> y, or (y, x + residual) when residual is given (residual not modified)
@@ -55,7 +66,7 @@ conversion; fp32->e4m3/bf16 rounding), see ``fp8_quant.patch_triton_interpreter`
 
 from __future__ import annotations
 
-from . import fp8_gemm, fp8_quant, moe, norm
+from . import fp8_gemm, fp8_quant, mla_rope, moe, norm, router
 from . import mla_decode as _mla_mod
 from .fp8_gemm import (
     SKINNY_M_MAX,
@@ -83,8 +94,10 @@ from .mla_decode import (
     mla_decode_torch,
 )
 from .mla_prefill import mla_prefill_attention, mla_prefill_attention_torch
+from .mla_rope import mla_rope_and_cache, mla_rope_and_cache_torch
 from .moe import MoeConfig, fused_moe, fused_moe_torch, moe_align
 from .norm import rms_norm, rms_norm_torch
+from .router import group_topk, group_topk_supported
 
 mla_decode_module = _mla_mod
 
@@ -108,10 +121,15 @@ __all__ = [
     "fp8_quant",
     "fused_moe",
     "fused_moe_torch",
+    "group_topk",
+    "group_topk_supported",
     "mla_decode",
     "mla_decode_torch",
     "mla_prefill_attention",
     "mla_prefill_attention_torch",
+    "mla_rope",
+    "mla_rope_and_cache",
+    "mla_rope_and_cache_torch",
     "moe",
     "moe_align",
     "norm",
@@ -119,5 +137,6 @@ __all__ = [
     "per_token_group_quant_fp8_torch",
     "rms_norm",
     "rms_norm_torch",
+    "router",
     "scaled_mm_is_safe",
 ]

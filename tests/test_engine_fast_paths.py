@@ -181,6 +181,48 @@ def test_random_fp8_model_layout() -> None:
     assert 0.5 < std * cfg.num_attention_heads ** 0.5 * cfg.v_head_dim ** 0.5 < 2.0
 
 
+@pytest.mark.parametrize("layout", ["tp", "ep"])
+def test_random_fp8_model_shards_are_slices_of_one_model(layout: str) -> None:
+    """Every rank of a TP2 / EP2 layout holds exactly its part of the single-process model, FP8
+    codes and block scales included (bench/engine_w3.py compares sharded runs on that basis)."""
+    from dseval.engine.parallel import ParallelContext
+
+    cfg = replace(v3_style_config(), hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+                  q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64,
+                  num_nextn_predict_layers=0)
+    whole = dict(random_fp8_model(cfg, "cpu", seed=3).named_parameters())
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for rank in range(2):
+        ctx = ParallelContext(rank=rank, world_size=2, tp=layout == "tp", ep=layout == "ep")
+        for name, p in random_fp8_model(cfg, "cpu", seed=3, parallel=ctx).named_parameters():
+            pieces.setdefault(name, []).append(p)
+    assert set(pieces) == set(whole)
+    split = 0
+    for name, parts in pieces.items():
+        full = whole[name].view(torch.uint8) if whole[name].dtype == FP8_DTYPE else whole[name]
+        parts = [q.view(torch.uint8) if q.dtype == FP8_DTYPE else q for q in parts]
+        if len(parts) == 1:  # an expert only one EP rank owns
+            assert torch.equal(parts[0], full), name
+            continue
+        dims = [d for d in range(full.dim()) if parts[0].shape[d] != full.shape[d]]
+        if dims:
+            split += 1
+            assert torch.equal(torch.cat(parts, dim=dims[0]), full), name
+        else:  # replicated
+            assert all(torch.equal(q, full) for q in parts), name
+    assert split > 0 if layout == "tp" else split == 0
+    experts = [n for n in pieces if ".experts." in n]
+    assert all(len(pieces[n]) == (2 if layout == "tp" else 1) for n in experts)
+
+
+def test_random_fp8_model_refuses_a_split_through_scale_blocks() -> None:
+    from dseval.engine.parallel import LayoutError, ParallelContext
+
+    cfg = replace(v3_style_config(), num_nextn_predict_layers=0)  # 4 heads of 16: halves cut 128-blocks
+    with pytest.raises(LayoutError, match="scale blocks"):
+        random_fp8_model(cfg, "cpu", parallel=ParallelContext(rank=0, world_size=2, tp=True))
+
+
 def test_prefill_backend_is_validated() -> None:
     from dseval.engine.llm import EngineConfig
     from dseval.kernels import mla_prefill

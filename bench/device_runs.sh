@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The device runs of bench/README.md, from a bare checkout: `bash bench/device_runs.sh WHAT OUTDIR`.
+#   w3:     the one-GPU W3 table (issue 5): every batch x prompt cell, the 128K prefill and
+#           transformers at the same cells (as far as its time budget and memory reach).
+# On one host of 2 H200s (device kind nvidia-h200-x2):
+#   proof:  W3 (3 layers) on one GPU, then TP2, EP2 (all-to-all), EP2 (reference all-reduce)
+#           and DP2 (two replicas): decode at batch 1 and 32, eval throughput, and each sharded
+#           layout's decode logits against the single GPU's.
+#   dp:     eval throughput alone, one GPU against two data-parallel replicas.
+#   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
+#           of the 61-layer model; then bench/expert_parallel.py (one V3 MoE layer, both
+#           expert-parallel exchanges).
+# The checkout is put on the import path as the installed package would be (dseval.engine ->
+# engine/ ...) without pip, so nothing is built on the device.
+set -uo pipefail
+what=${1:?w3, proof or layers}
+out=${2:?output folder}
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+pkg=$(mktemp -d)/site
+mkdir -p "$pkg/dseval"
+for f in "$root"/dseval/*; do ln -s "$f" "$pkg/dseval/"; done
+for d in engine tasks kernels; do ln -s "$root/$d" "$pkg/dseval/$d"; done
+export PYTHONPATH="$pkg" PYTHONUNBUFFERED=1 NCCL_RUNTIME_CONNECT=0
+unset OUT  # engine_w3.py would copy its JSON there too
+cd "$root"
+read -r -a extra <<< "${BENCH_EXTRA:-}"
+par() { timeout 240 torchrun --nproc-per-node 2 bench/engine_w3.py --no-hf --prefill-len 0 "$@" "${extra[@]}"; }
+
+if [ "$what" = w3 ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout 420 python3 bench/engine_w3.py --hf-prompts 256 4096 32768 --hf-budget-s 200 \
+    --deadline-s 300 "${extra[@]}" --out "$out/engine_w3.json" 2>&1 | tee "$out/engine_w3.log"
+elif [ "$what" = proof ]; then
+  common=(--batches 1 32 --prompts 256 --skip e2e --eval-requests 512)
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
+    --save-logits "$out/single_logits.pt" --out "$out/x2_single.json" 2>&1 | tee "$out/x2_single.log"
+  par "${common[@]}" --tp 2 --compare-logits "$out/single_logits.pt" --out "$out/x2_tp2.json" 2>&1 | tee "$out/x2_tp2.log"
+  par "${common[@]}" --ep 2 --compare-logits "$out/single_logits.pt" --out "$out/x2_ep2.json" 2>&1 | tee "$out/x2_ep2.log"
+  par "${common[@]}" --ep 2 --moe-comm all_reduce --compare-logits "$out/single_logits.pt" \
+    --out "$out/x2_ep2_allreduce.json" 2>&1 | tee "$out/x2_ep2_allreduce.log"
+  par "${common[@]}" --skip check decode e2e --out "$out/x2_dp2.json" 2>&1 | tee "$out/x2_dp2.log"
+elif [ "$what" = dp ]; then  # eval throughput alone: one GPU, then two replicas
+  common=(--batches 32 --prompts 256 --skip check decode e2e --eval-requests 1024)
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
+    --out "$out/x2_dp1_eval.json" 2>&1 | tee "$out/x2_dp1_eval.log"
+  par "${common[@]}" --out "$out/x2_dp2_eval.json" 2>&1 | tee "$out/x2_dp2_eval.log"
+elif [ "$what" = layers ]; then
+  for n in 4 12 20; do
+    par --layers "$n" --tp 2 --ep 2 --batches 1 8 32 128 --prompts 256 --skip e2e \
+      --out "$out/x2_tp2ep2_layers$n.json" 2>&1 | tee "$out/x2_tp2ep2_layers$n.log"
+  done
+  timeout 180 torchrun --nproc-per-node 2 bench/expert_parallel.py --tokens 1,32,256,4096 2>&1 \
+    | tee "$out/x2_expert_parallel.log"
+fi
