@@ -6,6 +6,7 @@
 #   proof:  W3 (3 layers) on one GPU, then TP2, EP2 (all-to-all), EP2 (reference all-reduce)
 #           and DP2 (two replicas): decode at batch 1 and 32, eval throughput, and each sharded
 #           layout's decode logits against the single GPU's.
+#   fused:  the one-GPU cells at prompts 256 and 4K with a kernel profile of a B=1 step, then TP2.
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
 #   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
 #           of the 61-layer model; then bench/expert_parallel.py (one V3 MoE layer, both
@@ -33,12 +34,18 @@ if [ "$what" = w3 ]; then
 elif [ "$what" = proof ]; then
   common=(--batches 1 32 --prompts 256 --skip e2e --eval-requests 512)
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
-    --save-logits "$out/single_logits.pt" --out "$out/x2_single.json" 2>&1 | tee "$out/x2_single.log"
+    --profile-batch 1 --save-logits "$out/single_logits.pt" --out "$out/x2_single.json" 2>&1 | tee "$out/x2_single.log"
   par "${common[@]}" --tp 2 --compare-logits "$out/single_logits.pt" --out "$out/x2_tp2.json" 2>&1 | tee "$out/x2_tp2.log"
   par "${common[@]}" --ep 2 --compare-logits "$out/single_logits.pt" --out "$out/x2_ep2.json" 2>&1 | tee "$out/x2_ep2.log"
   par "${common[@]}" --ep 2 --moe-comm all_reduce --compare-logits "$out/single_logits.pt" \
     --out "$out/x2_ep2_allreduce.json" 2>&1 | tee "$out/x2_ep2_allreduce.log"
   par "${common[@]}" --skip check decode e2e --out "$out/x2_dp2.json" 2>&1 | tee "$out/x2_dp2.log"
+elif [ "$what" = fused ]; then  # one GPU at prompts 256 and 4K with a kernel profile at B=1, then TP2
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 --prompts 256 4096 \
+    --skip e2e --profile-batch 1 --save-logits "$out/single_logits.pt" "${extra[@]}" \
+    --out "$out/engine_w3_shared_fused.json" 2>&1 | tee "$out/engine_w3_shared_fused.log"
+  par --batches 1 32 --prompts 256 --skip e2e --tp 2 --compare-logits "$out/single_logits.pt" \
+    --out "$out/x2_tp2_shared_fused.json" 2>&1 | tee "$out/x2_tp2_shared_fused.log"
 elif [ "$what" = dp ]; then  # eval throughput alone: one GPU, then two replicas
   common=(--batches 32 --prompts 256 --skip check decode e2e --eval-requests 1024)
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \

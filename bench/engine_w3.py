@@ -109,8 +109,9 @@ def barrier() -> None:
 def init_layout(args: argparse.Namespace) -> tuple[Any, int, int]:
     """(this rank's ParallelContext, data-parallel rank, data-parallel size): ``dseval run``'s
     layout under torchrun (replicas of max(tp, ep) consecutive ranks), a single process otherwise."""
-    from dseval.distributed import Topology, init_process_group
     from dseval.engine.parallel import ParallelContext
+
+    from dseval.distributed import Topology, init_process_group
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     topology = Topology.from_env(world // max(args.tp, args.ep), args.tp, args.ep)
@@ -178,7 +179,8 @@ def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device, parallel
     max_prompt = max(max(args.prompts), args.prefill_len)
     ec = EngineConfig(block_size=args.block_size, num_kv_blocks=args.kv_blocks, max_num_seqs=max(args.batches),
                       max_num_batched_tokens=args.chunk, enable_prefix_cache=False,
-                      max_model_len=max_prompt + args.new_tokens + 64, cuda_graphs=not args.no_graphs)
+                      # >= 2048 so the check's sequences (up to 1030 tokens) are the same in every run
+                      max_model_len=max(max_prompt + args.new_tokens + 64, 2048), cuda_graphs=not args.no_graphs)
     t0 = time.perf_counter()
     llm = LLM.from_model(model, cfg, None, ec)
     for cache in llm.runner.kv_caches:  # decode cells attend over these instead of prefilled rows
@@ -248,8 +250,39 @@ def time_decode_cell(llm: Any, batch: int, prompt: int, args: argparse.Namespace
     finally:
         release(llm)
     return {"batch": batch, "prompt": prompt, "step_ms": step_ms, "mean_step_ms": mean_ms,
-            "tok_s": batch * 1e3 / mean_ms, "replay_ms": replay_ms,
+            "tok_s": batch * 1e3 / step_ms, "replay_ms": replay_ms,
             "graphs": len(llm.runner.graphs.graphs) if llm.runner.graphs else 0}
+
+
+def profile_decode(llm: Any, batch: int, prompt: int, args: argparse.Namespace, steps: int = 10) -> dict[str, Any]:
+    """GPU time per kernel over ``steps`` engine decode steps (torch.profiler; the graph's
+    kernels are traced one by one): where a step's time goes, kernel by kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fake_prefilled(llm, batch, prompt, steps + 4, torch.Generator().manual_seed(5))
+    try:
+        for _ in range(2):
+            llm.step()
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                llm.step()
+            sync()
+    finally:
+        release(llm)
+    rows = []
+    for ev in prof.key_averages():  # kernels: the events with GPU time of their own
+        us = getattr(ev, "self_device_time_total", None)
+        us = getattr(ev, "self_cuda_time_total", 0.0) if us is None else us
+        if us > 0:
+            rows.append({"kernel": ev.key[:120], "calls_per_step": ev.count / steps, "us_per_step": us / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    say(f"profile B={batch} P={prompt}: {total:.0f} us of kernels per step, "
+        f"{sum(r['calls_per_step'] for r in rows):.0f} launches")
+    for r in rows[:30]:
+        say(f"  {r['us_per_step']:8.1f} us  x{r['calls_per_step']:5.1f}  {r['kernel']}")
+    return {"batch": batch, "prompt": prompt, "kernel_us_per_step": total, "kernels": rows}
 
 
 def run_e2e(llm: Any, batch: int, prompt: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -609,11 +642,11 @@ def print_table(report: Report, bandwidth: float) -> None:
         h = hf.get((r["batch"], r["prompt"]))
         rep = f"{r['replay_ms']:.3f}" if r.get("replay_ms") else "-"
         xr = f"{r['replay_ms'] / f:.2f}" if r.get("replay_ms") else "-"
-        print(f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['mean_step_ms']:.3f} | {rep} | {f:.3f} | "
-              f"{r['mean_step_ms'] / f:.2f} | {xr} | {h['tok_s']:.1f} | {r['tok_s'] / h['tok_s']:.1f} |"
+        print(f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['step_ms']:.3f} | {rep} | {f:.3f} | "
+              f"{r['step_ms'] / f:.2f} | {xr} | {h['tok_s']:.1f} | {r['tok_s'] / h['tok_s']:.1f} |"
               if h else
-              f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['mean_step_ms']:.3f} | {rep} | {f:.3f} | "
-              f"{r['mean_step_ms'] / f:.2f} | {xr} | - | - |")
+              f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['step_ms']:.3f} | {rep} | {f:.3f} | "
+              f"{r['step_ms'] / f:.2f} | {xr} | - | - |")
     if d.get("eval"):
         e = d["eval"]
         print(f"eval throughput ({d['meta']['layout']}, {e['replicas']} replica(s)): {e['requests']} requests of "
@@ -652,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--skip", nargs="*", default=[], choices=["check", "decode", "e2e", "prefill"])
     ap.add_argument("--eval-requests", type=int, default=0, help="eval-throughput phase size (0 skips it)")
+    ap.add_argument("--profile-batch", type=int, default=0, help="profile decode kernels at this batch (0: off)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (torchrun)")
     ap.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per replica (torchrun)")
     ap.add_argument("--moe-comm", default="all_to_all", choices=["all_to_all", "all_reduce"])
@@ -677,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunk": args.chunk, "tiny": args.tiny, "cuda_graphs": not args.no_graphs,
             "layout": parallel.describe(), "replicas": dp_size,
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-            "decode_method": "cache filled with random latents (no prefill); mean of timed LLM.step calls"}
+            "decode_method": "cache filled with random latents (no prefill); median of timed LLM.step calls"}
     report = Report(paths, meta)
 
     def late() -> bool:
@@ -722,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                     r.update(floor_ms=1e3 * f["total"] / args.bandwidth, floor_weights_gb=f["weights"] / 1e9,
                              floor_kv_gb=f["kv"] / 1e9, distinct_experts=f["distinct_experts"])
                     report.data["dseval"].append(r)
-                    say(f"dseval B={b} P={p}: {r['tok_s']:.0f} tok/s, step {r['mean_step_ms']:.3f} ms "
+                    say(f"dseval B={b} P={p}: {r['tok_s']:.0f} tok/s, median step {r['step_ms']:.3f} ms "
                           f"(replay {r['replay_ms']}), floor {r['floor_ms']:.3f} ms")
                 except torch.cuda.OutOfMemoryError as e:
                     release(llm)
@@ -744,6 +778,13 @@ def main(argv: list[str] | None = None) -> int:
                 release(llm)
                 report.error(f"e2e B={b}", e)
             report.save()
+    if args.profile_batch and not late():
+        try:
+            report.data["profile"] = profile_decode(llm, args.profile_batch, min(args.prompts), args)
+        except Exception as e:  # noqa: BLE001
+            release(llm)
+            report.error("profile", e)
+        report.save()
     if args.eval_requests and not late():
         try:
             report.data["eval"] = run_eval(llm, args, dp_rank, dp_size)

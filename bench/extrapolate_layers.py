@@ -46,7 +46,7 @@ def main() -> None:
         step, replay = [], []
         for r in runs:
             cell = next(c for c in r["dseval"] if c["batch"] == batch)
-            step.append((r["meta"]["layers"], cell["mean_step_ms"]))
+            step.append((r["meta"]["layers"], cell["step_ms"]))  # median
             replay.append((r["meta"]["layers"], cell["replay_ms"]))
         a, m = fit(step)
         _, m_replay = fit(replay)

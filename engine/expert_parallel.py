@@ -64,7 +64,7 @@ def moe_all_to_all(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(t, xl.shape[1], dtype=torch.float32, device=x.device)
     out.index_add_(0, row_token, y_back.float())
     if moe.shared_experts is not None:
-        out += moe.shared_experts(xl).float()
+        out += moe.shared_output(xl)
     return all_gather_rows(out.to(x.dtype), shares, ctx)
 
 

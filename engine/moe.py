@@ -156,6 +156,15 @@ class MoE(nn.Module):
         y = self.expert_rows(x[tok], flat[local])
         return out.index_add_(0, tok, y.float() * weights.flatten()[local, None])
 
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts on ``x``, float32; through the stacked FP8 kernel when it holds
+        them, so every layout computes them alike."""
+        fused = getattr(self, "fused_experts", None)
+        if fused is not None and fused.shared_index is not None:
+            return fused.shared(x)
+        assert self.shared_experts is not None
+        return self.shared_experts(x).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.parallel
         # Dispatch sizes its buffers from counts read on the host, which a CUDA graph cannot
@@ -165,11 +174,15 @@ class MoE(nn.Module):
 
             return moe_all_to_all(self, x)
         weights, ids = self.gate(x)
-        out = self.routed(x, weights, ids)
-        if p.ep:  # reference scheme: every rank ran its experts over all tokens; sum them (in x's dtype, as it does)
-            out = all_reduce(out.to(x.dtype), p).float()
-        if self.shared_experts is not None:
-            out += self.shared_experts(x).float()
+        fused = getattr(self, "fused_experts", None)
+        if fused is not None and fused.shared_index is not None and fused.covers_all:
+            out = fused(x, weights, ids, with_shared=True)  # the shared expert as one more slot
+        else:
+            out = self.routed(x, weights, ids)
+            if p.ep:  # reference scheme: every rank ran its experts over all tokens; sum them (in x's dtype, as it does)
+                out = all_reduce(out.to(x.dtype), p).float()
+            if self.shared_experts is not None:
+                out += self.shared_output(x)
         if p.tp and not p.ep:  # sliced experts: routed + shared partial sums, one reduction
             out = all_reduce(out, p)
         return out.to(x.dtype)

@@ -50,6 +50,9 @@ __all__ = ["MlaDecodeConfig", "default_mla_config", "mla_decode", "mla_decode_to
 _LOG2E: float = 1.4426950408889634
 # Shortest KV split the heuristic makes (tokens); see _default_splits.
 MIN_SPLIT_TOKENS: int = 256
+#: Contexts (block-table capacity) below this may split finer, down to SHORT_SPLIT_TOKENS.
+SHORT_CONTEXT: int = 4096
+SHORT_SPLIT_TOKENS: int = 64
 
 
 @dataclass(frozen=True)
@@ -236,11 +239,18 @@ def _default_splits(b: int, head_groups: int, capacity: int, device: torch.devic
 
     H200 sweep (V3 dims, 32K context): B=1/H=16 ran best at 128 splits, B=8 at 16,
     B=32 at 8; B=1/H=128 at 64, B=8/H=128 at 8.
+
+    Below SHORT_CONTEXT tokens the 256-token minimum left a few programs on 132 SMs (B=1,
+    128 heads, 256-token prompt: 4 programs, 31 us per layer in the W3 profile); there
+    splits go down to SHORT_SPLIT_TOKENS as long as they fill at most one wave.
     """
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    want = max(8, math.ceil(sms / max(1, b * head_groups)))
-    max_by_len = max(1, capacity // MIN_SPLIT_TOKENS)
-    return max(1, min(want, max_by_len, 128))
+    rows = max(1, b * head_groups)
+    want = max(8, math.ceil(sms / rows))
+    splits = max(1, min(want, capacity // MIN_SPLIT_TOKENS, 128))
+    if capacity < SHORT_CONTEXT:
+        splits = max(splits, min(sms // rows, capacity // SHORT_SPLIT_TOKENS, 128))
+    return splits
 
 
 def default_mla_config(b: int, h: int) -> MlaDecodeConfig:
@@ -310,8 +320,9 @@ def mla_decode(
     head_groups = triton.cdiv(h, cfg.block_h)
     splits = cfg.num_splits or _default_splits(b, head_groups, capacity, q_nope.device)
     # round the split length to whole 256-token pieces (16 splits of 2048 tokens ran
-    # faster than 17 of 1952 on H200); explicit num_splits is honoured more exactly
-    align = cfg.block_n if cfg.num_splits else max(cfg.block_n, 256)
+    # faster than 17 of 1952 on H200); explicit num_splits and short contexts are
+    # honoured more exactly
+    align = cfg.block_n if cfg.num_splits or capacity < SHORT_CONTEXT else max(cfg.block_n, 256)
     split_len = triton.cdiv(triton.cdiv(max(capacity, 1), splits), align) * align
     splits = max(1, triton.cdiv(max(capacity, 1), split_len))
     dev = q_nope.device

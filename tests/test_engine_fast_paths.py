@@ -70,7 +70,9 @@ def test_stacked_experts_equal_per_expert_weights() -> None:
     w, ids = moe.gate(x)
     loop = moe.routed(x, w, ids)
     stack = stack_experts(moe)
-    assert stack.w13.dtype == FP8_DTYPE and stack.w13.shape == (8, 256, 128) and stack.w2.shape == (8, 128, 128)
+    # 8 routed experts, then the shared expert (same shape) as stack row 8
+    assert stack.w13.dtype == FP8_DTYPE and stack.w13.shape == (9, 256, 128) and stack.w2.shape == (9, 128, 128)
+    assert stack.shared_index == 8 and stack.covers_all
     for k, e in moe.experts.items():  # experts now view the stack and still hold the same values
         g, su, d = before[k]
         assert torch.equal(e.gate_proj.weight.view(torch.uint8), g.view(torch.uint8))
@@ -83,9 +85,52 @@ def test_stacked_experts_equal_per_expert_weights() -> None:
     # torch fallback: bf16 rounding only (~5e-3); the Triton kernel (TRITON_INTERPRET=1 in a
     # full test run) also quantizes activations to e4m3 per 1x128 group (~4.5e-2)
     assert rel < 6e-2, rel
-    stack.w13 = stack.w13[[1, 0, *range(2, 8)]].contiguous()  # experts 0 and 1 swapped: must show
+    stack.w13 = stack.w13[[1, 0, *range(2, 9)]].contiguous()  # experts 0 and 1 swapped: must show
     swapped = moe.routed(x, w, ids)
     assert ((swapped - loop).norm() / loop.norm()).item() > 0.3
+
+
+def test_shared_expert_rides_in_the_fused_kernel() -> None:
+    """With the shared expert stacked as one more expert at weight 1, the MoE output equals the
+    routed experts plus the separately run shared expert."""
+    moe = _fp8_moe(seed=5)
+    x = torch.randn(6, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(2))
+    reference = moe(x)  # per-expert loop + separate shared expert
+    shared_w = {n: getattr(moe.shared_experts, n).weight.view(torch.uint8).clone()
+                for n in ("gate_proj", "up_proj", "down_proj")}
+    moe.fused_experts = stack_experts(moe)
+    assert moe.fused_experts.shared_index == 8
+    for n, w in shared_w.items():  # the shared expert now views the stack, same values
+        assert torch.equal(getattr(moe.shared_experts, n).weight.view(torch.uint8), w)
+    fused = moe(x)
+    w, ids = moe.gate(x)
+    parts = moe.fused_experts(x, w, ids) + moe.fused_experts(x, torch.ones(6, 1), torch.full((6, 1), 8))
+    torch.testing.assert_close(fused.float(), parts.to(torch.bfloat16).float(), rtol=2e-2, atol=2e-2)
+    rel = ((fused.float() - reference.float()).norm() / reference.float().norm()).item()
+    assert rel < 6e-2, rel  # FP8 activation quantization in the fused kernel (see above)
+    moe.fused_experts.w2[8].zero_()  # the stacked row is what the fused path reads for the shared expert
+    assert ((moe(x).float() - fused.float()).norm() / fused.float().norm()).item() > 0.05
+
+
+def test_stacked_experts_keep_the_shared_expert_apart_under_expert_parallelism() -> None:
+    """Under EP the stack holds this rank's experts, then the shared one: an id of a remote expert
+    that maps onto the shared row must contribute nothing."""
+    from dseval.engine.parallel import ParallelContext
+
+    cfg = replace(v3_style_config(), hidden_size=128, moe_intermediate_size=128, n_routed_experts=8,
+                  num_experts_per_tok=2, n_group=1, topk_group=1)
+    moe = MoE(cfg, ParallelContext(rank=0, world_size=2, ep=True))
+    for lin in [m for m in moe.modules() if hasattr(m, "set_fp8")]:
+        lin.set_fp8(*quantize_blockwise(torch.randn(lin.out_features, lin.in_features)))
+    stack = stack_experts(moe)  # 4 of 8 experts, then the (replicated) shared expert
+    assert not stack.covers_all and stack.n_routed == 4 and stack.shared_index == 4 and stack.w13.shape[0] == 5
+    moe.fused_experts = stack
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    # the shared expert runs as its own call (after the ranks' sum) through the stacked kernel
+    ref = moe.shared_experts(x).float()
+    assert ((moe.shared_output(x) - ref).norm() / ref.norm()).item() < 6e-2  # FP8 activations in the kernel
+    ids_hitting_the_shared_row = torch.full((3, 1), 4 + stack.first_expert)  # expert 4 lives on rank 1
+    assert stack(x, torch.ones(3, 1), ids_hitting_the_shared_row).abs().max().item() == 0.0
 
 
 def test_stacked_experts_drop_ids_owned_elsewhere() -> None:

@@ -48,6 +48,7 @@ def _case(b: int, h: int, lat: int, rope: int, bs: int, lens: list[int], gen: to
         (1, 32, 64, [130], 1, 32, True),  # single split, page larger than BLOCK_N
         (2, 16, 16, [40, 33], 2, 16, True),
         (1, 16, 16, [300], 19, 16, True),  # many splits: merge over a 32-wide split tile
+        (1, 16, 16, [300], None, 16, True),  # short context, default config: split finer than 256
     ],
 )
 def test_mla_decode(
@@ -65,6 +66,16 @@ def test_mla_decode(
     torch.testing.assert_close(out.double(), ref, rtol=1.6e-2, atol=2e-3)
     if lens[0] == 0:
         assert (out[0] == 0).all()
+
+
+def test_default_splits_fill_the_gpu_at_short_contexts() -> None:
+    from dseval.kernels.mla_decode import _default_splits
+
+    cpu = torch.device("cpu")  # counts as 132 SMs (an H200)
+    assert _default_splits(1, 2, 32768, cpu) == 66  # long: ~one program per SM, >= 256 tokens each
+    assert _default_splits(1, 2, 512, cpu) == 8  # short: 64-token splits instead of 2 of 256
+    assert _default_splits(32, 2, 512, cpu) == 2  # already a full wave: unchanged
+    assert _default_splits(1, 1, 320, cpu) == 5
 
 
 def test_mla_decode_torch_fallback_matches() -> None:
