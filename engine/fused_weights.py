@@ -91,14 +91,14 @@ def _same_shape(a: MLP, b: MLP) -> bool:
                for n in ("gate_proj", "up_proj", "down_proj"))
 
 
-def stack_experts(moe: MoE, fuse_shared: bool = True) -> StackedExperts:
+def stack_experts(moe: MoE) -> StackedExperts:
     """Copy ``moe``'s experts (and, where it fits, its shared expert) into stacked tensors and
     make the experts views of them."""
     experts: list[MLP] = [moe.experts[k] for k in sorted(moe.experts, key=int)]  # type: ignore[misc]
     n_routed = len(experts)
     shared = moe.shared_experts
     shared_index = None
-    if fuse_shared and isinstance(shared, MLP) and _same_shape(shared, experts[0]):
+    if isinstance(shared, MLP) and _same_shape(shared, experts[0]):
         shared_index = n_routed
         experts.append(shared)
     g0 = experts[0].gate_proj
