@@ -6,7 +6,8 @@ first dense, random FP8 weights with block scales drawn on the GPU), then
 1. ``check``: correctness of the fast paths on the real model: last-token logits of a decode
    step replayed from a CUDA graph (absorbed MLA through ``kernels.mla_decode``, fused MoE, a
    padded batch bucket) against a full expanded prefill of the same tokens (flash attention);
-   fused MoE against the per-expert reference loop on one layer.
+   fused MoE against the per-expert reference loop on one layer; the routing and rotary/cache
+   kernels against their torch references at the real sizes.
 2. ``decode``: dseval decode at every (batch, prompt) cell. The prompt's cache is filled with
    random latents instead of being prefilled (decode speed does not depend on cache values;
    this keeps 128 x 32K prompts inside the device budget), then ``--new-tokens`` engine steps
@@ -14,19 +15,20 @@ first dense, random FP8 weights with block scales drawn on the GPU), then
    replay alone is timed with CUDA events.
 3. ``e2e``: real ``LLM.generate`` (chunked prefill + decode) at the shortest prompt.
 4. ``prefill``: one ``--prefill-len`` prompt (128K) through chunked prefill, batch 1.
-5. ``eval``: eval throughput, ``--eval-requests`` prompts of the shortest prompt length through
+5. ``profile`` (``--profile-batch B``): GPU time per kernel of a decode step (torch.profiler).
+6. ``eval``: eval throughput, ``--eval-requests`` prompts of the shortest prompt length through
    ``LLM.generate`` (at most ``max(--batches)`` running at once); under data parallelism each
    replica takes its contiguous share, as ``dseval run --dp`` does, and the wall time is the
    slowest replica's.
-6. ``hf``: transformers' DeepseekV3ForCausalLM with the same config in bf16 (random init on the
+7. ``hf``: transformers' DeepseekV3ForCausalLM with the same config in bf16 (random init on the
    GPU), ``generate`` at the cells it can do within ``--hf-budget-s``.
 
 Several GPUs (launched with torchrun, one process per GPU): ``--tp N`` / ``--ep N`` split each
 replica of N ranks as ``dseval run`` does (``--moe-comm`` picks the expert exchange); ranks
 left over form data-parallel replicas. Weights are drawn per checkpoint tensor from its name, so
 every layout holds the same model: ``--save-logits`` (single GPU) and ``--compare-logits`` (a
-sharded run) check the sharded decode step, CUDA graph and NCCL collectives included, against
-the single GPU's logits. Global rank 0 prints and writes the JSON.
+sharded run) check the sharded run's module outputs and graph-replayed decode logits (NCCL
+collectives included) against the single GPU's. Global rank 0 prints and writes the JSON.
 
 The floor of a decode step is the bytes it must read over ``--bandwidth`` (4.24 TB/s measured
 copy rate of the H200): FP8 linears with their scales, the bf16 head, a bf16 router, the
