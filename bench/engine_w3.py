@@ -182,7 +182,7 @@ def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device, parallel
     ec = EngineConfig(block_size=args.block_size, num_kv_blocks=args.kv_blocks, max_num_seqs=max(args.batches),
                       max_num_batched_tokens=args.chunk, enable_prefix_cache=False,
                       # >= 2048 so the check's sequences (up to 1030 tokens) are the same in every run
-                      max_model_len=max(max_prompt + args.new_tokens + 64, 2048), cuda_graphs=not args.no_graphs)
+                      max_model_len=max(max_prompt + 2 * (args.new_tokens + args.warmup_steps) + 64, 2048), cuda_graphs=not args.no_graphs)
     t0 = time.perf_counter()
     llm = LLM.from_model(model, cfg, None, ec)
     for cache in llm.runner.kv_caches:  # decode cells attend over these instead of prefilled rows
@@ -215,24 +215,38 @@ def fake_prefilled(llm: Any, batch: int, prompt: int, new_tokens: int, gen: torc
 
 
 def release(llm: Any) -> None:
+    llm.drain()  # the step in flight (overlap scheduling) belongs to this cell
     for seq in list(llm.scheduler.running):
         llm.scheduler.finish(seq)
     llm.scheduler.waiting.clear()
 
 
+def timed_steps(llm: Any, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        llm.step()  # ends in a host sync (the previous step's sampled tokens to the host)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def time_decode_cell(llm: Any, batch: int, prompt: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Median step time of ``new_tokens`` decode steps, with overlap scheduling as configured
+    and then, side by side on the same sequences, without it."""
     gen = torch.Generator().manual_seed(batch * 100003 + prompt)
-    fake_prefilled(llm, batch, prompt, args.new_tokens + args.warmup_steps, gen)
+    fake_prefilled(llm, batch, prompt, 2 * (args.new_tokens + args.warmup_steps), gen)
+    ec = llm.engine_config
     try:
         for _ in range(args.warmup_steps):  # first steps capture the graph(s)
             llm.step()
         sync()
-        times = []
-        for _ in range(args.new_tokens):
-            t0 = time.perf_counter()
-            llm.step()  # ends in a host sync (sampled tokens to the host)
-            times.append(time.perf_counter() - t0)
+        times = timed_steps(llm, args.new_tokens)
+        llm.drain()
+        llm.engine_config = dataclasses.replace(ec, overlap_schedule=not ec.overlap_schedule)
+        llm.step()
+        other = timed_steps(llm, args.new_tokens)
         step_ms = 1e3 * sorted(times)[len(times) // 2]
+        other_ms = 1e3 * sorted(other)[len(other) // 2]
         mean_ms = 1e3 * sum(times) / len(times)
         replay_ms = None
         runner = llm.runner
@@ -250,9 +264,11 @@ def time_decode_cell(llm: Any, batch: int, prompt: int, args: argparse.Namespace
                 sync()
                 replay_ms = start.elapsed_time(end) / 10
     finally:
+        llm.engine_config = ec
         release(llm)
     return {"batch": batch, "prompt": prompt, "step_ms": step_ms, "mean_step_ms": mean_ms,
             "tok_s": batch * 1e3 / step_ms, "replay_ms": replay_ms,
+            ("serial_step_ms" if ec.overlap_schedule else "overlap_step_ms"): other_ms,
             "graphs": len(llm.runner.graphs.graphs) if llm.runner.graphs else 0}
 
 
@@ -636,19 +652,18 @@ def print_table(report: Report, bandwidth: float) -> None:
     if not d["dseval"]:
         print()
     else:
-        print(f"\n| batch | prompt | dseval tok/s | ms/step | graph replay ms | {floor} | x floor (step) | "
-              "x floor (replay) | HF tok/s | x HF |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"\n| batch | prompt | dseval tok/s | ms/step | no-overlap ms/step | graph replay ms | {floor} | "
+              "x floor (step) | x floor (replay) | HF tok/s | x HF |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["dseval"]:
         f = r["floor_ms"]
         h = hf.get((r["batch"], r["prompt"]))
         rep = f"{r['replay_ms']:.3f}" if r.get("replay_ms") else "-"
         xr = f"{r['replay_ms'] / f:.2f}" if r.get("replay_ms") else "-"
-        print(f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['step_ms']:.3f} | {rep} | {f:.3f} | "
-              f"{r['step_ms'] / f:.2f} | {xr} | {h['tok_s']:.1f} | {r['tok_s'] / h['tok_s']:.1f} |"
-              if h else
-              f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['step_ms']:.3f} | {rep} | {f:.3f} | "
-              f"{r['step_ms'] / f:.2f} | {xr} | - | - |")
+        serial = f"{r['serial_step_ms']:.3f}" if r.get("serial_step_ms") else "-"
+        vs_hf = f"{h['tok_s']:.1f} | {r['tok_s'] / h['tok_s']:.1f}" if h else "- | -"
+        print(f"| {r['batch']} | {r['prompt']} | {r['tok_s']:.0f} | {r['step_ms']:.3f} | {serial} | {rep} | {f:.3f} | "
+              f"{r['step_ms'] / f:.2f} | {xr} | {vs_hf} |")
     if d.get("eval"):
         e = d["eval"]
         print(f"eval throughput ({d['meta']['layout']}, {e['replicas']} replica(s)): {e['requests']} requests of "
@@ -702,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel, dp_rank, dp_size = init_layout(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = w3_config(args.layers, args.tiny)
-    need_blocks = max(max(args.batches) * -(-(max(args.prompts) + args.new_tokens + args.warmup_steps + 2)
+    need_blocks = max(max(args.batches) * -(-(max(args.prompts) + 2 * (args.new_tokens + args.warmup_steps) + 2)
                                             // args.block_size),
                       -(-(args.prefill_len + 8) // args.block_size)) + 2048 // args.block_size + 64
     args.kv_blocks = args.kv_blocks or need_blocks

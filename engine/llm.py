@@ -7,6 +7,12 @@ the model's context length. Generation and scoring (loglikelihood) are the same 
 a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
 ``logprob_start`` are scored during prefill, so scoring shares batching, chunking and the
 prefix cache with generation.
+
+Overlap scheduling (SGLang's idea): a decode step's next step depends on its tokens only
+through their values, not their number, so while step N runs the engine already plans step
+N+1 (placeholders stand in for N's tokens, whose values reach N+1 on the device) and launches
+it before reading N's tokens; the host's bookkeeping of step N then runs while the GPU computes
+N+1 instead of between them. A request that stops on step N's token wastes its row of N+1.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from dseval.engine.block_manager import BlockManager
 from dseval.engine.collectives import min_over_ranks
-from dseval.engine.model_runner import ModelRunner
+from dseval.engine.model_runner import ModelRunner, StepOutput, TokenFeed
 from dseval.engine.parallel import ParallelContext
-from dseval.engine.scheduler import Scheduler, SchedulerConfig
-from dseval.engine.sequence import SamplingParams, Sequence
+from dseval.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from dseval.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from dseval.engine.speculative import MtpSpeculator, parse_speculative
 
 if TYPE_CHECKING:
@@ -58,6 +64,10 @@ class EngineConfig:
     fused_moe: bool = True
     #: CUDA prefill attention (``dseval.kernels.mla_prefill.PREFILL_BACKENDS``); process-wide.
     prefill_attention: str = "auto"
+    #: Overlap scheduling: plan and launch decode step N+1 (fed step N's tokens on the device)
+    #: before the host reads step N's tokens, so the GPU does not idle while the host
+    #: schedules and postprocesses. Same outputs either way; off only for comparisons.
+    overlap_schedule: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -107,6 +117,8 @@ class EngineStats:
     #: Prompt tokens taken from the prefix cache instead.
     prefix_hit_tokens: int = 0
     generated_tokens: int = 0
+    #: Decode steps launched before the host had read the previous step's tokens.
+    overlapped_steps: int = 0
     preemptions: int = 0
     draft_proposed: int = 0
     draft_accepted: int = 0
@@ -116,6 +128,18 @@ class EngineStats:
     @property
     def acceptance_rate(self) -> float:
         return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
+
+
+@dataclass
+class InflightStep:
+    """A launched step whose sampled tokens the host has not applied yet."""
+
+    batch: ScheduledBatch
+    out: StepOutput
+    #: Tokens per sequence when known at launch (speculative decoding resolves at once).
+    new_tokens: list[list[int]] | None = None
+    #: Sequences holding a placeholder for this step's token (the next step was planned).
+    reserved: list[Sequence] = field(default_factory=list)
 
 
 def default_device() -> torch.device:
@@ -194,6 +218,7 @@ class LLM:
             eos_ids.add(int(tokenizer.eos_id))
         self.eos_token_ids = frozenset(eos_ids)
         self.stats = EngineStats()
+        self._inflight: InflightStep | None = None
 
     def _auto_num_blocks(self, model: DeepseekV3ForCausalLM, config: ModelConfig, ec: EngineConfig,
                          device: torch.device, dtype: torch.dtype) -> int:
@@ -279,10 +304,11 @@ class LLM:
         for seq in seqs:
             self.scheduler.add(seq)
         try:
-            while self.scheduler.has_work():
+            while self.scheduler.has_work() or self._inflight is not None:
                 for seq in self.step():
                     done(seq)
         finally:
+            self._inflight = None  # its sequences are released below; its writes are stream-ordered
             # An exception (or KeyboardInterrupt) must not leave requests holding blocks.
             for seq in list(self.scheduler.running):
                 self.scheduler.finish(seq)
@@ -295,24 +321,73 @@ class LLM:
                 self.stats.draft_accepted = self.speculator.stats.accepted
 
     def step(self) -> list[Sequence]:
-        """One schedule -> run -> postprocess round; returns the sequences that finished."""
+        """Apply one model step's tokens; returns the sequences that finished.
+
+        The step applied is the one in flight, or a freshly scheduled one. With overlap
+        scheduling the decode step after it is launched first, its input tokens taken from the
+        device, so the host's bookkeeping here runs while the GPU computes that next step.
+        """
+        current = self._inflight or self._launch(self._schedule())
+        self._inflight = self._launch_next(current) if self.engine_config.overlap_schedule else None
+        return self._apply(current)
+
+    def drain(self) -> list[Sequence]:
+        """Apply the step in flight, if any, without launching another."""
+        current, self._inflight = self._inflight, None
+        return self._apply(current) if current is not None else []
+
+    def _schedule(self) -> ScheduledBatch:
         batch = self.scheduler.schedule()
         if not batch:
             raise RuntimeError("scheduler produced an empty step with requests pending (KV cache too small?)")
+        return batch
+
+    def _launch(self, batch: ScheduledBatch, feed: TokenFeed | None = None) -> InflightStep:
         if batch.is_prefill:
             self.stats.prefill_steps += 1
             self.stats.prefill_tokens += batch.num_tokens
         else:
             self.stats.decode_steps += 1
+        if self.speculator is None:
+            return InflightStep(batch, self.runner.execute(batch, feed, defer=True))
         out = self.runner.execute(batch)
-        if self.speculator is not None:
-            new_tokens = self.speculator.accept(batch, out)
-            self.speculator.propose(batch, out, new_tokens)
-        else:
-            new_tokens = [s[:1] for s in out.sampled]
+        new_tokens = self.speculator.accept(batch, out)
+        self.speculator.propose(batch, out, new_tokens)
+        return InflightStep(batch, out, new_tokens)
 
+    def _launch_next(self, current: InflightStep) -> InflightStep | None:
+        """Launch the decode step after ``current`` before its tokens reach the host, when that
+        step is certain to be the one the scheduler would pick: plain decode on both sides
+        (no drafts), every running sequence in it, no prefill or preemption pending. A
+        sequence that stops on the token in flight (EOS, stop string) wastes its row there."""
+        if self.speculator is not None or current.batch.is_prefill:
+            return None
+        live = [s for s in current.batch.seqs if s.status is SequenceStatus.RUNNING]
+        if len(live) != len(self.scheduler.running):
+            return None  # others are prefilling: the regular schedule decides with the tokens known
+        # Sequences the token in flight brings to their length limit are certainly done.
+        going = [s for s in live if s.num_output_tokens + 1 < s.params.max_tokens
+                 and len(s) + 1 < self.max_model_len]
+        batch = self.scheduler.schedule_next_decode(going) if going else None
+        if batch is None:
+            return None
+        current.reserved = going
+        self.stats.overlapped_steps += 1
+        assert current.out.tokens is not None  # a decode step samples every row
+        row = {s.seq_id: i for i, s in enumerate(current.batch.seqs)}  # decode samples one row per sequence
+        return self._launch(batch, TokenFeed(current.out.tokens.device, [row[s.seq_id] for s in batch.seqs]))
+
+    def _apply(self, step: InflightStep) -> list[Sequence]:
+        """Read ``step``'s tokens and advance its sequences: cache progress, prompt log-probs,
+        generated tokens, end-of-request rules."""
+        batch, out = step.batch, step.out
+        new_tokens = step.new_tokens if step.new_tokens is not None else [s[:1] for s in out.resolve().sampled]
+        for seq in step.reserved:  # the real token replaces the placeholder
+            seq.release_token()
         finished: list[Sequence] = []
         for seq, n, new, lps in zip(batch.seqs, batch.num_new_tokens, new_tokens, out.logprobs):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # it stopped on the token of the step before, while this one was in flight
             # Prefill: the whole chunk is now in the cache. Decode: the fed token, plus the
             # draft row when it was accepted (then len(new) == 2).
             seq.num_computed_tokens += n if batch.is_prefill else len(new)

@@ -13,6 +13,10 @@ step in a CUDA graph (gpt-fast's static-shape decode). With ``cuda_graphs`` on a
 plain decode steps (one token per sequence) are padded to a batch bucket and replayed from
 :class:`dseval.engine.cuda_graphs.DecodeGraphs`; padded rows write their latents into one
 scratch cache block past ``num_blocks`` that the block manager never hands out.
+
+Sampled tokens leave the device through pinned memory with an event per step
+(:class:`SampledTokens`), and a decode step can take its input tokens from the previous step's
+device tensor (:class:`TokenFeed`): the two halves of the engine's overlap scheduling.
 """
 
 from __future__ import annotations
@@ -53,16 +57,60 @@ class StepInputs:
     offsets: list[int]
 
 
+@dataclass(frozen=True)
+class TokenFeed:
+    """Input tokens of a decode step that are still on the device: row ``i`` of the step takes
+    ``tokens[rows[i]]``, a token the step before sampled (overlap scheduling)."""
+
+    tokens: torch.Tensor
+    rows: list[int]
+
+
+class SampledTokens:
+    """One step's sampled tokens, on the device and on their way to the host.
+
+    The copy into pinned host memory is enqueued right after sampling and marked by an event,
+    so :meth:`tolist` waits for this step only, not for a step launched after it; meanwhile
+    ``device`` can feed that next step.
+    """
+
+    def __init__(self, device_tokens: torch.Tensor, host_buffer: torch.Tensor) -> None:
+        self.device = device_tokens
+        self._host = host_buffer[: device_tokens.numel()]
+        self._host.copy_(device_tokens, non_blocking=True)
+        self._ready: torch.cuda.Event | None = None
+        if device_tokens.is_cuda:
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def tolist(self) -> list[int]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()
+
+
 @dataclass
 class StepOutput:
     """What one forward pass produced for each sequence of the batch (same order)."""
 
     hidden: torch.Tensor  # [T, hidden] before the final norm (the MTP draft needs it)
     offsets: list[int]
-    #: Tokens picked at the sampled rows of each sequence (empty where nothing was sampled).
+    #: Tokens picked at the sampled rows of each sequence (empty where nothing was sampled);
+    #: filled by :meth:`resolve`.
     sampled: list[list[int]] = field(default_factory=list)
     #: (position of the scored token, its log-prob, whether it was the argmax) per sequence.
     logprobs: list[list[tuple[int, float, bool]]] = field(default_factory=list)
+    #: The sampled tokens in row order, and the sequence (batch index) each row belongs to.
+    tokens: SampledTokens | None = None
+    token_owner: list[int] = field(default_factory=list)
+
+    def resolve(self) -> StepOutput:
+        """Wait for the sampled tokens and file them under their sequences (idempotent)."""
+        if self.tokens is not None:
+            for owner, tok in zip(self.token_owner, self.tokens.tolist()):
+                self.sampled[owner].append(int(tok))
+            self.tokens = None
+        return self
 
 
 def _bucket(n: int) -> int:
@@ -108,13 +156,15 @@ class ModelRunner:
         # that only writes the entries appended since the last step.
         t_max = max_num_seqs * max_tokens_per_seq_decode
         pin = torch.device(device).type == "cuda"
-        n_all = 3 * t_max + 2 * max_num_seqs + 1
+        n_all = 4 * t_max + 2 * max_num_seqs + 1
         self._dec_all = torch.zeros(n_all, dtype=torch.int64, device=device)
         self._stage = torch.zeros(n_all, dtype=torch.int64, pin_memory=pin)
         self._stage_np = self._stage.numpy()
         self._stage_done: torch.cuda.Event | None = None
-        cuts = [0, t_max, 2 * t_max, 3 * t_max, 3 * t_max + max_num_seqs + 1, n_all]
-        self._dec_ids, self._dec_pos, self._dec_slots, self._dec_cu, self._dec_ctx = (
+        cuts = [0, t_max, 2 * t_max, 3 * t_max, 3 * t_max + max_num_seqs + 1, 3 * t_max + 2 * max_num_seqs + 1, n_all]
+        # The last view holds, for a step fed by the one before (TokenFeed), which of that
+        # step's sampled rows each input row takes.
+        self._dec_ids, self._dec_pos, self._dec_slots, self._dec_cu, self._dec_ctx, self._dec_feed = (
             self._dec_all[a:b] for a, b in pairwise(cuts))
         self._stage_cuts = cuts
         self._dec_tables = torch.full((max_num_seqs, self.max_blocks_per_seq), -1, dtype=torch.int64, device=device)
@@ -128,6 +178,10 @@ class ModelRunner:
         self._mirror_len = [0] * max_num_seqs
         self.max_num_seqs = max_num_seqs
         self.max_tokens_per_seq_decode = max_tokens_per_seq_decode
+        # Two host buffers for sampled tokens: with overlap scheduling, a step's tokens are
+        # still being read while the next step's are already being copied.
+        self._token_host = [torch.zeros(t_max, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self._token_turn = 0
         self.graphs: DecodeGraphs | None = None
         self._graph_meta: AttentionMetadata | None = None
         if use_graphs:
@@ -142,8 +196,17 @@ class ModelRunner:
         return model.num_attention_layers * block_size * width * torch.empty((), dtype=dtype).element_size()
 
     # ------------------------------------------------------------------ inputs
-    def prepare(self, rows: Seq[RowSpec], absorbed: bool, static: bool = False) -> StepInputs:
-        """Flatten ``rows`` into model inputs and this step's attention metadata."""
+    def prepare(self, rows: Seq[RowSpec], absorbed: bool, static: bool = False, pad_to: int | None = None,
+                feed: TokenFeed | None = None) -> StepInputs:
+        """Flatten ``rows`` into model inputs and this step's attention metadata.
+
+        ``static``: use the persistent decode buffers, filled by one copy from pinned memory.
+        ``pad_to``: also lay out rows ``[len(rows), pad_to)`` of those buffers as inert
+        padding for graph replay (token 0 at position 0, context 0 so attention writes zeros,
+        cache writes into the scratch slot). ``feed``: the input tokens come from the step
+        before, still on the device. Both ride in the same staging copy, so a decode step costs
+        no pageable host-to-device copy, which could wait for the step in flight.
+        """
         bs = self.block_size
         ids: list[int] = []
         pos: list[int] = []
@@ -163,6 +226,8 @@ class ModelRunner:
         if static and len(rows) <= self.max_num_seqs and len(ids) <= self._dec_ids.numel():
             width = min(_bucket(width), self.max_blocks_per_seq)
             B, T = len(rows), len(ids)
+            pad = 0 if pad_to is None else pad_to - B
+            assert pad == 0 or T == B, "graph padding is for one-token rows"
             nb = self.device.type == "cuda"
             if self._stage_done is not None:  # the previous step's copies out of the pinned buffers
                 self._stage_done.synchronize()
@@ -174,11 +239,22 @@ class ModelRunner:
             st[c[2] : c[2] + T] = slots
             st[c[3] : c[3] + B + 1] = offsets
             st[c[4] : c[4] + B] = ctx
+            if pad:
+                st[c[0] + T : c[0] + T + pad] = 0
+                st[c[1] + T : c[1] + T + pad] = 0
+                st[c[2] + T : c[2] + T + pad] = self._scratch_slot
+                st[c[3] + B + 1 : c[3] + B + pad + 1] = range(T + 1, T + pad + 1)
+                st[c[4] + B : c[4] + B + pad] = 0
+            if feed is not None:
+                assert T == B == len(feed.rows), "a fed step has one token per sequence"
+                st[c[5] : c[5] + T] = feed.rows
             self._dec_all.copy_(self._stage, non_blocking=nb)
             self._dec_tables[:B, :width].copy_(self._host_tables[:B, :width], non_blocking=nb)
             if nb:
                 self._stage_done = torch.cuda.Event()
                 self._stage_done.record()
+            if feed is not None:
+                torch.index_select(feed.tokens, 0, self._dec_feed[:T], out=self._dec_ids[:T])
             meta = AttentionMetadata(
                 cu_seqlens_q=self._dec_cu[: B + 1],
                 context_lens=self._dec_ctx[:B],
@@ -188,6 +264,7 @@ class ModelRunner:
                 absorbed=absorbed,
             )
             return StepInputs(self._dec_ids[:T], self._dec_pos[:T], meta, offsets)
+        assert feed is None and pad_to is None, "fed and padded steps use the static buffers"
         tables = torch.full((len(rows), width), -1, dtype=torch.int64)
         for i, r in enumerate(rows):
             n = min(len(r.seq.block_table), width)  # a rejected draft may have left a spare block
@@ -235,23 +312,11 @@ class ModelRunner:
             return None
         return self.graphs.bucket(len(batch.seqs))
 
-    def pad_decode_buffers(self, n: int, bucket: int) -> None:
-        """Rows ``[n, bucket)`` of the persistent decode buffers become inert padding: token 0
-        at position 0, context 0 (attention writes zeros), cache writes to the scratch slot."""
-        if bucket == n:
-            return
-        self._dec_ids[n:bucket].zero_()
-        self._dec_pos[n:bucket].zero_()
-        self._dec_slots[n:bucket].fill_(self._scratch_slot)
-        self._dec_ctx[n:bucket].zero_()
-        self._dec_cu[n + 1 : bucket + 1].copy_(
-            torch.arange(n + 1, bucket + 1, dtype=torch.int64).to(self.device, non_blocking=True))
-
     def _run_graph(self, inputs: StepInputs, bucket: int) -> torch.Tensor:
+        """Replay the graph of ``bucket`` rows; ``prepare(..., pad_to=bucket)`` laid them out."""
         assert self.graphs is not None
         n = inputs.meta.num_seqs
         width = int(inputs.meta.block_tables.shape[1])
-        self.pad_decode_buffers(n, bucket)
         self._graph_meta = AttentionMetadata(
             cu_seqlens_q=self._dec_cu[: bucket + 1],
             context_lens=self._dec_ctx[:bucket],
@@ -264,9 +329,15 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> StepOutput:
+    def execute(self, batch: ScheduledBatch, feed: TokenFeed | None = None, defer: bool = False) -> StepOutput:
         """Run the main model on ``batch``; sample where a sequence needs its next token and
-        score the prompt positions whose log-probabilities were requested."""
+        score the prompt positions whose log-probabilities were requested.
+
+        ``feed``: the decode step's input tokens are the previous step's sampled tokens, still
+        on the device (the sequences hold placeholders for them). ``defer``: return before the
+        sampled tokens reach the host; :meth:`StepOutput.resolve` waits for them. Together they
+        let the engine launch step N+1 while the host has yet to read step N.
+        """
         rows: list[RowSpec] = []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
@@ -275,8 +346,9 @@ class ModelRunner:
                 assert seq.draft_token is not None and len(tokens) == n - 1
                 tokens = tokens + [seq.draft_token]
             rows.append(RowSpec(seq, start, tokens))
-        inputs = self.prepare(rows, absorbed=not batch.is_prefill, static=not batch.is_prefill)
         bucket = self._graph_bucket(batch)
+        inputs = self.prepare(rows, absorbed=not batch.is_prefill, static=not batch.is_prefill, pad_to=bucket,
+                              feed=feed)
         if bucket is not None:
             hidden = self._run_graph(inputs, bucket)
         else:
@@ -321,9 +393,10 @@ class ModelRunner:
             else:
                 idx = torch.tensor(logit_rows, dtype=torch.int64).to(dev, non_blocking=True)
                 logits = self.model.compute_logits(hidden.index_select(0, idx))
-            tokens = self.sampler(logits, sample_params, sample_index).tolist()
-            for owner, tok in zip(sample_owner, tokens):
-                out.sampled[owner].append(int(tok))
+            host = self._token_host[self._token_turn]
+            self._token_turn ^= 1
+            out.tokens = SampledTokens(self.sampler(logits, sample_params, sample_index), host)
+            out.token_owner = sample_owner
         # Prompt log-probs in slices: a [rows, vocab] float32 matrix for a whole 2k-token
         # chunk would be ~1 GB at DeepSeek-V3's vocabulary.
         for a in range(0, len(lp_rows), self.logprob_rows_per_pass):
@@ -333,4 +406,4 @@ class ModelRunner:
             lps, greedy = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
             for (owner, p), lp, g in zip(lp_owner[a:b], lps.tolist(), greedy.tolist()):
                 out.logprobs[owner].append((p, float(lp), bool(g)))
-        return out
+        return out if defer else out.resolve()

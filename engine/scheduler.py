@@ -183,6 +183,30 @@ class Scheduler:
             batch.num_new_tokens.append(num_new)
         return self._drop_preempted(batch)
 
+    def schedule_next_decode(self, seqs: list[Sequence]) -> ScheduledBatch | None:
+        """The decode step after the one in flight, planned before its tokens reach the host
+        (overlap scheduling): one token for each of ``seqs``, the running sequences that will
+        still run unless they stop on the token in flight.
+
+        Each gets a placeholder for that token (:meth:`Sequence.reserve_token`) and a cache
+        slot for it. None when the regular schedule could differ: a waiting request could be
+        admitted (prefill goes first), or room would have to be made by preemption; those
+        decisions wait until the tokens are known.
+        """
+        if self.waiting and len(self.running) < self.config.max_num_seqs:
+            return None
+        bm = self.block_manager
+        # A sequence decoding position p (computed == p) next decodes p + 1: slots for p + 2 tokens.
+        if sum(bm.blocks_needed(s, s.num_computed_tokens + 2) for s in seqs) > bm.num_free_blocks:
+            return None
+        batch = ScheduledBatch(is_prefill=False)
+        for seq in seqs:
+            seq.reserve_token()
+            bm.ensure_slots(seq, seq.num_computed_tokens + 1)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(1)
+        return batch
+
     def _newer_victim(self, seq: Sequence) -> Sequence | None:
         """The most recently admitted running sequence if it was admitted after ``seq``:
         room is taken from the newest work, never from older work for newer work."""

@@ -61,6 +61,11 @@ class SequenceStatus(enum.Enum):
 
 _ids = itertools.count()
 
+#: Stands in for a token that a step in flight is sampling (overlap scheduling); never fed to
+#: the model (the runner takes the real token from the device) and never hashed into the
+#: prefix cache (it is replaced before the sequence's blocks are committed).
+PENDING_TOKEN = -1
+
 
 @dataclass(eq=False)
 class Sequence:
@@ -143,6 +148,18 @@ class Sequence:
     def needs_logits_at(self, position: int) -> bool:
         """Whether the logits at ``position`` are needed for a prompt logprob."""
         return self.logprob_start is not None and self.logprob_start - 1 <= position < self.num_prompt_tokens - 1
+
+    def reserve_token(self) -> None:
+        """Count the token the step in flight is sampling as present and computed-to-be, so
+        the next decode step (its position and cache slot) can be planned before it is known."""
+        self.token_ids.append(PENDING_TOKEN)
+        self.num_computed_tokens += 1
+
+    def release_token(self) -> None:
+        """Undo :meth:`reserve_token` once the real token is known (the engine then appends it)."""
+        assert self.token_ids[-1] == PENDING_TOKEN, "no placeholder to release"
+        self.token_ids.pop()
+        self.num_computed_tokens -= 1
 
     def reset_for_recompute(self) -> None:
         """Forget the cache state after preemption; tokens (prompt and generated) are kept and

@@ -12,10 +12,11 @@ import torch
 from dseval.engine.cuda_graphs import bucket_for, graph_batch_sizes
 from dseval.engine.fp8_blocks import FP8_DTYPE, quantize_blockwise
 from dseval.engine.fused_weights import prepare_fused_moe, stack_experts
-from dseval.engine.model_runner import ModelRunner
+from dseval.engine.model_runner import ModelRunner, RowSpec, TokenFeed
 from dseval.engine.moe import MoE
 from dseval.engine.random_init import random_fp8_model
 from dseval.engine.rope import RotaryEmbedding
+from dseval.engine.sequence import SamplingParams, Sequence
 from engine_fixtures import v3_style_config
 
 
@@ -30,22 +31,43 @@ def test_graph_buckets_cover_every_batch_size() -> None:
     assert graph_batch_sizes(5, [8, 2]) == [2, 5]
 
 
-def test_pad_decode_buffers_makes_inert_rows() -> None:
+def _meta_runner() -> ModelRunner:
+    """A runner whose model has no weights (meta tensors): for input-layout checks only."""
     cfg = v3_style_config()
     with torch.device("meta"):
         from dseval.engine.model import DeepseekV3ForCausalLM
 
         model = DeepseekV3ForCausalLM(cfg)
-    runner = ModelRunner(model, cfg, num_blocks=10, block_size=4, max_num_seqs=8, max_model_len=32,
-                         device=torch.device("cpu"), dtype=torch.float32)
+    return ModelRunner(model, cfg, num_blocks=10, block_size=4, max_num_seqs=8, max_model_len=32,
+                       device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_graph_padding_makes_inert_rows() -> None:
+    runner = _meta_runner()
     for buf in (runner._dec_ids, runner._dec_pos, runner._dec_slots, runner._dec_ctx, runner._dec_cu):
         buf.fill_(7)  # stale values of an earlier, larger batch
-    runner.pad_decode_buffers(3, 8)
+    seqs = [Sequence([5, 6, 7 + i], SamplingParams()) for i in range(3)]
+    for i, s in enumerate(seqs):
+        s.block_table = [i]
+    inp = runner.prepare([RowSpec(s, 2, [s.token_ids[2]]) for s in seqs], absorbed=True, static=True, pad_to=8)
+    assert inp.input_ids.tolist() == [7, 8, 9] and inp.positions.tolist() == [2, 2, 2]
+    assert runner._dec_slots[:3].tolist() == [2, 6, 10] and runner._dec_ctx[:3].tolist() == [3, 3, 3]
     assert runner._dec_ids[3:8].eq(0).all() and runner._dec_pos[3:8].eq(0).all()
     assert runner._dec_ctx[3:8].eq(0).all()
     assert runner._dec_slots[3:8].eq(10 * 4).all()  # the scratch block past num_blocks
-    assert runner._dec_cu[4:9].tolist() == [4, 5, 6, 7, 8]
-    assert runner._dec_ids[:3].eq(7).all() and runner._dec_cu[3].item() == 7  # real rows untouched
+    assert runner._dec_cu[:9].tolist() == list(range(9))
+
+
+def test_fed_decode_step_takes_its_tokens_from_the_device() -> None:
+    runner = _meta_runner()
+    seqs = [Sequence([5, 6, 7], SamplingParams()) for _ in range(2)]
+    for i, s in enumerate(seqs):
+        s.block_table = [i]
+        s.reserve_token()  # the previous step's token is still on the device
+    previous = torch.tensor([40, 41, 42])  # that step sampled three rows; these two are rows 2 and 0
+    inp = runner.prepare([RowSpec(s, 3, [s.token_ids[3]]) for s in seqs], absorbed=True, static=True,
+                         feed=TokenFeed(previous, [2, 0]))
+    assert inp.input_ids.tolist() == [42, 40] and inp.positions.tolist() == [3, 3]
 
 
 def _fp8_moe(seed: int = 0) -> MoE:

@@ -314,6 +314,31 @@ def test_stop_strings_token_limits_and_eos(tiny):
     assert ended.text == tok.decode(full.token_ids[:first])
 
 
+def test_overlap_scheduling_changes_no_output(tiny):
+    """Launching decode step N+1 before step N's tokens reach the host (overlap scheduling)
+    gives the same outputs as the plain loop, with requests ending at different steps (stop
+    tokens, token limits), sampled ones, a waiting queue and preemptions."""
+    ps = prompts(10, seed=9, lo=5, hi=30)
+    plain = make_llm(tiny, overlap_schedule=False).generate(ps, SamplingParams(max_tokens=16, ignore_eos=True))
+    params = []
+    for i, o in enumerate(plain):
+        if i % 3 == 0:  # ends on a token it generates (as on EOS), while the next step is in flight
+            params.append(SamplingParams(max_tokens=16, stop_token_ids=(o.token_ids[2 + i % 7],)))
+        elif i % 3 == 1:
+            params.append(SamplingParams(max_tokens=3 + i, ignore_eos=True))
+        else:
+            params.append(SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=i, ignore_eos=True))
+    kw = {"max_num_seqs": 4, "num_kv_blocks": 20}
+    off, on = make_llm(tiny, overlap_schedule=False, **kw), make_llm(tiny, **kw)
+    want, got = off.generate(ps, params), on.generate(ps, params)
+    assert [(o.token_ids, o.finish_reason) for o in got] == [(o.token_ids, o.finish_reason) for o in want]
+    assert any(o.finish_reason == "stop" for o in got) and any(o.finish_reason == "length" for o in got)
+    assert on.stats.overlapped_steps > 0 and off.stats.overlapped_steps == 0
+    assert on.stats.preemptions > 0, "the cache was meant to be too small for all requests at once"
+    assert on.block_manager.num_free_blocks == 20  # everything released, placeholders included
+    assert on.stats.generated_tokens == off.stats.generated_tokens
+
+
 def test_loglikelihood_matches_full_log_softmax_and_shares_the_context(tiny):
     model, config, _ = tiny
     rng = random.Random(4)
