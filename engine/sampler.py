@@ -13,6 +13,7 @@ Greedy rows take the plain argmax of the unscaled logits, bit-identical to a gre
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence as Seq
 
 import torch
@@ -91,6 +92,31 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return logits.masked_fill(~keep, float("-inf"))
 
 
+@functools.lru_cache(maxsize=8)
+def _argmax_chunk(vocab: int) -> int | None:
+    """The widest piece of at most 1024 that divides ``vocab`` and leaves at least 64 pieces."""
+    return next((d for d in range(min(1024, vocab // 64), 127, -1) if vocab % d == 0), None)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(-1)`` of a ``[N, V]`` matrix (the first maximal index), in two passes.
+
+    Why: with few rows a full-vocabulary argmax is one long reduction per row, which the
+    generic CUDA reduction runs on few threads (28 us for one 129,280-wide row on an H200, 2%
+    of a W3 decode step). Reducing ``chunk``-wide pieces first gives ``V / chunk`` independent
+    reductions per row, then a short one over their maxima. Ties resolve to the first index
+    in both passes, so the result equals ``argmax`` exactly. Vocabularies without a suitable
+    divisor take the plain path.
+    """
+    n, v = logits.shape
+    chunk = _argmax_chunk(v)
+    if chunk is None:
+        return logits.argmax(dim=-1)
+    values, within = logits.view(n, v // chunk, chunk).max(dim=-1)
+    best = values.argmax(dim=-1, keepdim=True)
+    return best.squeeze(-1) * chunk + within.gather(-1, best).squeeze(-1)
+
+
 def _nucleus_fits(logits: torch.Tensor, top_p: torch.Tensor, candidates: int) -> bool:
     """Whether every row's top-p nucleus lies within its best ``candidates`` tokens (one host
     sync; used on CPU only, where a full-vocabulary sort costs far more than the sync)."""
@@ -111,7 +137,7 @@ class Sampler:
         """``logits`` ``[N, V]`` float32; ``params[i]`` and ``token_indices[i]`` (index of the
         token being generated within its request's output) describe row ``i``. Returns ``[N]``
         int64 on the logits' device."""
-        greedy = logits.argmax(dim=-1)
+        greedy = argmax_rows(logits) if logits.is_cuda else logits.argmax(dim=-1)
         if all(p.greedy for p in params):
             return greedy
         dev = logits.device

@@ -15,7 +15,12 @@ from dseval.engine.attention_metadata import AttentionMetadata
 from dseval.engine.block_manager import BlockManager
 from dseval.engine.llm import LLM, EngineConfig, ScoreRequest
 from dseval.engine.loader import load_model
-from dseval.engine.sampler import Sampler, apply_top_k_top_p, token_logprobs
+from dseval.engine.sampler import (
+    Sampler,
+    apply_top_k_top_p,
+    argmax_rows,
+    token_logprobs,
+)
 from dseval.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from dseval.engine.sequence import SamplingParams, Sequence
 from dseval.engine.speculative import MtpSpeculator
@@ -199,6 +204,17 @@ def test_sampler_is_batch_invariant_and_seeded():
     assert torch.equal(one, logits.argmax(-1))
     nucleus = sampler(logits, [SamplingParams(temperature=1.0, top_p=1e-6, seed=5)] * 6, [0] * 6)
     assert torch.equal(nucleus, logits.argmax(-1))
+
+
+def test_two_pass_argmax_equals_argmax_ties_included():
+    x = torch.randn(5, 129_280, generator=torch.Generator().manual_seed(0))  # DeepSeek-V3's vocabulary
+    x[1, 7] = x[1, 90_000] = 100.0  # tied across pieces
+    x[2, 2_021] = x[2, 2_022] = 50.0  # tied within a piece
+    x[3] = 0.0  # all tied
+    got = argmax_rows(x)
+    assert torch.equal(got, x.argmax(dim=-1)) and got[1:4].tolist() == [7, 2_021, 0]
+    odd = torch.randn(3, 1_001, generator=torch.Generator().manual_seed(1))  # no divisor: plain argmax
+    assert torch.equal(argmax_rows(odd), odd.argmax(dim=-1))
 
 
 def test_sampler_follows_the_softmax_distribution():
