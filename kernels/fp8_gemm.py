@@ -10,11 +10,13 @@ dispatches between three GPU paths and one CPU path:
   quantized: each program loads bf16 ``x``, upconverts its e4m3 weight tile, runs a bf16
   tensor-core dot, and multiplies by the 128x128 block scale. Split-K keeps enough
   programs in flight to saturate HBM when N is small (e.g. 1536) and K large; partial
-  sums go to an fp32 ``[split, M, N]`` buffer reduced by a second tiny kernel
-  (deterministic, unlike atomics). Numerically this is *more* accurate than DeepSeek's
+  sums go to an fp32 ``[split, M, N]`` buffer, summed in split order either by each
+  output tile's last-arriving program (one launch; an atomic counter says who is last)
+  or by a second tiny kernel. Launch configs come from an H200 sweep per shape
+  (``default_skinny_config``). Numerically this is *more* accurate than DeepSeek's
   reference (which quantizes activations to e4m3), so results at M < 16 and at larger M
   differ by about one activation-quantization error (2.6e-2 relative on random data,
-  H200 check). Every path is deterministic (no atomics).
+  H200 check). Every path is deterministic (fixed summation order; no float atomics).
 * **large M, shape safe for cuBLAS**: quantize ``x`` 1x128 (column-major scales) and call
   ``torch._scaled_mm`` with block scales. Guards: ``K % 512 == 0`` (cuBLAS silently
   mis-computes when ``K/128`` is not a multiple of 4), ``N % 128 == 0`` (partial scale
@@ -79,14 +81,19 @@ Backend = Literal["auto", "skinny", "w8a8", "scaled_mm", "torch"]
 
 @dataclass(frozen=True)
 class SkinnyConfig:
-    """Launch config for the skinny W8A16 kernel. ``split_k`` is in units of 128-K blocks'
-    partitions (number of K slices); ``block_n`` must divide 128."""
+    """Launch config for the skinny W8A16 kernel. ``split_k`` is the number of K slices
+    (each a whole number of 128-K blocks); ``block_n`` must divide 128.
+
+    ``fused_reduce`` sums the split-K partials inside the same launch (each output tile's
+    last-arriving split adds them up in split order) instead of in a second reduction
+    kernel: one launch less, ~1 us saved on the small decode GEMMs (H200 sweep)."""
 
     block_n: int = 64
     split_k: int = 1
     num_warps: int = 4
-    num_stages: int = 4
+    num_stages: int = 3
     swap_ab: bool = False  # measured slightly slower on H200 (bench sweep); kept as option
+    fused_reduce: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,19 +148,49 @@ def fp8_linear_torch(
 if HAS_TRITON:
 
     @triton.jit
+    def _finish_split_k(
+        acc, offs, mask, out_ptr, part_ptr, cnt_ptr, tile, pid_s, NUM_SPLITS, MN,
+        SPLIT_MODE: tl.constexpr,
+    ):
+        # Store one program's [.., ..] fp32 tile ``acc`` at element offsets ``offs`` of the
+        # [M, N] output. SPLIT_MODE 0: a single K split, write bf16 straight to ``out``.
+        # 1: write the fp32 partial [split, M, N] for _splitk_reduce_kernel. 2: write the
+        # partial, then the tile's last-arriving split sums all partials in split order
+        # (deterministic: the same order whoever arrives last) and writes ``out``; it resets
+        # the tile's arrival counter to 0, so the next launch (or graph replay) starts clean.
+        if SPLIT_MODE == 0:
+            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(part_ptr + pid_s * MN + offs, acc, mask=mask)
+            if SPLIT_MODE == 2:
+                tl.debug_barrier()  # every thread's partial is stored before the release below
+                arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == NUM_SPLITS - 1:
+                    total = tl.zeros_like(acc)
+                    for s in range(NUM_SPLITS):
+                        # .cg: read L2, never a stale L1 line of another SM's partial
+                        total += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0, cache_modifier=".cg")
+                    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+                    tl.store(cnt_ptr + tile, 0)
+
+    # M, loop bounds and the scale stride stay unspecialised: they change nothing in the
+    # generated code but would compile one variant per value class (== 1, % 16).
+    @triton.jit(do_not_specialize=["M", "stride_wsn", "K_BLOCKS_PER_SPLIT", "KB", "NUM_SPLITS"])
     def _w8a16_skinny_kernel(
-        x_ptr, w_ptr, ws_ptr, out_ptr,
+        x_ptr, w_ptr, ws_ptr, out_ptr, part_ptr, cnt_ptr,
         M, N, K,
-        stride_xm, stride_wn, stride_wsn, stride_os, stride_om,
+        stride_xm, stride_wn, stride_wsn,
         K_BLOCKS_PER_SPLIT,
         KB,
+        NUM_SPLITS,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         SWAP_AB: tl.constexpr,
         FP32_DOT: tl.constexpr,
+        SPLIT_MODE: tl.constexpr,
     ):
-        # out[split, m, n] = sum_{k in split} x[m, k] * w[n, k] * ws[n // 128, k // 128]
+        # out[m, n] = sum_k x[m, k] * w[n, k] * ws[n // 128, k // 128], this program's K split only
         # SWAP_AB computes the transposed tile w @ x^T so the weight tile (BLOCK_N >= 64
         # rows) is the MMA's M operand: Hopper's wgmma needs M >= 64 and can take that
         # operand straight from registers after the fp8 -> bf16 conversion, while the
@@ -198,11 +235,13 @@ if HAS_TRITON:
                     part = tl.dot(x, tl.trans(w.to(tl.bfloat16)))
             acc += part * ws
         if SWAP_AB:
-            out_ptrs = out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
-            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+            offs = offs_m[None, :] * N + offs_n[:, None]
+            mask = m_mask[None, :] & n_mask[:, None]
         else:
-            out_ptrs = out_ptr + pid_s * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
-            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+            offs = offs_m[:, None] * N + offs_n[None, :]
+            mask = m_mask[:, None] & n_mask[None, :]
+        _finish_split_k(acc, offs, mask, out_ptr, part_ptr, cnt_ptr, pid_m * tl.num_programs(0) + pid_n,
+                        pid_s, NUM_SPLITS, M * N, SPLIT_MODE)
 
     @triton.jit
     def _splitk_reduce_kernel(
@@ -273,22 +312,86 @@ def _require_triton(t: torch.Tensor) -> None:
         )
 
 
-def default_skinny_config(m: int, n: int, k: int, device: torch.device) -> SkinnyConfig:
-    """Split-K heuristic, fitted to an H200 sweep over the V3 decode shapes.
+# Fastest launch config per decode GEMM shape, from one H200 sweep (torch 2.11, Triton 3.6;
+# `python bench/kernels.py --only gemm_tune --sweep`, rows in
+# results/bench/kernels_sweep_decode.json): block_n {32, 64, 128} x split-K (about 1-8 waves
+# of programs) x num_warps {2, 4, 8} x num_stages {2..6}, one-launch and two-launch split-K,
+# each timed as CUDA-graph replays over weight copies larger than the L2, the three fastest
+# re-timed. Key: (N, K, M class), the class being 1 (M = 1), 8 (2 <= M <= 16) or 32
+# (17 <= M <= 64), the batch sizes measured. Shapes: W3's q_a, kv_a, q_b, o_proj, dense
+# gate/up, down, and q_b / o_proj under TP2 and a 4096 x 7168 MLP. Comments: us before ->
+# after at the measured M (before = the previous heuristic, bn=64 split~8 w=4 st=4 two-launch).
+_SKINNY_TUNED: dict[tuple[int, int, int], SkinnyConfig] = {
+    (1536, 7168, 1): SkinnyConfig(32, 10, 4, 3),  # q_a 10.7 -> 9.5
+    (576, 7168, 1): SkinnyConfig(32, 14, 4, 3),  # kv_a 8.0 -> 6.4
+    (24576, 1536, 1): SkinnyConfig(32, 1, 2, 3),  # q_b 19.7 -> 17.3
+    (7168, 16384, 1): SkinnyConfig(64, 9, 4, 3),  # o_proj 49.4 -> 46.9
+    (18432, 7168, 1): SkinnyConfig(64, 4, 4, 3),  # gate, up 53.2 -> 50.4
+    (7168, 18432, 1): SkinnyConfig(64, 9, 4, 3),  # down 54.6 -> 53.5
+    (12288, 1536, 1): SkinnyConfig(32, 1, 4, 3),  # q_b TP2 13.2 -> 10.7
+    (7168, 8192, 1): SkinnyConfig(64, 8, 4, 3),  # o_proj TP2 28.0 -> 26.2
+    (4096, 7168, 1): SkinnyConfig(32, 8, 2, 3),  # 17.7 -> 15.6
+    (1536, 7168, 8): SkinnyConfig(32, 6, 4, 4),  # q_a 10.7 -> 9.6
+    (576, 7168, 8): SkinnyConfig(32, 14, 4, 3),  # kv_a 8.5 -> 6.6
+    (24576, 1536, 8): SkinnyConfig(32, 1, 2, 3),  # q_b 19.8 -> 17.8
+    (7168, 16384, 8): SkinnyConfig(64, 9, 4, 3),  # o_proj 49.9 -> 47.8
+    (18432, 7168, 8): SkinnyConfig(64, 4, 4, 3),  # gate, up 55.6 -> 52.5
+    (7168, 18432, 8): SkinnyConfig(128, 9, 8, 3),  # down 55.2 -> 53.5
+    (12288, 1536, 8): SkinnyConfig(32, 1, 4, 4),  # q_b TP2 13.4 -> 10.8
+    (7168, 8192, 8): SkinnyConfig(64, 8, 4, 3),  # o_proj TP2 28.6 -> 26.2
+    (4096, 7168, 8): SkinnyConfig(32, 8, 2, 3),  # 17.9 -> 15.6
+    # at 32 rows the last split's serial sum of a 32 x block_n tile often costs what the
+    # second launch saves: the two-launch twin was as fast or faster for most shapes
+    (1536, 7168, 32): SkinnyConfig(64, 10, 4, 3, fused_reduce=False),  # q_a 11.8 -> 11.7
+    (576, 7168, 32): SkinnyConfig(32, 14, 8, 3),  # kv_a 8.9 -> 8.5
+    (24576, 1536, 32): SkinnyConfig(64, 1, 4, 3),  # q_b 25.1 -> 20.1 (auto: cuBLAS 18.2)
+    (7168, 16384, 32): SkinnyConfig(64, 9, 4, 3, fused_reduce=False),  # o_proj 59.5 -> 57.8 (cuBLAS 52.0)
+    (18432, 7168, 32): SkinnyConfig(64, 4, 4, 3),  # gate, up 70.0 -> 63.0 (cuBLAS 59.7)
+    (7168, 18432, 32): SkinnyConfig(64, 9, 4, 3, fused_reduce=False),  # down 66.1 -> 65.6 (cuBLAS 57.5)
+    (12288, 1536, 32): SkinnyConfig(64, 1, 4, 3),  # q_b TP2 16.7 -> 15.0
+    (7168, 8192, 32): SkinnyConfig(64, 8, 4, 3, fused_reduce=False),  # o_proj TP2 33.5 -> 32.8 (cuBLAS 28.6)
+    (4096, 7168, 32): SkinnyConfig(64, 4, 4, 3, fused_reduce=False),  # 19.9 -> 19.4
+}
 
-    Decode is bound by bytes in flight, and with N=1536 and BLOCK_N=64 there are only 24
-    output tiles for 132 SMs, so K is split: 8 ways by default, more when there are few
-    N tiles, but never below 4 k-blocks (512 K) per split so each program's pipeline
-    still has work.
+
+def default_skinny_config(m: int, n: int, k: int, device: torch.device) -> SkinnyConfig:
+    """The measured config of ``_SKINNY_TUNED`` for known shapes; otherwise a rule fitted
+    to the same sweep.
+
+    Decode is bound by bytes in flight: the fastest configs ran about 8 programs per SM
+    (e.g. o_proj 112 N tiles x 9 splits, dense gate 288 x 4, kv_a 18 x 14), with 4 warps
+    and 3 stages, BLOCK_N 32 for N <= 4096 up to 16 rows (more tiles to split over) and
+    64 otherwise. A split keeps at least 4 k-blocks (512 K) so each program's pipeline
+    has work, and at least 8 once the N tiles alone fill the SMs (q_b, 12 k-blocks, ran
+    fastest unsplit). On the 24 swept cells whose grid holds the rule's choice it is within
+    5% of the best in 20 and 15-23% slower in 4 (q_b under TP2 at M <= 16; kv_a and the
+    4096-wide MLP at M = 32), which is why the measured table comes first.
     """
-    block_n = 64
-    n_tiles = math.ceil(n / block_n) * math.ceil(m / 64)
+    tuned = _SKINNY_TUNED.get((n, k, 1 if m == 1 else 8 if m <= 16 else 32))
+    if tuned is not None:
+        return tuned
+    sms = _num_sms(device)
+    block_n = 32 if n <= 4096 and m <= 16 else 64
+    tiles = math.ceil(n / block_n) * math.ceil(m / 64)
     kb = math.ceil(k / BLOCK)
-    split = max(8, math.ceil(2 * _num_sms(device) / max(n_tiles, 1)))
-    split = max(1, min(split, kb // 4))
-    per = math.ceil(kb / split)
-    split = math.ceil(kb / per)
-    return SkinnyConfig(block_n=block_n, split_k=split, swap_ab=False)
+    split = max(1, min(round(8 * sms / tiles), kb // (8 if tiles >= sms else 4)))
+    return SkinnyConfig(block_n=block_n, split_k=math.ceil(kb / math.ceil(kb / split)), num_warps=4, num_stages=3)
+
+
+# Arrival counters of the one-launch split-K reduction, per device. Every call's tiles
+# count up from 0 and each tile's last split resets its counter, so one zeroed buffer
+# serves all calls and graph replays. Consequence: two skinny GEMMs must not run at the
+# same time on one device (the engine runs decode on one stream). A grown buffer
+# replaces the old one for new calls, but the old one is kept: captured graphs hold its
+# address.
+_SPLIT_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _split_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    bufs = _SPLIT_COUNTERS.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < tiles:
+        bufs.append(torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 def fp8_gemm_w8a16_skinny(
@@ -321,24 +424,22 @@ def fp8_gemm_w8a16_skinny(
     per = math.ceil(kb / max(1, cfg.split_k))
     split = math.ceil(kb / per)
     grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, block_m))
-    if split == 1:
-        target, stride_os = out, 0
-    else:
-        target = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
-        stride_os = target.stride(0)
+    mode = 0 if split == 1 else 2 if cfg.fused_reduce else 1
+    part = out if mode == 0 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    counters = _split_counters(x.device, grid[0] * grid[2]) if mode == 2 else out
     _w8a16_skinny_kernel[grid](
-        x, weight, weight_scale_inv, target,
+        x, weight, weight_scale_inv, out, part, counters,
         m, n, k,
-        x.stride(0), weight.stride(0), weight_scale_inv.stride(0), stride_os, n,
-        per, kb,
+        x.stride(0), weight.stride(0), weight_scale_inv.stride(0),
+        per, kb, split,
         BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=BLOCK, SWAP_AB=cfg.swap_ab,
-        FP32_DOT=interpret_mode(),
+        FP32_DOT=interpret_mode(), SPLIT_MODE=mode,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1:
+    if mode == 1:
         mn = m * n
         rb = 1024
-        _splitk_reduce_kernel[(triton.cdiv(mn, rb),)](target, out, mn, SPLIT=split, BLOCK=rb)
+        _splitk_reduce_kernel[(triton.cdiv(mn, rb),)](part, out, mn, SPLIT=split, BLOCK=rb)
     return out
 
 

@@ -48,10 +48,15 @@ if HAS_TRITON:
 __all__ = ["MlaDecodeConfig", "default_mla_config", "mla_decode", "mla_decode_torch"]
 
 _LOG2E: float = 1.4426950408889634
-# Shortest KV split the heuristic makes (tokens); see _default_splits.
-MIN_SPLIT_TOKENS: int = 256
-#: Contexts (block-table capacity) below this may split finer, down to SHORT_SPLIT_TOKENS.
+# Split-count heuristic (_default_splits): from SHORT_CONTEXT tokens on, splits of at
+# least MIN_SPLIT_TOKENS tokens, at most MAX_SPLITS of them. Shorter contexts keep the
+# earlier rule: splits of at least SHORT_MIN_SPLIT_TOKENS, at most SHORT_MAX_SPLITS,
+# finer (down to SHORT_SPLIT_TOKENS) while that fills at most one wave.
+MIN_SPLIT_TOKENS: int = 128
+MAX_SPLITS: int = 256
 SHORT_CONTEXT: int = 4096
+SHORT_MIN_SPLIT_TOKENS: int = 256
+SHORT_MAX_SPLITS: int = 128
 SHORT_SPLIT_TOKENS: int = 64
 
 
@@ -98,7 +103,9 @@ def mla_decode_torch(
 
 if HAS_TRITON:
 
-    @triton.jit
+    # The split length and the split-count strides are not specialised: their value class
+    # (== 1, % 16) changes nothing in the code but would compile one variant per class.
+    @triton.jit(do_not_specialize=["split_len", "stride_mlb", "stride_mlh"])
     def _mla_decode_split_kernel(
         qn_ptr, qp_ptr, kv_ptr, bt_ptr, len_ptr, mid_o_ptr, mid_lse_ptr,
         H, split_len, qk_scale,
@@ -194,7 +201,7 @@ if HAS_TRITON:
             tl.store(mo + offs_h[:, None] * stride_moh + offs_l[None, :], o, mask=h_mask[:, None])
         tl.store(mid_lse_ptr + b * stride_mlb + offs_h * stride_mlh + sp, lse, mask=h_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["S", "stride_mlb", "stride_mlh"])
     def _mla_decode_merge_kernel(
         mid_o_ptr, mid_lse_ptr, out_ptr,
         S,
@@ -233,36 +240,58 @@ if HAS_TRITON:
         )
 
 
-def _default_splits(b: int, head_groups: int, capacity: int, device: torch.device) -> int:
-    """About one program per SM (only one fits: ~144 KB of shared memory each), but at
-    least 8 splits, at least MIN_SPLIT_TOKENS tokens per split, at most 128 splits.
+def _default_splits(b: int, head_groups: int, capacity: int, device: torch.device, waves: int) -> int:
+    """KV splits per (sequence, head group): ``waves`` times the SM count in programs
+    (only one program fits an SM: ~144 KB of shared memory), rounded down so the last
+    wave is full, but at least 8 splits.
 
-    H200 sweep (V3 dims, 32K context): B=1/H=16 ran best at 128 splits, B=8 at 16,
-    B=32 at 8; B=1/H=128 at 64, B=8/H=128 at 8.
+    H200 sweep at 32K-128K contexts (bench/kernels.py --only mla_tune --sweep,
+    results/bench/kernels_sweep_decode.json): 16-head tiles ran best at 2 waves (B=1: 256
+    splits of 128-512 tokens, B=8: 32, B=32: 8), 64-head tiles at 1 (B=1: 64, B=8: 8;
+    9 splits, 144 programs, took 40-75% longer than 8). The caller picks ``waves``.
 
-    Below SHORT_CONTEXT tokens the 256-token minimum left a few programs on 132 SMs (B=1,
-    128 heads, 256-token prompt: 4 programs, 31 us per layer in the W3 profile); there
-    splits go down to SHORT_SPLIT_TOKENS as long as they fill at most one wave.
+    Below SHORT_CONTEXT tokens the earlier rule stays (one wave, splits of at least 256
+    tokens), except that splits go down to SHORT_SPLIT_TOKENS as long as they fill at
+    most one wave: the 256-token minimum left a few programs on 132 SMs (B=1, 128 heads,
+    256-token prompt: 4 programs, 31 us per layer in the W3 profile).
     """
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     rows = max(1, b * head_groups)
-    want = max(8, math.ceil(sms / rows))
-    splits = max(1, min(want, capacity // MIN_SPLIT_TOKENS, 128))
-    if capacity < SHORT_CONTEXT:
-        splits = max(splits, min(sms // rows, capacity // SHORT_SPLIT_TOKENS, 128))
-    return splits
+    if capacity >= SHORT_CONTEXT:
+        return max(1, min(max(8, waves * sms // rows), capacity // MIN_SPLIT_TOKENS, MAX_SPLITS))
+    splits = max(1, min(max(8, math.ceil(sms / rows)), capacity // SHORT_MIN_SPLIT_TOKENS, SHORT_MAX_SPLITS))
+    return max(splits, min(sms // rows, capacity // SHORT_SPLIT_TOKENS, SHORT_MAX_SPLITS))
+
+
+def split_plan(b: int, h: int, capacity: int, cfg: MlaDecodeConfig, device: torch.device) -> tuple[int, int]:
+    """(number of KV splits, tokens per split) that ``mla_decode`` launches with.
+
+    Heuristic splits (``num_splits=None``) take 2 waves of programs for tiles of <= 16
+    heads (bandwidth-bound) and 1 wave for larger head groups (compute-bound); see
+    _default_splits. The split length is rounded up to whole MIN_SPLIT_TOKENS pieces
+    (never more splits than asked for); explicit ``num_splits`` and short contexts are
+    honoured more exactly (``block_n`` multiples)."""
+    waves = 2 if cfg.block_h <= 16 else 1
+    splits = cfg.num_splits or _default_splits(b, math.ceil(h / cfg.block_h), capacity, device, waves)
+    align = cfg.block_n if cfg.num_splits or capacity < SHORT_CONTEXT else max(cfg.block_n, MIN_SPLIT_TOKENS)
+    split_len = math.ceil(math.ceil(max(capacity, 1) / splits) / align) * align
+    return max(1, math.ceil(max(capacity, 1) / split_len)), split_len
 
 
 def default_mla_config(b: int, h: int) -> MlaDecodeConfig:
-    """Launch config from the H200 sweep (bench/kernels.py --sweep / focus).
+    """Launch config from the H200 sweep (bench/kernels.py --only mla_tune --sweep, contexts
+    32K-128K, B = 1/8/32; rows in results/bench/kernels_sweep_decode.json).
 
-    <= 16 heads (tensor-parallel shards): tokens-major tiles (64 tokens on the wgmma M
-    side, 16 heads on N). More heads: 64-head heads-major groups, so the cache is read
-    once per 64 heads.
+    <= 16 heads (tensor-parallel shards): one 16-head group, heads on the MMA's M side,
+    64-token chunks, 2 stages: 95-102% of the 4.24 TB/s copy rate at B=32 (reads alone
+    may pass a copy's read+write rate) against 75-79% for the tokens-major (transposed)
+    tiles used before. More heads: 64-head groups with 64-token chunks (the cache is read
+    once per 64 heads), 255-281 TFLOP/s at B >= 8 against 105-191 with 32-token chunks.
+    Contexts below 32K were not part of that sweep.
     """
     if h <= 16:
-        return MlaDecodeConfig(block_h=16, block_n=64, num_warps=4, num_stages=2, transposed=True)
-    return MlaDecodeConfig(block_h=64, block_n=32, num_warps=8, num_stages=2, transposed=False)
+        return MlaDecodeConfig(block_h=16, block_n=64, num_warps=4, num_stages=2)
+    return MlaDecodeConfig(block_h=64, block_n=64, num_warps=8, num_stages=2)
 
 
 def mla_decode(
@@ -318,13 +347,7 @@ def mla_decode(
     if max_context_len is not None:
         capacity = min(capacity, max_context_len)
     head_groups = triton.cdiv(h, cfg.block_h)
-    splits = cfg.num_splits or _default_splits(b, head_groups, capacity, q_nope.device)
-    # round the split length to whole 256-token pieces (16 splits of 2048 tokens ran
-    # faster than 17 of 1952 on H200); explicit num_splits and short contexts are
-    # honoured more exactly
-    align = cfg.block_n if cfg.num_splits or capacity < SHORT_CONTEXT else max(cfg.block_n, 256)
-    split_len = triton.cdiv(triton.cdiv(max(capacity, 1), splits), align) * align
-    splits = max(1, triton.cdiv(max(capacity, 1), split_len))
+    splits, split_len = split_plan(b, h, capacity, cfg, q_nope.device)
     dev = q_nope.device
     mid_o = torch.empty(b, h, splits, lat, dtype=torch.float32, device=dev)
     mid_lse = torch.empty(b, h, splits, dtype=torch.float32, device=dev)

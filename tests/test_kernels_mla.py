@@ -49,6 +49,7 @@ def _case(b: int, h: int, lat: int, rope: int, bs: int, lens: list[int], gen: to
         (2, 16, 16, [40, 33], 2, 16, True),
         (1, 16, 16, [300], 19, 16, True),  # many splits: merge over a 32-wide split tile
         (1, 16, 16, [300], None, 16, True),  # short context, default config: split finer than 256
+        (2, 16, 16, [300, 77], 5, 16, False),  # heads-major tiles (the default for <= 16 heads)
     ],
 )
 def test_mla_decode(
@@ -72,10 +73,40 @@ def test_default_splits_fill_the_gpu_at_short_contexts() -> None:
     from dseval.kernels.mla_decode import _default_splits
 
     cpu = torch.device("cpu")  # counts as 132 SMs (an H200)
-    assert _default_splits(1, 2, 32768, cpu) == 66  # long: ~one program per SM, >= 256 tokens each
-    assert _default_splits(1, 2, 512, cpu) == 8  # short: 64-token splits instead of 2 of 256
-    assert _default_splits(32, 2, 512, cpu) == 2  # already a full wave: unchanged
-    assert _default_splits(1, 1, 320, cpu) == 5
+    assert _default_splits(1, 2, 512, cpu, waves=1) == 8  # short: 64-token splits instead of 2 of 256
+    assert _default_splits(32, 2, 512, cpu, waves=1) == 2  # already a full wave: unchanged
+    assert _default_splits(1, 1, 320, cpu, waves=2) == 5
+
+
+def test_default_splits_long_contexts_fill_whole_waves() -> None:
+    from dseval.kernels.mla_decode import _default_splits
+
+    cpu = torch.device("cpu")
+    assert _default_splits(1, 2, 32768, cpu, waves=1) == 66  # 128 heads: one wave
+    assert _default_splits(8, 2, 32768, cpu, waves=1) == 8  # 128 programs; 9 would start a second wave
+    assert _default_splits(8, 1, 32768, cpu, waves=2) == 33  # 16 heads: two waves
+    assert _default_splits(32, 1, 131072, cpu, waves=2) == 8
+    assert _default_splits(1, 1, 32768, cpu, waves=2) == 256  # capped (MAX_SPLITS; 128 tokens each)
+
+
+@pytest.mark.parametrize("b,h,cap", [(1, 16, 32768), (8, 16, 131072), (8, 128, 32768), (3, 16, 5000), (2, 128, 700)])
+def test_split_plan_covers_the_context(b: int, h: int, cap: int) -> None:
+    from dseval.kernels.mla_decode import (
+        MIN_SPLIT_TOKENS,
+        SHORT_CONTEXT,
+        _default_splits,
+        default_mla_config,
+        split_plan,
+    )
+
+    cfg = default_mla_config(b, h)
+    cpu = torch.device("cpu")
+    splits, split_len = split_plan(b, h, cap, cfg, cpu)
+    assert splits * split_len >= cap > (splits - 1) * split_len  # every token in exactly one split
+    assert split_len % cfg.block_n == 0
+    if cap >= SHORT_CONTEXT:
+        assert split_len % MIN_SPLIT_TOKENS == 0
+        assert splits <= _default_splits(b, -(-h // cfg.block_h), cap, cpu, 2 if cfg.block_h <= 16 else 1)
 
 
 def test_mla_decode_torch_fallback_matches() -> None:
