@@ -8,6 +8,8 @@
 #           layout's decode logits against the single GPU's.
 #   fused:  the one-GPU cells at prompts 256 and 4K with a kernel profile of a B=1 step, then TP2.
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
+#   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
+#           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.
 #   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
 #           of the 61-layer model; then bench/expert_parallel.py (one V3 MoE layer, both
 #           expert-parallel exchanges).
@@ -51,6 +53,11 @@ elif [ "$what" = dp ]; then  # eval throughput alone: one GPU, then two replicas
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
     --out "$out/x2_dp1_eval.json" 2>&1 | tee "$out/x2_dp1_eval.log"
   par "${common[@]}" --out "$out/x2_dp2_eval.json" 2>&1 | tee "$out/x2_dp2_eval.log"
+elif [ "$what" = profile ]; then
+  common=(--batches 1 32 --prompts 256 --skip check e2e)
+  par "${common[@]}" --tp 2 --profile-batch 1 --out "$out/x2_tp2_profile.json" 2>&1 | tee "$out/x2_tp2_profile.log"
+  NCCL_PROTO=LL par "${common[@]}" --tp 2 --out "$out/x2_tp2_nccl_ll.json" 2>&1 | tee "$out/x2_tp2_nccl_ll.log"
+  par "${common[@]}" --ep 2 --profile-batch 32 --out "$out/x2_ep2_profile.json" 2>&1 | tee "$out/x2_ep2_profile.log"
 elif [ "$what" = layers ]; then
   for n in 4 12 20; do
     par --layers "$n" --tp 2 --ep 2 --batches 1 8 32 128 --prompts 256 --skip e2e \
