@@ -8,6 +8,8 @@
 #           layout's decode logits against the single GPU's.
 #   fused:  the one-GPU cells at prompts 256 and 4K with a kernel profile of a B=1 step, then TP2.
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
+#   tpep:   one GPU against TP2 attention + EP2 experts on the same two ranks (both exchanges)
+#           and TP2 alone, decode at batch 1 and 32 and eval throughput, with the logits check.
 #   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
 #           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.
 #   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
@@ -53,6 +55,15 @@ elif [ "$what" = dp ]; then  # eval throughput alone: one GPU, then two replicas
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
     --out "$out/x2_dp1_eval.json" 2>&1 | tee "$out/x2_dp1_eval.log"
   par "${common[@]}" --out "$out/x2_dp2_eval.json" 2>&1 | tee "$out/x2_dp2_eval.log"
+elif [ "$what" = tpep ]; then
+  common=(--batches 1 32 --prompts 256 --skip e2e --eval-requests 512)
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
+    --save-logits "$out/single_logits.pt" --out "$out/x2_single_tpep.json" 2>&1 | tee "$out/x2_single_tpep.log"
+  par "${common[@]}" --tp 2 --ep 2 --compare-logits "$out/single_logits.pt" --out "$out/x2_tp2ep2.json" 2>&1 \
+    | tee "$out/x2_tp2ep2.log"
+  par "${common[@]}" --tp 2 --ep 2 --moe-comm all_reduce --compare-logits "$out/single_logits.pt" \
+    --out "$out/x2_tp2ep2_allreduce.json" 2>&1 | tee "$out/x2_tp2ep2_allreduce.log"
+  par "${common[@]}" --tp 2 --skip check e2e --out "$out/x2_tp2_tpep.json" 2>&1 | tee "$out/x2_tp2_tpep.log"
 elif [ "$what" = profile ]; then
   common=(--batches 1 32 --prompts 256 --skip check e2e)
   par "${common[@]}" --tp 2 --profile-batch 1 --out "$out/x2_tp2_profile.json" 2>&1 | tee "$out/x2_tp2_profile.log"
