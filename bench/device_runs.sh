@@ -10,6 +10,7 @@
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
 #   tpep:   one GPU against TP2 attention + EP2 experts on the same two ranks (both exchanges)
 #           and TP2 alone, decode at batch 1 and 32 and eval throughput, with the logits check.
+#   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
 #           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.
 #   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
@@ -64,6 +65,9 @@ elif [ "$what" = tpep ]; then
   par "${common[@]}" --tp 2 --ep 2 --moe-comm all_reduce --compare-logits "$out/single_logits.pt" \
     --out "$out/x2_tp2ep2_allreduce.json" 2>&1 | tee "$out/x2_tp2ep2_allreduce.log"
   par "${common[@]}" --tp 2 --skip check e2e --out "$out/x2_tp2_tpep.json" 2>&1 | tee "$out/x2_tp2_tpep.log"
+elif [ "$what" = shapes ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/prefill_shapes.py --out "$out/prefill_shapes.json" 2>&1 \
+    | tee "$out/prefill_shapes.log"
 elif [ "$what" = profile ]; then
   common=(--batches 1 32 --prompts 256 --skip check e2e)
   par "${common[@]}" --tp 2 --profile-batch 1 --out "$out/x2_tp2_profile.json" 2>&1 | tee "$out/x2_tp2_profile.log"
