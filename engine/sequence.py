@@ -62,8 +62,9 @@ class SequenceStatus(enum.Enum):
 _ids = itertools.count()
 
 #: Stands in for a token that a step in flight is sampling (overlap scheduling); never fed to
-#: the model (the runner takes the real token from the device) and never hashed into the
-#: prefix cache (it is replaced before the sequence's blocks are committed).
+#: the model (the runner takes the real token from the device) and never committed to the
+#: prefix cache (it is replaced before the sequence's blocks are committed; a pending-prefix
+#: announcement that includes it can match no real prompt, token ids being >= 0).
 PENDING_TOKEN = -1
 
 
