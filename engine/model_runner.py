@@ -204,8 +204,8 @@ class ModelRunner:
         ``pad_to``: also lay out rows ``[len(rows), pad_to)`` of those buffers as inert
         padding for graph replay (token 0 at position 0, context 0 so attention writes zeros,
         cache writes into the scratch slot). ``feed``: the input tokens come from the step
-        before, still on the device. Both ride in the same staging copy, so a decode step costs
-        no pageable host-to-device copy, which could wait for the step in flight.
+        before, still on the device (gathered by row index). Both ride in the same pinned staging
+        copy as the step's other inputs instead of adding host-to-device copies of their own.
         """
         bs = self.block_size
         ids: list[int] = []
