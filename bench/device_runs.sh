@@ -10,6 +10,10 @@
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
 #   tpep:   one GPU against TP2 attention + EP2 experts on the same two ranks (both exchanges)
 #           and TP2 alone, decode at batch 1 and 32 and eval throughput, with the logits check.
+#   fp8:    the FP8 prefill-attention kernel against bf16 cuDNN at W3 shapes (config sweep, checks
+#           against float64), then the 128K prefill with each attention backend.
+#   prefill: every kernel check at real sizes, the MoE and prefill-GEMM sections, then the 128K
+#           prefill with each attention backend (the run behind results/bench/engine_w3_prefill.json).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
 #           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.
@@ -65,6 +69,16 @@ elif [ "$what" = tpep ]; then
   par "${common[@]}" --tp 2 --ep 2 --moe-comm all_reduce --compare-logits "$out/single_logits.pt" \
     --out "$out/x2_tp2ep2_allreduce.json" 2>&1 | tee "$out/x2_tp2ep2_allreduce.log"
   par "${common[@]}" --tp 2 --skip check e2e --out "$out/x2_tp2_tpep.json" 2>&1 | tee "$out/x2_tp2_tpep.log"
+elif [ "$what" = fp8 ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/kernels.py --only prefill_attn --sweep \
+    --out "$out/kernels_prefill_attn.json" 2>&1 | tee "$out/kernels_prefill_attn.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 280 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
+    --skip check decode e2e "${extra[@]}" --out "$out/engine_w3_prefill_fp8.json" 2>&1 | tee "$out/engine_w3_prefill_fp8.log"
+elif [ "$what" = prefill ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/kernels.py --check --only moe moe_prefill gemm_prefill \
+    --out "$out/kernels_prefill.json" 2>&1 | tee "$out/kernels_prefill.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 250 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
+    --skip decode e2e "${extra[@]}" --out "$out/engine_w3_prefill.json" 2>&1 | tee "$out/engine_w3_prefill.log"
 elif [ "$what" = shapes ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/prefill_shapes.py --out "$out/prefill_shapes.json" 2>&1 \
     | tee "$out/prefill_shapes.log"

@@ -365,7 +365,8 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
         say(f"prefill attention {name}: {res[name]}")
         free_memory()
     mp.set_prefill_backend("auto")
-    ok = {k: v["ms"] for k, v in res.items() if isinstance(v, dict) and "ms" in v and v["rel_vs_causal_bias"] < 2e-2}
+    ok = {k: v["ms"] for k, v in res.items() if isinstance(v, dict) and "ms" in v and k != "fp8"
+          and v["rel_vs_causal_bias"] < 2e-2}
     res["best"] = min(ok, key=ok.get) if ok else "causal_bias"
     return res
 
@@ -831,15 +832,18 @@ def main(argv: list[str] | None = None) -> int:
             run_prefill(llm, min(2 * args.chunk, args.prefill_len))
         except Exception as e:  # noqa: BLE001
             report.error("prefill warm-up", e)
-        for backend in dict.fromkeys([best, "causal_bias"]):
+        for backend in dict.fromkeys([best, "fp8", "causal_bias"]):
             if late():
                 break
             try:
                 set_prefill_backend(backend)
+                if backend == "fp8":  # compile its kernels outside the timing
+                    run_prefill(llm, min(2 * args.chunk, args.prefill_len))
                 r = run_prefill(llm, args.prefill_len)
                 r["attention_backend"] = backend
                 report.data.setdefault("prefill_runs", []).append(r)
-                if not report.data["prefill"] or r["seconds"] < report.data["prefill"]["seconds"]:
+                # the headline is bf16 attention (the default); fp8 is the opt-in backend
+                if backend != "fp8" and (not report.data["prefill"] or r["seconds"] < report.data["prefill"]["seconds"]):
                     report.data["prefill"] = r
                 say(f"prefill ({backend}): {r}")
             except Exception as e:  # noqa: BLE001

@@ -390,7 +390,8 @@ def bench_moe(sweep: bool) -> None:
             sec = bench(lambda: K.fused_moe(x, w13, s13, w2, s2, ids, wts))
         cfg = K.moe.default_moe_config(t, TOPK, N_EXP, True)
         record("fused_moe fp8", f"T={t} E=256 k=8 active={active}", sec, nbytes=nbytes, flops=fl,
-               cfg=f"bm={cfg.block_m} bn1={cfg.block_n1} bn2={cfg.block_n2} w={cfg.num_warps}")
+               cfg=f"bm={cfg.block_m} bn1={cfg.block_n1} bn2={cfg.block_n2} w={cfg.num_warps}"
+                   + (" unfused" if cfg.unfused_gate_up else ""))
         if sweep and t in (1, 8, 4096):
             cands = ((16, 64, 64, 4, 4), (16, 128, 128, 4, 3), (16, 64, 128, 4, 5), (16, 32, 64, 4, 4),
                      (16, 128, 128, 8, 4), (32, 64, 128, 4, 4))
@@ -882,8 +883,12 @@ def bench_moe_prefill() -> None:
         ("unf 64x256 w1=8 st3", K.MoeConfig(64, 256, 128, 4, 3, unfused_gate_up=True, num_warps1=8)),
         ("unf 128x128 w4 st4", K.MoeConfig(128, 128, 128, 4, 4, unfused_gate_up=True)),
         ("unf 64x128 w8 st3", K.MoeConfig(64, 128, 128, 8, 3, unfused_gate_up=True)),
+        ("128x64 w8 st3", K.MoeConfig(128, 64, 128, 8, 3)),
+        ("128x128 w8 st3", K.MoeConfig(128, 128, 128, 8, 3)),
+        ("64x128 w4 st4", K.MoeConfig(64, 128, 128, 4, 4)),
+        ("128x64 bn2=256 w8 st3", K.MoeConfig(128, 64, 256, 8, 3)),
     ]
-    for t in (1024, 4096):
+    for t in (1024, 4096, 16384):  # 16384: one chunk of the engine's GPU prefill budget
         x = torch.randn(t, HID, device="cuda", dtype=torch.bfloat16)
         ids = torch.stack([torch.randperm(N_EXP, device="cuda")[:TOPK] for _ in range(t)]).to(torch.int32)
         wts = torch.softmax(torch.randn(t, TOPK, device="cuda"), -1)
@@ -905,6 +910,63 @@ def bench_moe_prefill() -> None:
                     print(f"  {ev.key[:60]:<60} {ev.device_time_total:9.1f} us")
                     ROWS.append({"kernel": "profile", "shape": f"moe T=4096 {name}", "op": ev.key[:120],
                                  "us": ev.device_time_total})
+
+
+def bench_prefill_attention(sweep: bool) -> None:
+    """W3 prefill attention (128 heads, one 16K-query chunk at the end of 16K / 64K / 128K keys):
+    bf16 cuDNN (the engine's default) against the FP8 Triton kernel, its share spent in the
+    scale / quantization passes, and its error against float64 at a size that fits."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dseval.kernels import mla_prefill as mp
+    from dseval.kernels.mla_prefill_fp8 import Fp8AttentionConfig, mla_prefill_attention_fp8
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def inputs(t: int, s: int) -> tuple[torch.Tensor, ...]:
+        def r(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16)
+        return r(t, HEADS, NOPE), r(t, HEADS, ROPE), r(s, HEADS, NOPE), r(s, ROPE), r(s, HEADS, VDIM)
+
+    small = inputs(512, 2048)
+    exact = mp.mla_prefill_attention_torch(*(x.double() for x in small), 0.1)
+    check("prefill attention fp8 vs float64 (t=512 S=2048)", rel(mla_prefill_attention_fp8(*small, 0.1), exact), 8e-2)
+    mp.set_prefill_backend("split_cudnn")
+    check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1), exact), 1e-2)
+    del small, exact
+    cands = [Fp8AttentionConfig()]
+    if sweep:  # at the 128K shape only
+        cands += [Fp8AttentionConfig(bm, bn, w, st) for bm, bn, w, st in (
+            (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 3),
+            (64, 64, 4, 4))]
+    t = 16384
+    for s in (16384, 65536, 131072):
+        args = inputs(t, s)
+        fl = HEADS * (NOPE + ROPE + VDIM) * 2 * (t * (s - t) + t * t / 2)
+        shape = f"t={t} S={s} H={HEADS}"
+        ref = mp.mla_prefill_attention(*args, 0.1)  # split_cudnn
+        record("prefill attn cudnn bf16", shape, bench(lambda: mp.mla_prefill_attention(*args, 0.1), quick=True),
+               flops=fl, flop_ceil=BF16_CEIL)
+        for i, c in enumerate(cands if s == 131072 else cands[:1]):
+            try:
+                err = rel(mla_prefill_attention_fp8(*args, 0.1, config=c), ref)
+                sec = bench(lambda c=c: mla_prefill_attention_fp8(*args, 0.1, config=c), quick=True)
+            except Exception as e:  # noqa: BLE001 (a config may not fit shared memory)
+                print("prefill fp8 fail", c, repr(e)[:100])
+                continue
+            record("prefill attn fp8" if i == 0 else "sweep prefill attn fp8", shape, sec, flops=fl,
+                   cfg=f"bm={c.block_m} bn={c.block_n} w={c.num_warps} st={c.num_stages}", rel_vs_cudnn=err)
+        if s == 131072:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                mla_prefill_attention_fp8(*args, 0.1)
+                torch.cuda.synchronize()
+            for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
+                print(f"  {ev.key[:60]:<60} {ev.device_time_total:9.1f} us")
+                ROWS.append({"kernel": "profile", "shape": f"prefill fp8 {shape}", "op": ev.key[:120],
+                             "us": ev.device_time_total})
+        del args, ref
+        torch.cuda.empty_cache()
+    mp.set_prefill_backend("auto")
 
 
 def profile_kernels() -> None:
@@ -958,6 +1020,7 @@ SECTIONS = {
     "profile": lambda sw: profile_kernels(),
     "focus": lambda sw: sweep_focus(),
     "moe_prefill": lambda sw: bench_moe_prefill(),
+    "prefill_attn": bench_prefill_attention,
     "gemm_tune": tune_gemm,
     "mla_tune": tune_mla,
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ from dseval.backends.base import BackendOptions
 from dseval.errors import UserError
 
 #: Fields that decide which samples a run computes and how; a resumed run must agree on them.
-IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens")
+IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class RunConfig:
     tp: int = 1
     ep: int = 1
     moe_comm: str = "all_to_all"
+    #: The built-in engine's CUDA prefill attention (``dseval.kernels.mla_prefill``): "auto" is
+    #: bf16; "fp8" is faster at long prompts but rounds Q, K, V to e4m3, so it is part of the
+    #: run's identity (a resumed run must not mix the two).
+    prefill_attention: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -54,8 +58,13 @@ class RunConfig:
         values = asdict(self)
         return {name: list(values[name]) if isinstance(values[name], tuple) else values[name] for name in IDENTITY_FIELDS}
 
+    @classmethod
+    def identity_defaults(cls) -> dict[str, Any]:
+        """Default of each identity field: what a run.json written before the field existed meant."""
+        return {f.name: None if f.default is MISSING else f.default for f in fields(cls) if f.name in IDENTITY_FIELDS}
+
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
             batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep,
-            moe_comm=self.moe_comm,
+            moe_comm=self.moe_comm, prefill_attention=self.prefill_attention,
         )

@@ -101,10 +101,11 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
             "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+    before, defaults = existing.get("config", {}), RunConfig.identity_defaults()
     for name, value in config.identity().items():
-        if existing.get("config", {}).get(name) != value:
+        if before.get(name, defaults[name]) != value:
             raise UserError(
-                f"{store.run_file} was written by a run with {name}={existing.get('config', {}).get(name)!r}, "
+                f"{store.run_file} was written by a run with {name}={before.get(name, defaults[name])!r}, "
                 f"not {value!r}; resume with the same arguments or choose another --out"
             )
     for task, record in records.items():
@@ -188,6 +189,8 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
         store.load_samples(name, repair=True)  # drop torn lines before anyone reads
     barrier(topology)
     done_ids = {s.id for s in store.load_samples(name)}
+    # every replica must split the same list: none may write a sample before all have read
+    barrier(topology)
     unfinished = [i for i, doc in enumerate(prepared.docs) if doc.id not in done_ids]
     pending = share(unfinished, topology)
     if topology.dp == 1:
@@ -240,7 +243,11 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
                 run_task(item, store, backend, topology, progress)
                 barrier(topology)
                 if topology.is_leader:
-                    summaries[name] = task_summary(item.task, store.finalize(name))
+                    samples = store.finalize(name)
+                    if len(samples) != len(item.docs):  # never summarize a partial task as if whole
+                        raise RuntimeError(f"{name}: {len(item.docs) - len(samples)} of {len(item.docs)} docs have no "
+                                           f"sample after the run; run again with the same --out to compute them")
+                    summaries[name] = task_summary(item.task, samples)
                 barrier(topology)
     finally:
         if owned:

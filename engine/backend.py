@@ -92,11 +92,17 @@ class EngineBackend(ModelBackend):
         dtype = parse_dtype(options.dtype, device)
         if options.batch_size < 1:
             raise UserError(f"option 'batch_size' must be >= 1, got {options.batch_size}")
+        from dseval.kernels.mla_prefill import PREFILL_BACKENDS
+
+        if options.prefill_attention not in PREFILL_BACKENDS:
+            raise UserError(f"--prefill-attention must be one of {', '.join(PREFILL_BACKENDS)}, "
+                            f"got {options.prefill_attention!r}")
         try:
             # 16K-token prefill chunks take a 128K prompt in 4.65 s on an H200 against 5.20 s with
             # 32K chunks (bench/README.md, W3); CPUs keep the small default chunk.
             budget = GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens
-            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget)
+            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget,
+                              prefill_attention=options.prefill_attention)
         except ValueError as e:
             raise UserError(str(e)) from None
         # --tp/--ep/--moe-comm: docs/parallelism.md

@@ -15,8 +15,10 @@ their heads' columns and all-reduces. The LoRA down projections q_a / kv_a are r
 every rank computes and caches the same latent rows (the cache is per rank, not split), and the
 absorbed form works unchanged on the rank's head slice of kv_b.
 
-This is the plain-PyTorch reference path: a loop over sequences gathers each one's rows through
-its block table. Fused kernels replace :func:`paged_mla` later.
+Plain decode (one query per sequence) is one fused ``kernels.mla_decode`` call; anything else
+(prefill chunks, MTP verification) loops over sequences, gathering each one's rows through its
+block table: the expanded form goes to ``kernels.mla_prefill_attention`` (flash / cuDNN, or the
+opt-in FP8 kernel), the absorbed form is computed here in float32.
 """
 
 from __future__ import annotations
@@ -149,22 +151,14 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
             k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
             out[s:e] = mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale)  # queries = last t rows
             continue
+        # absorbed: attention in the latent space, W_UK folded into the query and W_UV into the output
         key_pos = torch.arange(ctx[b], device=rows.device)
         mask = key_pos[None, :] > positions[s:e, None]  # [t, S] True = future token, hidden
-        if meta.absorbed:
-            q_lat = torch.einsum("thd,hdc->thc", qn, w_uk)  # query folded into latent space [t, H, C]
-            scores = torch.einsum("thc,sc->hts", q_lat.float(), latent.float())  # [H, t, S] in latent space
-        else:
-            kv = attn.kv_b_proj(latent)  # [S, H*(nope+v)]
-            kv = kv.view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [S, H, nope+v]
-            k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
-            scores = torch.einsum("thd,shd->hts", qn.float(), k_nope.float())  # [H, t, S]
+        q_lat = torch.einsum("thd,hdc->thc", qn, w_uk)  # [t, H, C]
+        scores = torch.einsum("thc,sc->hts", q_lat.float(), latent.float())  # [H, t, S]
         scores = scores + torch.einsum("thr,sr->hts", qp.float(), k_pe.float())  # rope part, shared key
         scores = (scores * attn.scale).masked_fill(mask[None], float("-inf"))
         probs = scores.softmax(dim=-1)  # [H, t, S]
-        if meta.absorbed:
-            o_lat = torch.einsum("hts,sc->thc", probs, latent.float())  # [t, H, C]
-            out[s:e] = torch.einsum("thc,hvc->thv", o_lat.to(dtype), w_uv)  # W_UV folded into output [t, H, v]
-        else:
-            out[s:e] = torch.einsum("hts,shv->thv", probs, v.float()).to(dtype)  # [t, H, v]
+        o_lat = torch.einsum("hts,sc->thc", probs, latent.float())  # [t, H, C]
+        out[s:e] = torch.einsum("thc,hvc->thv", o_lat.to(dtype), w_uv)  # [t, H, v]
     return out

@@ -292,12 +292,14 @@ if HAS_TRITON:
             a = tl.load(a_ptrs, mask=m_mask[:, None], other=0.0)
             b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
             a_s = tl.load(as_ptrs + kb * stride_asg, mask=m_mask, other=0.0)
-            b_s = tl.load(bs_ptrs + kb, mask=n_mask, other=0.0)
             if FP32_DOT:
                 part = tl.dot(a.to(tl.float32), b.to(tl.float32))
             else:
                 part = tl.dot(a, b)
-            acc += part * a_s[:, None] * b_s[None, :]
+            if BLOCK_N <= BLOCK_K:  # the tile lies in one 128-row scale block: fold b_s into the row scales
+                acc += part * (a_s * tl.load(bs_ptr + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn + kb))[:, None]
+            else:
+                acc += part * a_s[:, None] * tl.load(bs_ptrs + kb, mask=n_mask, other=0.0)[None, :]
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]

@@ -23,8 +23,11 @@ Backends (``set_prefill_backend``; the engine's ``EngineConfig.prefill_attention
 * ``split_flash`` / ``split_cudnn``: the chunk attends to the older context without a mask and
   to itself with an ordinary (square) causal mask, two calls merged through their log-sum-exp;
   this lets the cuDNN kernels (which only know top-left causal masks) run it. On the H200 at
-  a 16K chunk over 128K context: causal_bias 255 TFLOP/s, split_flash 269, split_cudnn 518
-  (results/bench/engine_w3.json, ``prefill_attention``).
+  a 16K chunk over 128K context: causal_bias 256 TFLOP/s, split_flash 271, split_cudnn 588
+  (results/bench/engine_w3.json, ``prefill_attention``);
+* ``fp8``: :mod:`.mla_prefill_fp8`, one Triton kernel with e4m3 dots (twice the tensor-core
+  rate, e4m3 rounding of Q, K, V and the probabilities; 735 TFLOP/s at that shape); opt-in,
+  never chosen by ``auto``. CUDA only: elsewhere the float32 reference runs as for the others.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 
 __all__ = ["PREFILL_BACKENDS", "mla_prefill_attention", "mla_prefill_attention_torch", "set_prefill_backend"]
 
-PREFILL_BACKENDS = ("auto", "causal_bias", "split_flash", "split_cudnn")
+PREFILL_BACKENDS = ("auto", "causal_bias", "split_flash", "split_cudnn", "fp8")
 _backend = "auto"
 #: Whether cuDNN accepted v with its own head size (None: not tried yet; False: pad v).
 _cudnn_v_unpadded: bool | None = None
@@ -97,13 +100,17 @@ def mla_prefill_attention(
         return mla_prefill_attention_torch(q_nope, q_pe, k_nope, k_pe, v, sm_scale)
     from torch.nn.attention.bias import causal_lower_right
 
+    global _backend, _cudnn_v_unpadded
+    if _backend == "fp8":
+        from .mla_prefill_fp8 import mla_prefill_attention_fp8
+
+        return mla_prefill_attention_fp8(q_nope, q_pe, k_nope, k_pe, v, sm_scale).to(q_nope.dtype)
     t, h, nope = q_nope.shape
     s, v_dim = k_nope.shape[0], v.shape[-1]
     rope = q_pe.shape[-1]
     dtype = q_nope.dtype
     q = torch.cat([q_nope, q_pe.to(dtype)], dim=-1).transpose(0, 1)[None]  # [1, H, t, D]
     k = torch.cat([k_nope, k_pe.to(dtype)[:, None, :].expand(s, h, rope)], dim=-1).transpose(0, 1)[None]  # [1, H, S, D]
-    global _backend, _cudnn_v_unpadded
     if _backend in ("auto", "split_cudnn") and _cudnn_v_unpadded is not False:
         # cuDNN takes a value head size other than the key's: no padding copy, 1/3 fewer PV FLOPs
         try:

@@ -74,9 +74,9 @@ class MoeConfig:
     num_stages: int = 3
     # FP8 only: GEMM1 as a plain grouped GEMM over all 2I outputs (one accumulator,
     # block_n1 wide) writing [P, 2I] bf16, then a SiLU*up + quantize kernel. Costs one
-    # extra pass over [P, 2I] but lets GEMM1 use larger single-accumulator tiles.
-    # Measured slower on H200 (T=4096: 7.3-8.3 ms vs 6.8 ms fused); kept as an option.
-    # Rounds gate and up to bf16 before SiLU (like an unfused bf16 model).
+    # extra pass over [P, 2I] but lets GEMM1 use larger single-accumulator tiles; the
+    # prefill default (see default_moe_config). Rounds gate and up to bf16 before SiLU
+    # (like an unfused bf16 model).
     unfused_gate_up: bool = False
     num_warps1: int | None = None  # GEMM1 warps override (default num_warps)
 
@@ -87,13 +87,19 @@ def default_moe_config(
     """Tile choice tuned on H200 (bench/kernels.py --sweep, V3 shapes).
 
     Decode (<= 16 tokens per expert on average): BLOCK_M=16 so padding wastes little,
-    wide N tiles (128) so each program streams more weight per step. Prefill: 64x64 gate
-    and up tiles (two accumulators) and 64x128 down tiles. bf16 operands are twice the
-    bytes, so pipelining depth is cut to stay inside the 227 KB of shared memory.
+    wide N tiles (128) so each program streams more weight per step. FP8 prefill: gate/up
+    as one grouped GEMM over all 2I outputs in 64x128 tiles, then SiLU*up + quantize, and
+    64x128 down tiles; with one weight scale per tile and K step this is 4-9% faster than
+    the fused two-accumulator kernel at 4K-16K tokens, equal at 1K
+    (results/bench/kernels_scale_fold.json). bf16 prefill: 64x64 gate and up tiles (two
+    accumulators); its operands are twice the bytes, so pipelining depth is cut to stay
+    inside the 227 KB of shared memory.
     """
     per_expert = num_tokens * top_k / max(num_experts, 1)
     if per_expert <= 16:
         cfg = MoeConfig(block_m=16, block_n1=128, block_n2=128, num_warps=4, num_stages=3)
+    elif use_fp8:
+        return MoeConfig(block_m=64, block_n1=128, block_n2=128, num_warps=4, num_stages=4, unfused_gate_up=True)
     else:
         cfg = MoeConfig(block_m=64, block_n1=64, block_n2=128, num_warps=4, num_stages=4)
     if not use_fp8:
@@ -239,6 +245,10 @@ if HAS_TRITON:
             as_ptrs = as_ptr + tok * stride_asm
             bsg_ptrs = bs_ptr + e * stride_bse + (offs_n // BLOCK_K) * stride_bsn
             bsu_ptrs = bs_ptr + e * stride_bse + ((offs_n + I) // BLOCK_K) * stride_bsn
+            # a tile no wider than a 128-row scale block lies inside one (I % 128 == 0): its
+            # weight scale is one number per K step, folded into the row scales
+            bsg_tile = bs_ptr + e * stride_bse + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn
+            bsu_tile = bs_ptr + e * stride_bse + ((pid_n * BLOCK_N + I) // BLOCK_K) * stride_bsn
         for kb in range(tl.cdiv(K, BLOCK_K)):
             k_mask = (kb * BLOCK_K + offs_k) < K
             a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
@@ -253,10 +263,14 @@ if HAS_TRITON:
                 pu = tl.dot(a, bu)
             if USE_FP8:
                 a_s = tl.load(as_ptrs + kb * stride_asg, mask=valid, other=0.0)
-                sg = tl.load(bsg_ptrs + kb, mask=n_mask, other=0.0)
-                su = tl.load(bsu_ptrs + kb, mask=n_mask, other=0.0)
-                acc_g += pg * a_s[:, None] * sg[None, :]
-                acc_u += pu * a_s[:, None] * su[None, :]
+                if BLOCK_N <= BLOCK_K:  # one multiply-add per element instead of two
+                    acc_g += pg * (a_s * tl.load(bsg_tile + kb))[:, None]
+                    acc_u += pu * (a_s * tl.load(bsu_tile + kb))[:, None]
+                else:
+                    sg = tl.load(bsg_ptrs + kb, mask=n_mask, other=0.0)
+                    su = tl.load(bsu_ptrs + kb, mask=n_mask, other=0.0)
+                    acc_g += pg * a_s[:, None] * sg[None, :]
+                    acc_u += pu * a_s[:, None] * su[None, :]
             else:
                 acc_g += pg
                 acc_u += pu
@@ -310,6 +324,7 @@ if HAS_TRITON:
         if USE_FP8:
             as_ptrs = as_ptr + a_row * stride_asm
             bs_ptrs = bs_ptr + e * stride_bse + (offs_n // BLOCK_K) * stride_bsn
+            bs_tile = bs_ptr + e * stride_bse + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn  # see _moe_gemm1_kernel
         for kb in range(tl.cdiv(K, BLOCK_K)):
             k_mask = (kb * BLOCK_K + offs_k) < K
             a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
@@ -320,8 +335,11 @@ if HAS_TRITON:
                 part = tl.dot(a, b)
             if USE_FP8:
                 a_s = tl.load(as_ptrs + kb * stride_asg, mask=valid, other=0.0)
-                b_s = tl.load(bs_ptrs + kb, mask=n_mask, other=0.0)
-                acc += part * a_s[:, None] * b_s[None, :]
+                if BLOCK_N <= BLOCK_K:
+                    acc += part * (a_s * tl.load(bs_tile + kb))[:, None]
+                else:
+                    b_s = tl.load(bs_ptrs + kb, mask=n_mask, other=0.0)
+                    acc += part * a_s[:, None] * b_s[None, :]
             else:
                 acc += part
             a_ptrs += BLOCK_K

@@ -79,3 +79,9 @@ def test_ids_runs_only_named_docs(tmp_path: Path, data_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     ids = [line.split('"id": "')[1].split('"')[0] for line in (tmp_path / "mmlu" / "samples.jsonl").read_text().splitlines()]
     assert sorted(ids) == ["mmlu/test/5", "mmlu/test/7000"]
+
+
+def test_unknown_prefill_attention(tmp_path: Path, data_dir: Path) -> None:
+    proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),
+                  "--prefill-attention", "fp16")
+    assert_user_error(proc, "--prefill-attention must be one of", "fp8", "'fp16'")

@@ -122,6 +122,9 @@ def test_w8a8_block_gemm(m: int, n: int, k: int) -> None:
     ref = deq_x @ dequant_block_fp8_weight(w, ws).double().t()
     out = fp8_gemm_w8a8(qx, sx, w, ws, config=GemmConfig(block_m=16, block_n=32, num_warps=4, num_stages=1))
     assert _rel(out, ref) < 8e-3
+    # tiles wider than a 128-row weight-scale block take per-column scales (narrower: one per tile)
+    wide = fp8_gemm_w8a8(qx, sx, w, ws, config=GemmConfig(block_m=16, block_n=256, num_warps=4, num_stages=1))
+    assert _rel(wide, ref) < 8e-3
     # column-major scales (the _scaled_mm layout) are accepted too
     out2 = fp8_gemm_w8a8(qx, sx.t().contiguous().t(), w, ws, config=GemmConfig(block_m=16, block_n=32))
     torch.testing.assert_close(out2, out, rtol=0, atol=0)

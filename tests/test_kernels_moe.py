@@ -124,6 +124,9 @@ def test_fused_moe_fp8() -> None:
     assert _rel(out_u, ref_q) < 4e-2
     assert _rel(out_u, ref_f) < 8e-2
     assert _rel(out, ref_q) < 1e-2  # same quantization as the kernel: bf16 rounding only
+    # down-projection tiles 256 wide span two weight-scale blocks: the per-column scale path
+    # (64-wide tiles above take one scale per tile and K step)
+    assert _rel(fused_moe(x, w13, s13, w2, s2, ids, wts, MoeConfig(16, 64, 256, 4, 1)), ref_q) < 1e-2
     assert _rel(out, ref_f) < 8e-2  # vs unquantized activations: e4m3 error (~3%)
     # torch fallback (used off-GPU) agrees with the unquantized reference
     assert _rel(fused_moe_torch(x, w13, s13, w2, s2, ids, wts), ref_f) < 1e-2

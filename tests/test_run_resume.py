@@ -85,3 +85,19 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, data_dir: Path) 
     assert proc.wait(timeout=300) == 2
     err = proc.stderr.read().decode()
     assert "limit=4" in err and "Traceback" not in err
+
+
+def test_prefill_attention_is_part_of_a_runs_identity(tmp_path: Path, data_dir: Path) -> None:
+    """A run.json written before the field existed means the default (bf16) attention: it
+    resumes with the default and is refused with fp8, which would mix numerics."""
+    out = tmp_path / "run"
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    run_file = out / "run.json"
+    record = json.loads(run_file.read_text())
+    assert record["config"].pop("prefill_attention") == "auto"
+    run_file.write_text(json.dumps(record))
+    assert cli(*run_args(out, data_dir)).wait(timeout=300) == 0
+    proc = cli(*run_args(out, data_dir), "--prefill-attention", "fp8")
+    assert proc.wait(timeout=300) == 2
+    err = proc.stderr.read().decode()
+    assert "prefill_attention='auto'" in err and "Traceback" not in err

@@ -38,6 +38,8 @@ class BackendOptions:
     #: How expert-parallel ranks exchange tokens: "all_to_all" dispatch or the reference
     #: code's "all_reduce" (every rank runs its experts on all tokens).
     moe_comm: str = "all_to_all"
+    #: The built-in engine's CUDA prefill attention (dseval.kernels.mla_prefill.PREFILL_BACKENDS).
+    prefill_attention: str = "auto"
 
 
 class ModelBackend(ABC):
