@@ -107,7 +107,16 @@ class EngineBackend(ModelBackend):
             raise UserError(str(e)) from None
         # --tp/--ep/--moe-comm: docs/parallelism.md
         parallel = ParallelContext.from_options(options.tp, options.ep, options.moe_comm)  # type: ignore[arg-type]
-        return cls(LLM(arg, ec, device=device, dtype=dtype, parallel=parallel), arg)
+        llm = LLM(arg, ec, device=device, dtype=dtype, parallel=parallel)
+        if ec.prefill_attention == "fp8":  # checked on every device, so a CPU trial run catches it too
+            from dseval.kernels.mla_prefill_fp8 import check_head_dims
+
+            c = llm.config
+            try:
+                check_head_dims(c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim)
+            except ValueError as e:
+                raise UserError(f"--prefill-attention fp8 cannot run model {arg!r}: {e}") from None
+        return cls(llm, arg)
 
     # ------------------------------------------------------------------ tokenisation
     def encode_prompt(self, text: str) -> list[int]:

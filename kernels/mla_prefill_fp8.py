@@ -41,7 +41,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-__all__ = ["Fp8AttentionConfig", "mla_prefill_attention_fp8"]
+__all__ = ["Fp8AttentionConfig", "check_head_dims", "mla_prefill_attention_fp8"]
 
 #: Probabilities are scaled by 2**P_SHIFT before the e4m3 cast (max 256 < 448).
 P_SHIFT: int = 8
@@ -193,9 +193,12 @@ if HAS_TRITON:
                  mask=m_ok[:, None])
 
 
-def _pow2(name: str, n: int) -> None:
-    if n < 16 or n & (n - 1):
-        raise ValueError(f"FP8 prefill attention needs power-of-two head dims >= 16, got {name}={n}")
+def check_head_dims(nope: int, rope: int, v: int) -> None:
+    """ValueError naming the config field unless the kernel can take these head dims (its
+    tiles are powers of two, and a tensor-core dot needs a reduction of at least 16)."""
+    for name, n in (("qk_nope_head_dim", nope), ("qk_rope_head_dim", rope), ("v_head_dim", v)):
+        if n < 16 or n & (n - 1):
+            raise ValueError(f"FP8 prefill attention needs power-of-two head dims >= 16, got {name}={n}")
 
 
 def _inner_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -212,8 +215,7 @@ def mla_prefill_attention_fp8(
     cfg = config or Fp8AttentionConfig()
     t, h, nope = q_nope.shape
     s, rope, vd = k_nope.shape[0], q_pe.shape[-1], v.shape[-1]
-    for name, n in (("qk_nope_head_dim", nope), ("qk_rope_head_dim", rope), ("v_head_dim", vd)):
-        _pow2(name, n)
+    check_head_dims(nope, rope, vd)
     if s < t:
         raise ValueError(f"context ({s} rows) shorter than the query chunk ({t})")
     q_nope, q_pe, k_nope, k_pe, v = (_inner_contiguous(x) for x in (q_nope, q_pe, k_nope, k_pe, v))

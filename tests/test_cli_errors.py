@@ -85,3 +85,10 @@ def test_unknown_prefill_attention(tmp_path: Path, data_dir: Path) -> None:
     proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),
                   "--prefill-attention", "fp16")
     assert_user_error(proc, "--prefill-attention must be one of", "fp8", "'fp16'")
+
+
+def test_fp8_prefill_attention_on_a_model_it_cannot_run(tmp_path: Path, data_dir: Path) -> None:
+    """The tiny preset's 8-wide heads are below the FP8 kernel's tiles: refused at start."""
+    proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),
+                  "--prefill-attention", "fp8")
+    assert_user_error(proc, "--prefill-attention fp8 cannot run model 'tiny'", "qk_nope_head_dim=8")
