@@ -933,7 +933,11 @@ def bench_prefill_attention(sweep: bool) -> None:
     check("prefill attention fp8 vs float64 (t=512 S=2048)", rel(mla_prefill_attention_fp8(*small, 0.1), exact), 8e-2)
     mp.set_prefill_backend("split_cudnn")
     check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1), exact), 1e-2)
-    del small, exact
+    # offsets of the transposed values (head x 128 x S) pass 2^31 beyond 128K rows at 128 heads
+    far = inputs(512, 139264)
+    check("prefill attention fp8 vs cudnn past 2^31 offsets (t=512 S=139264)",
+          rel(mla_prefill_attention_fp8(*far, 0.1), mp.mla_prefill_attention(*far, 0.1)), 8e-2)
+    del small, exact, far
     cands = [Fp8AttentionConfig()]
     if sweep:  # at the 128K shape only
         cands += [Fp8AttentionConfig(bm, bn, w, st) for bm, bn, w, st in (

@@ -75,7 +75,7 @@ if HAS_TRITON:
         # QUANT=True: ks_ptr [H] and vs_ptr [H, VD] hold the scales; k_nope -> e4m3 [S, H, NOPE],
         #   v -> e4m3 transposed [H, VD, S] (the P·V dot wants its reduction dim contiguous).
         blk = tl.program_id(0)
-        h = tl.program_id(1)
+        h = tl.program_id(1).to(tl.int64)  # h x (VD x S) passes 2^31 beyond 128K rows at 128 heads
         rows = blk * ROWS + tl.arange(0, ROWS)
         ok = rows < S
         r64 = rows[:, None].to(tl.int64)
@@ -154,7 +154,7 @@ if HAS_TRITON:
     ):
         # the last query blocks see the most keys: launch them first so the tail is short
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-        h = tl.program_id(1)
+        h = tl.program_id(1).to(tl.int64)  # see _kv_scan_kernel
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < T
         m64 = offs_m[:, None].to(tl.int64)
