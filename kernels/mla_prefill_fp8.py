@@ -25,7 +25,8 @@ tensor-core instruction) so the sum over a 128K context keeps fp32 precision.
 
 Shapes (one sequence): q_nope [t, H, nope], q_pe [t, H, rope], k_nope [S, H, nope], k_pe
 [S, rope], v [S, H, v]; the chunk's queries are the last t of the S positions (bottom-right
-causal). nope, rope and v must be powers of two (V3: 128, 64, 128). Returns bf16 [t, H, v].
+causal). nope, rope and v must be powers of two, at least 16 (V3: 128, 64, 128). Returns bf16
+[t, H, v].
 """
 
 from __future__ import annotations
