@@ -16,8 +16,10 @@ import sys
 
 # A rank models a production process: the Triton interpreter that the kernel tests switch on
 # for the whole pytest session must not leak into its CPU engine (bf16 under the interpreter is
-# not bf16 arithmetic).
-os.environ.pop("TRITON_INTERPRET", None)
+# not bf16 arithmetic). Only as a script: the test module imports this file too, and popping
+# the variable there would switch the kernel tests collected after it to low-precision dots.
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
 from pathlib import Path
 
 import torch
