@@ -34,6 +34,17 @@ def test_dp2_writes_the_same_files_as_dp1(tmp_path: Path, data_dir: Path) -> Non
     assert not list((two / "mmlu").glob("samples.part*")), "shards are merged away"
 
 
+def test_a_replica_that_reads_the_finished_samples_late_still_computes_its_share(tmp_path: Path, data_dir: Path) -> None:
+    """Each replica splits the list of docs without a sample, which it reads from disk. One that
+    read it after another had started writing saw a shorter list and split it differently,
+    leaving docs to nobody; the run must still give the single-process files."""
+    one, two = tmp_path / "dp1", tmp_path / "dp2"
+    assert launch(1, one, data_dir).wait(timeout=300) == 0
+    proc = launch(2, two, data_dir, env={**os.environ, "FAKE_READ_DELAY_S": "3"})
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    assert finished(one) == finished(two)
+
+
 def test_interrupted_dp2_resumes_with_dp1(tmp_path: Path, data_dir: Path) -> None:
     reference, out = tmp_path / "reference", tmp_path / "run"
     assert launch(1, reference, data_dir).wait(timeout=300) == 0
