@@ -54,6 +54,8 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .tile_order import grouped_tile
+
 __all__ = [
     "SCALED_MM_MIN_M",
     "SKINNY_M_MAX",
@@ -267,16 +269,7 @@ if HAS_TRITON:
         FP32_DOT: tl.constexpr,
     ):
         # C = sum_kb (A_kb @ B_kb^T) * as[m, kb] * bs[n // 128, kb]; A, B e4m3; fp32 acc.
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        # Grouped tile order so consecutive programs share B tiles in L2.
-        width = GROUP_M * num_pid_n
-        group_id = pid // width
-        first_m = group_id * GROUP_M
-        gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + ((pid % width) % gsize)
-        pid_n = (pid % width) // gsize
+        pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)

@@ -54,6 +54,8 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .tile_order import grouped_tile
+
 __all__ = ["MoeConfig", "fused_moe", "fused_moe_torch", "moe_align"]
 
 BLOCK_K: int = 128
@@ -79,6 +81,10 @@ class MoeConfig:
     # (like an unfused bf16 model).
     unfused_gate_up: bool = False
     num_warps1: int | None = None  # GEMM1 warps override (default num_warps)
+    # Row tiles per program group (kernels/tile_order.py); 0: one group, row tiles fastest.
+    # Prefill wants a few (each expert's token tiles stay in L2 while every column tile of
+    # its weight passes); decode has about one tile per expert, so the order is moot there.
+    group_m: int = 0
 
 
 def default_moe_config(
@@ -91,7 +97,9 @@ def default_moe_config(
     as one grouped GEMM over all 2I outputs in 64x128 tiles, then SiLU*up + quantize, and
     64x128 down tiles; with one weight scale per tile and K step this is 4-9% faster than
     the fused two-accumulator kernel at 4K-16K tokens, equal at 1K
-    (results/bench/kernels_scale_fold.json). bf16 prefill: 64x64 gate and up tiles (two
+    (results/bench/kernels_scale_fold.json); programs in groups of 8 row tiles, so each
+    expert's tokens are read once instead of once per column tile: 7-13% faster at 1K-16K
+    tokens (results/bench/kernels_prefill_moe_grouped.json). bf16 prefill: 64x64 gate and up tiles (two
     accumulators); its operands are twice the bytes, so pipelining depth is cut to stay
     inside the 227 KB of shared memory.
     """
@@ -99,7 +107,8 @@ def default_moe_config(
     if per_expert <= 16:
         cfg = MoeConfig(block_m=16, block_n1=128, block_n2=128, num_warps=4, num_stages=3)
     elif use_fp8:
-        return MoeConfig(block_m=64, block_n1=128, block_n2=128, num_warps=4, num_stages=4, unfused_gate_up=True)
+        return MoeConfig(block_m=64, block_n1=128, block_n2=128, num_warps=4, num_stages=4, unfused_gate_up=True,
+                         group_m=8)
     else:
         cfg = MoeConfig(block_m=64, block_n1=64, block_n2=128, num_warps=4, num_stages=4)
     if not use_fp8:
@@ -215,16 +224,16 @@ if HAS_TRITON:
         I, K, num_valid, top_k,
         stride_am, stride_asm, stride_asg,
         stride_be, stride_bn, stride_bse, stride_bsn,
-        stride_cm,
+        stride_cm, num_tiles,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         USE_FP8: tl.constexpr,
         FP32_DOT: tl.constexpr,
+        GROUP_M: tl.constexpr,
     ):
         # c[p, n] = silu(a[tok(p)] . w13[e, n]) * (a[tok(p)] . w13[e, I + n]),  n < I
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), num_tiles, tl.cdiv(I, BLOCK_N), GROUP_M)
         num_post = tl.load(num_post_ptr)
         if pid_m * BLOCK_M >= num_post:
             return
@@ -289,12 +298,13 @@ if HAS_TRITON:
         stride_am, stride_asm, stride_asg,
         stride_be, stride_bn, stride_bse, stride_bsn,
         stride_cm,
-        top_k,
+        top_k, num_tiles,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         USE_FP8: tl.constexpr,
         FP32_DOT: tl.constexpr,
+        GROUP_M: tl.constexpr,
         GATHER_A: tl.constexpr = False,
         SCATTER_C: tl.constexpr = True,
     ):
@@ -302,8 +312,7 @@ if HAS_TRITON:
         #   c[slot(p), n] = topk_weight[slot(p)] * (a[p] . w2[e, n])
         # Unfused gate/up (GATHER_A, not SCATTER_C, no weight):
         #   c[p, n] = a[token(p)] . w13[e, n],  n < 2I
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_M)
         num_post = tl.load(num_post_ptr)
         if pid_m * BLOCK_M >= num_post:
             return
@@ -499,16 +508,16 @@ def fused_moe(
     if use_fp8 and cfg.unfused_gate_up:
         assert w2_scale is not None
         gu = torch.empty(p, 2 * inter, dtype=torch.bfloat16, device=x.device)
-        _moe_grouped_gemm_kernel[(max_tiles, triton.cdiv(2 * inter, cfg.block_n1))](
+        _moe_grouped_gemm_kernel[(max_tiles * triton.cdiv(2 * inter, cfg.block_n1),)](
             a1, a1_s, w13, bs1, gu, x,
             sorted_ids, tile_expert, num_post,
             2 * inter, h, s,
             a1.stride(0), s1[0], s1[1],
             w13.stride(0), w13.stride(1), bs1_strides[0], bs1_strides[1],
             gu.stride(0),
-            top_k,
+            top_k, max_tiles,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n1, BLOCK_K=BLOCK_K,
-            USE_FP8=True, FP32_DOT=fp32_dot, GATHER_A=True, SCATTER_C=False,
+            USE_FP8=True, FP32_DOT=fp32_dot, GROUP_M=cfg.group_m, GATHER_A=True, SCATTER_C=False,
             num_warps=w1, num_stages=cfg.num_stages,
         )
         a2 = torch.empty(p, inter, dtype=FP8_DTYPE, device=x.device)
@@ -521,16 +530,16 @@ def fused_moe(
         bs2, bs2_strides = w2_scale, (w2_scale.stride(0), w2_scale.stride(1))
     else:
         hmid = torch.empty(p, inter, dtype=torch.bfloat16, device=x.device)
-        grid1 = (max_tiles, triton.cdiv(inter, cfg.block_n1))
+        grid1 = (max_tiles * triton.cdiv(inter, cfg.block_n1),)
         _moe_gemm1_kernel[grid1](
             a1, a1_s, w13, bs1, hmid,
             sorted_ids, tile_expert, num_post,
             inter, h, s, top_k,
             a1.stride(0), s1[0], s1[1],
             w13.stride(0), w13.stride(1), bs1_strides[0], bs1_strides[1],
-            hmid.stride(0),
+            hmid.stride(0), max_tiles,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n1, BLOCK_K=BLOCK_K,
-            USE_FP8=use_fp8, FP32_DOT=fp32_dot,
+            USE_FP8=use_fp8, FP32_DOT=fp32_dot, GROUP_M=cfg.group_m,
             num_warps=w1, num_stages=cfg.num_stages,
         )
         if use_fp8:
@@ -543,7 +552,7 @@ def fused_moe(
             bs2, bs2_strides = hmid, (0, 0)
     out_slots = torch.empty(s, h, dtype=torch.bfloat16, device=x.device)
     weights = topk_weights.reshape(-1).contiguous()
-    grid2 = (max_tiles, triton.cdiv(h, cfg.block_n2))
+    grid2 = (max_tiles * triton.cdiv(h, cfg.block_n2),)
     _moe_grouped_gemm_kernel[grid2](
         a2, a2_s, w2, bs2, out_slots, weights,
         sorted_ids, tile_expert, num_post,
@@ -551,9 +560,9 @@ def fused_moe(
         a2.stride(0), s2[0], s2[1],
         w2.stride(0), w2.stride(1), bs2_strides[0], bs2_strides[1],
         out_slots.stride(0),
-        top_k,
+        top_k, max_tiles,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n2, BLOCK_K=BLOCK_K,
-        USE_FP8=use_fp8, FP32_DOT=fp32_dot,
+        USE_FP8=use_fp8, FP32_DOT=fp32_dot, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if top_k == 1:
