@@ -13,9 +13,13 @@ from .parallel import ParallelContext
 
 
 def all_reduce(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """Sum of ``x`` over the replica's ranks (in place, returned for chaining)."""
-    if not ctx.is_single:
-        dist.all_reduce(x, group=ctx.group)
+    """Sum of ``x`` over the replica's ranks: the returned tensor (``x`` itself for NCCL and
+    gloo, which reduce in place; a new one from the one-shot kernel for small GPU tensors)."""
+    if ctx.is_single:
+        return x
+    if ctx.one_shot is not None and ctx.one_shot.fits(x):
+        return ctx.one_shot(x)
+    dist.all_reduce(x, group=ctx.group)
     return x
 
 

@@ -16,7 +16,7 @@ pair) and so that nothing depends on import-time environment variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dseval.errors import UserError
@@ -40,6 +40,8 @@ class ParallelContext:
     tp: bool = False
     ep: bool = False
     moe_comm: MoeComm = "all_to_all"
+    #: small all-reduces over NVLink without NCCL (engine/one_shot_all_reduce.py); None: NCCL/gloo
+    one_shot: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -78,12 +80,15 @@ class ParallelContext:
         return " ".join(parts)
 
     @classmethod
-    def from_options(cls, tp: int = 1, ep: int = 1, moe_comm: MoeComm = "all_to_all") -> ParallelContext:
+    def from_options(cls, tp: int = 1, ep: int = 1, moe_comm: MoeComm = "all_to_all",
+                     one_shot_all_reduce: bool = True) -> ParallelContext:
         """This rank's context from ``--tp/--ep`` once torch.distributed is initialised.
 
         The world splits into replicas of M = max(tp, ep) consecutive ranks (the layout of
         :class:`dseval.distributed.Topology`). ``new_group`` is collective over the *whole*
         world, so every rank creates every replica's group in the same order and keeps its own.
+        On GPUs (NCCL) small all-reduces take the one-shot symmetric-memory kernel unless
+        ``one_shot_all_reduce`` is False.
         """
         if tp == 1 and ep == 1:
             return cls(moe_comm=moe_comm)
@@ -103,4 +108,12 @@ class ParallelContext:
             group = dist.new_group(list(range(start, start + size)))
             if start <= rank < start + size:
                 mine = group
-        return cls(rank=rank % size, world_size=size, group=mine, tp=tp > 1, ep=ep > 1, moe_comm=moe_comm)
+        one_shot = None
+        if one_shot_all_reduce and dist.get_backend(mine) == "nccl":
+            import torch
+
+            from .one_shot_all_reduce import OneShotAllReduce
+
+            one_shot = OneShotAllReduce.create(mine, torch.device("cuda", torch.cuda.current_device()))
+        return cls(rank=rank % size, world_size=size, group=mine, tp=tp > 1, ep=ep > 1, moe_comm=moe_comm,
+                   one_shot=one_shot)
