@@ -13,13 +13,20 @@
 #   fp8:    the FP8 prefill-attention kernel against bf16 cuDNN at W3 shapes (config sweep, checks
 #           against float64), then the 128K prefill with each attention backend.
 #   prefill: every kernel check at real sizes, the MoE and prefill-GEMM sections, then the 128K
-#           prefill with each attention backend (the run behind results/bench/engine_w3_prefill.json).
+#           prefill with each attention backend and a kernel profile of the FP8-attention one
+#           (the run behind results/bench/engine_w3_prefill.json).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
+#   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
+#           kernel (engine/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
+#           batch 1 and 32.
 #   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
 #           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.
 #   layers: TP2 attention + EP2 experts at two layer counts, for the per-layer extrapolation
 #           of the 61-layer model; then bench/expert_parallel.py (one V3 MoE layer, both
 #           expert-parallel exchanges).
+# On one host of 4 H200s (device kind nvidia-h200-x4):
+#   x4:     one GPU, then TP4 (small all-reduces one-shot, with the logits check, and NCCL), EP4
+#           (logits check) at batch 1 and 32, and eval throughput of four data-parallel replicas.
 # The checkout is put on the import path as the installed package would be (dseval.engine ->
 # engine/ ...) without pip, so nothing is built on the device.
 set -uo pipefail
@@ -35,7 +42,7 @@ export PYTHONPATH="$pkg" PYTHONUNBUFFERED=1 NCCL_RUNTIME_CONNECT=0
 unset OUT  # engine_w3.py would copy its JSON there too
 cd "$root"
 read -r -a extra <<< "${BENCH_EXTRA:-}"
-par() { timeout 240 torchrun --nproc-per-node 2 bench/engine_w3.py --no-hf --prefill-len 0 "$@" "${extra[@]}"; }
+par() { timeout 240 torchrun --nproc-per-node "${NPROC:-2}" bench/engine_w3.py --no-hf --prefill-len 0 "$@" "${extra[@]}"; }
 
 if [ "$what" = w3 ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 420 python3 bench/engine_w3.py --hf-prompts 256 4096 32768 --hf-budget-s 200 \
@@ -78,7 +85,8 @@ elif [ "$what" = prefill ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/kernels.py --check --only moe moe_prefill gemm_prefill \
     --out "$out/kernels_prefill.json" 2>&1 | tee "$out/kernels_prefill.log"
   CUDA_VISIBLE_DEVICES=0 timeout 250 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
-    --skip decode e2e "${extra[@]}" --out "$out/engine_w3_prefill.json" 2>&1 | tee "$out/engine_w3_prefill.log"
+    --skip decode e2e --profile-prefill fp8 "${extra[@]}" --out "$out/engine_w3_prefill.json" 2>&1 \
+    | tee "$out/engine_w3_prefill.log"
 elif [ "$what" = shapes ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/prefill_shapes.py --out "$out/prefill_shapes.json" 2>&1 \
     | tee "$out/prefill_shapes.log"
@@ -87,6 +95,28 @@ elif [ "$what" = profile ]; then
   par "${common[@]}" --tp 2 --profile-batch 1 --out "$out/x2_tp2_profile.json" 2>&1 | tee "$out/x2_tp2_profile.log"
   NCCL_PROTO=LL par "${common[@]}" --tp 2 --out "$out/x2_tp2_nccl_ll.json" 2>&1 | tee "$out/x2_tp2_nccl_ll.log"
   par "${common[@]}" --ep 2 --profile-batch 32 --out "$out/x2_ep2_profile.json" 2>&1 | tee "$out/x2_ep2_profile.log"
+elif [ "$what" = oneshot ]; then  # small all-reduces: one-shot symmetric memory against NCCL, side by side
+  common=(--batches 1 32 --prompts 256 --skip e2e)
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
+    --save-logits "$out/single_logits.pt" --out "$out/x2_single_oneshot.json" >> "$out/oneshot.log" 2>&1
+  for layout in "--tp 2" "--ep 2"; do
+    name=$(echo "$layout" | tr -d ' -')
+    par "${common[@]}" $layout --compare-logits "$out/single_logits.pt" --out "$out/x2_${name}_oneshot.json" \
+      >> "$out/oneshot.log" 2>&1
+    par "${common[@]}" $layout --nccl-all-reduce --skip check --out "$out/x2_${name}_nccl.json" >> "$out/oneshot.log" 2>&1
+  done
+  rm -f "$out/single_logits.pt"
+elif [ "$what" = x4 ]; then  # on 4 GPUs (kind nvidia-h200-x4): one GPU, TP4 (one-shot and NCCL), EP4, DP4 eval
+  common=(--batches 1 32 --prompts 256 --skip e2e)
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \
+    --eval-requests 512 --save-logits "$out/single_logits.pt" --out "$out/x4_single.json" >> "$out/x4.log" 2>&1
+  export NPROC=4
+  par "${common[@]}" --tp 4 --compare-logits "$out/single_logits.pt" --out "$out/x4_tp4.json" >> "$out/x4.log" 2>&1
+  par "${common[@]}" --tp 4 --nccl-all-reduce --skip check --out "$out/x4_tp4_nccl.json" >> "$out/x4.log" 2>&1
+  par "${common[@]}" --ep 4 --compare-logits "$out/single_logits.pt" --out "$out/x4_ep4.json" >> "$out/x4.log" 2>&1
+  par --batches 32 --prompts 256 --skip check decode e2e --eval-requests 512 --out "$out/x4_dp4.json" \
+    >> "$out/x4.log" 2>&1
+  rm -f "$out/single_logits.pt"
 elif [ "$what" = layers ]; then
   for n in 4 12 20; do
     par --layers "$n" --tp 2 --ep 2 --batches 1 8 32 128 --prompts 256 --skip e2e \

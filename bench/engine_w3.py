@@ -15,7 +15,8 @@ first dense, random FP8 weights with block scales drawn on the GPU), then
    replay alone is timed with CUDA events.
 3. ``e2e``: real ``LLM.generate`` (chunked prefill + decode) at the shortest prompt.
 4. ``prefill``: one ``--prefill-len`` prompt (128K) through chunked prefill, batch 1.
-5. ``profile`` (``--profile-batch B``): GPU time per kernel of a decode step (torch.profiler).
+5. ``profile`` (``--profile-batch B``): GPU time per kernel of a decode step (torch.profiler);
+   ``--profile-prefill BACKEND...`` does the same for the long prefill.
 6. ``eval``: eval throughput, ``--eval-requests`` prompts of the shortest prompt length through
    ``LLM.generate`` (at most ``max(--batches)`` running at once); under data parallelism each
    replica takes its contiguous share, as ``dseval run --dp`` does, and the wall time is the
@@ -118,7 +119,10 @@ def init_layout(args: argparse.Namespace) -> tuple[Any, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     topology = Topology.from_env(world // max(args.tp, args.ep), args.tp, args.ep)
     init_process_group(topology)
-    return ParallelContext.from_options(args.tp, args.ep, args.moe_comm), topology.dp_rank, topology.dp
+    ctx = ParallelContext.from_options(args.tp, args.ep, args.moe_comm, one_shot_all_reduce=not args.nccl_all_reduce)
+    if not ctx.is_single:
+        say(f"all-reduce of small tensors: {'one-shot symmetric memory' if ctx.one_shot else 'NCCL'}")
+    return ctx, topology.dp_rank, topology.dp
 
 
 class Report:
@@ -288,19 +292,34 @@ def profile_decode(llm: Any, batch: int, prompt: int, args: argparse.Namespace, 
             sync()
     finally:
         release(llm)
+    rows, total = kernel_table(prof, steps, f"profile B={batch} P={prompt}")
+    return {"batch": batch, "prompt": prompt, "kernel_us_per_step": total, "kernels": rows}
+
+
+def kernel_table(prof: Any, steps: int, title: str, show: int = 30) -> tuple[list[dict[str, Any]], float]:
+    """Kernels (the profiler events with GPU time of their own) by GPU time per step, printed."""
     rows = []
-    for ev in prof.key_averages():  # kernels: the events with GPU time of their own
+    for ev in prof.key_averages():
         us = getattr(ev, "self_device_time_total", None)
         us = getattr(ev, "self_cuda_time_total", 0.0) if us is None else us
         if us > 0:
             rows.append({"kernel": ev.key[:120], "calls_per_step": ev.count / steps, "us_per_step": us / steps})
     rows.sort(key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
-    say(f"profile B={batch} P={prompt}: {total:.0f} us of kernels per step, "
-        f"{sum(r['calls_per_step'] for r in rows):.0f} launches")
-    for r in rows[:30]:
-        say(f"  {r['us_per_step']:8.1f} us  x{r['calls_per_step']:5.1f}  {r['kernel']}")
-    return {"batch": batch, "prompt": prompt, "kernel_us_per_step": total, "kernels": rows}
+    say(f"{title}: {total:.0f} us of kernels per step, {sum(r['calls_per_step'] for r in rows):.0f} launches")
+    for r in rows[:show]:
+        say(f"  {r['us_per_step']:10.1f} us  x{r['calls_per_step']:6.1f}  {r['kernel']}")
+    return rows, total
+
+
+def profile_prefill(llm: Any, length: int) -> dict[str, Any]:
+    """GPU time per kernel over one prefill of ``length`` tokens: where the long prefill goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run = run_prefill(llm, length)
+    rows, total = kernel_table(prof, 1, f"profile prefill {length}", show=40)
+    return {"tokens": length, "seconds_profiled": run["seconds"], "kernel_us": total, "kernels": rows}
 
 
 def run_e2e(llm: Any, batch: int, prompt: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -710,9 +729,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["check", "decode", "e2e", "prefill"])
     ap.add_argument("--eval-requests", type=int, default=0, help="eval-throughput phase size (0 skips it)")
     ap.add_argument("--profile-batch", type=int, default=0, help="profile decode kernels at this batch (0: off)")
+    ap.add_argument("--profile-prefill", nargs="*", default=[], metavar="BACKEND",
+                    help="after the timed prefills, profile the long prefill's kernels with these attention backends")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (torchrun)")
     ap.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per replica (torchrun)")
     ap.add_argument("--moe-comm", default="all_to_all", choices=["all_to_all", "all_reduce"])
+    ap.add_argument("--nccl-all-reduce", action="store_true",
+                    help="every all-reduce through NCCL (default: small ones by the one-shot kernel)")
     ap.add_argument("--save-logits", default=None, help="write the check's logits and probes here (single GPU)")
     ap.add_argument("--compare-logits", default=None, help="compare the check's logits and probes with this file")
     ap.add_argument("--deadline-s", type=float, default=1e9, help="start no new phase after this many seconds")
@@ -734,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens": args.new_tokens, "block_size": args.block_size, "kv_blocks": args.kv_blocks,
             "chunk": args.chunk, "tiny": args.tiny, "cuda_graphs": not args.no_graphs,
             "layout": parallel.describe(), "replicas": dp_size,
+            "small_all_reduce": "one_shot" if parallel.one_shot is not None else "nccl",
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "decode_method": "cache filled with random latents (no prefill); median of timed LLM.step calls"}
     report = Report(paths, meta)
@@ -849,6 +873,16 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001
                 release(llm)
                 report.error(f"prefill {backend}", e)
+            report.save()
+        for backend in args.profile_prefill:
+            if late():
+                break
+            try:
+                set_prefill_backend(backend)
+                report.data.setdefault("prefill_profile", {})[backend] = profile_prefill(llm, args.prefill_len)
+            except Exception as e:  # noqa: BLE001
+                release(llm)
+                report.error(f"prefill profile {backend}", e)
             report.save()
         set_prefill_backend("auto")
     # tear down: graphs hold private memory pools until destroyed

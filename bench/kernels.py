@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -868,25 +869,28 @@ def _tune_mla_cell(b: int, h: int, ctx: int, sweep: bool) -> None:
 
 
 def bench_moe_prefill() -> None:
-    """Fused vs unfused gate/up for prefill-sized MoE (FP8), with per-kernel profile."""
+    """Prefill-sized MoE (FP8): fused vs unfused gate/up, tile shapes and program grouping
+    (group_m), with a per-kernel profile at one 16K-token chunk."""
     from torch.profiler import ProfilerActivity, profile
 
     w13 = rand_fp8(N_EXP, 2 * MOE_I, HID)
     w2 = rand_fp8(N_EXP, HID, MOE_I)
     s13 = rand_scales(N_EXP, 2 * MOE_I // 128, HID // 128)
     s2 = rand_scales(N_EXP, HID // 128, MOE_I // 128)
+    unf = functools.partial(K.MoeConfig, unfused_gate_up=True)
     cands: list[tuple[str, Any]] = [
         ("default", None),
-        ("unf 64x128 w4", K.MoeConfig(64, 128, 128, 4, 4, unfused_gate_up=True)),
-        ("unf 64x128 w1=8", K.MoeConfig(64, 128, 128, 4, 4, unfused_gate_up=True, num_warps1=8)),
-        ("unf 128x128 w8 st3", K.MoeConfig(128, 128, 128, 8, 3, unfused_gate_up=True)),
-        ("unf 64x256 w1=8 st3", K.MoeConfig(64, 256, 128, 4, 3, unfused_gate_up=True, num_warps1=8)),
-        ("unf 128x128 w4 st4", K.MoeConfig(128, 128, 128, 4, 4, unfused_gate_up=True)),
-        ("unf 64x128 w8 st3", K.MoeConfig(64, 128, 128, 8, 3, unfused_gate_up=True)),
-        ("128x64 w8 st3", K.MoeConfig(128, 64, 128, 8, 3)),
-        ("128x128 w8 st3", K.MoeConfig(128, 128, 128, 8, 3)),
-        ("64x128 w4 st4", K.MoeConfig(64, 128, 128, 4, 4)),
-        ("128x64 bn2=256 w8 st3", K.MoeConfig(128, 64, 256, 8, 3)),
+        ("unf 64x128 w4 st4 g0", unf(64, 128, 128, 4, 4)),
+        ("unf 64x128 w4 st4 g4", unf(64, 128, 128, 4, 4, group_m=4)),
+        ("unf 64x128 w4 st4 g8", unf(64, 128, 128, 4, 4, group_m=8)),
+        ("unf 64x128 w4 st4 g16", unf(64, 128, 128, 4, 4, group_m=16)),
+        ("unf 64x128 w4 st4 g32", unf(64, 128, 128, 4, 4, group_m=32)),
+        ("unf 128x128 w8 st3 g0", unf(128, 128, 128, 8, 3)),
+        ("unf 128x128 w8 st3 g4", unf(128, 128, 128, 8, 3, group_m=4)),
+        ("unf 128x128 w8 st3 g8", unf(128, 128, 128, 8, 3, group_m=8)),
+        ("unf 128x128 w8 st4 g8", unf(128, 128, 128, 8, 4, group_m=8)),
+        ("unf 64x128 w8 st4 g8", unf(64, 128, 128, 8, 4, group_m=8)),
+        ("fused 64x128 w4 st4 g8", K.MoeConfig(64, 128, 128, 4, 4, group_m=8)),
     ]
     for t in (1024, 4096, 16384):  # 16384: one chunk of the engine's GPU prefill budget
         x = torch.randn(t, HID, device="cuda", dtype=torch.bfloat16)
@@ -900,12 +904,12 @@ def bench_moe_prefill() -> None:
                 print("moe_prefill fail", name, repr(e)[:120])
                 continue
             record("moe_prefill fp8", f"T={t}", sec, flops=fl, cfg=name)
-        if t == 4096:
-            for name, cfg in (cands[0], cands[1], cands[3]):
+        if t == 16384:
+            for name, cfg in (cands[1], cands[3], cands[8]):
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     K.fused_moe(x, w13, s13, w2, s2, ids, wts, cfg)
                     torch.cuda.synchronize()
-                print(f"--- profile moe T=4096 {name} ---")
+                print(f"--- profile moe T={t} {name} ---")
                 for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
                     print(f"  {ev.key[:60]:<60} {ev.device_time_total:9.1f} us")
                     ROWS.append({"kernel": "profile", "shape": f"moe T=4096 {name}", "op": ev.key[:120],
