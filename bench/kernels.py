@@ -141,6 +141,15 @@ def run_checks() -> None:
     mism = (q[:4099].view(torch.uint8) != qr.view(torch.uint8)).float().mean().item()
     check("quant codes mismatch fraction (M=4099,K=7168)", mism, 1e-6)
     check("quant scales", rel(s[:4099], sr), 1e-6)
+    # the skinny GEMM's bit-level e4m3 -> bf16 conversion: identity rows of x read back every
+    # code of the weight (NaN codes replaced by 0: 0 x NaN would poison every sum)
+    codes = torch.arange(256, dtype=torch.uint8, device="cuda")
+    codes[codes & 0x7F == 0x7F] = 0
+    w = codes.view(torch.float8_e4m3fn).repeat(64, 1)  # [64, 256]: every row holds all codes
+    eye = torch.eye(256, device="cuda", dtype=torch.bfloat16)
+    got = torch.cat([K.fp8_gemm_w8a16_skinny(eye[j:j + 64], w, torch.ones(1, 2, device="cuda")) for j in range(0, 256, 64)])
+    exact = (got.float() == codes.view(torch.float8_e4m3fn).float()[:, None]).all(dim=1)
+    check("skinny GEMM reads every e4m3 code exactly (mismatched fraction)", 1.0 - exact.float().mean().item(), 1e-9)
 
     # fp8 linear: every backend vs float64 at real shapes, odd M included
     for name, (n, k) in LINEARS.items():

@@ -104,15 +104,22 @@ def test_fused_moe_bf16() -> None:
     assert _rel(out, ref) < 1e-2
 
 
-def test_fused_moe_fp8() -> None:
-    gen = torch.Generator().manual_seed(1)
-    t, h, inter, e, k = 5, 256, 128, 4, 3
+def _fp8_moe_inputs(t: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(x, w13, s13, w2, s2, ids, wts): t tokens, hidden 256, 4 experts of 128, top-3."""
+    gen = torch.Generator().manual_seed(seed)
+    h, inter, e, k = 256, 128, 4, 3
     x = torch.randn(t, h, generator=gen).bfloat16()
     w13 = (torch.randn(e, 2 * inter, h, generator=gen) * 4).to(FP8_DTYPE)
     w2 = (torch.randn(e, h, inter, generator=gen) * 4).to(FP8_DTYPE)
     s13 = torch.rand(e, 2 * inter // 128, h // 128, generator=gen) * 0.01 + 0.005
     s2 = torch.rand(e, h // 128, inter // 128, generator=gen) * 0.01 + 0.005
     ids, wts = _routing(t, e, k, gen)
+    return x, w13, s13, w2, s2, ids, wts
+
+
+def test_fused_moe_fp8() -> None:
+    x, w13, s13, w2, s2, ids, wts = _fp8_moe_inputs(5, 1)
+    e = w13.shape[0]
     w13d = torch.stack([dequant_block_fp8_weight(w13[i], s13[i]) for i in range(e)]).double()
     w2d = torch.stack([dequant_block_fp8_weight(w2[i], s2[i]) for i in range(e)]).double()
     out = fused_moe(x, w13, s13, w2, s2, ids, wts, MoeConfig(16, 64, 64, 4, 1))
@@ -136,14 +143,7 @@ def test_fused_moe_fp8() -> None:
 def test_fused_moe_tile_groups_change_no_output(unfused: bool) -> None:
     """Grouped program order (group_m, including a short last group) computes every tile once,
     the same numbers as row-tiles-fastest order."""
-    gen = torch.Generator().manual_seed(4)
-    t, h, inter, e, k = 9, 256, 128, 4, 3
-    x = torch.randn(t, h, generator=gen).bfloat16()
-    w13 = (torch.randn(e, 2 * inter, h, generator=gen) * 4).to(FP8_DTYPE)
-    w2 = (torch.randn(e, h, inter, generator=gen) * 4).to(FP8_DTYPE)
-    s13 = torch.rand(e, 2 * inter // 128, h // 128, generator=gen) * 0.01 + 0.005
-    s2 = torch.rand(e, h // 128, inter // 128, generator=gen) * 0.01 + 0.005
-    ids, wts = _routing(t, e, k, gen)
+    x, w13, s13, w2, s2, ids, wts = _fp8_moe_inputs(9, 4)
     outs = [
         fused_moe(x, w13, s13, w2, s2, ids, wts, MoeConfig(16, 64, 64, 4, 1, unfused_gate_up=unfused, group_m=g))
         for g in (0, 3, 1)
