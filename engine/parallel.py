@@ -17,9 +17,12 @@ pair) and so that nothing depends on import-time environment variables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dseval.errors import UserError
+
+if TYPE_CHECKING:
+    from .one_shot_all_reduce import OneShotAllReduce
 
 MoeComm = Literal["all_to_all", "all_reduce"]
 MOE_COMMS: tuple[str, ...] = ("all_to_all", "all_reduce")
@@ -41,7 +44,7 @@ class ParallelContext:
     ep: bool = False
     moe_comm: MoeComm = "all_to_all"
     #: small all-reduces over NVLink without NCCL (engine/one_shot_all_reduce.py); None: NCCL/gloo
-    one_shot: Any = field(default=None, compare=False, repr=False)
+    one_shot: OneShotAllReduce | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:

@@ -9,8 +9,8 @@ dispatches between three GPU paths and one CPU path:
   bound by reading the weight once (N*K bytes); the activation is tiny, so it is NOT
   quantized: each program loads bf16 ``x``, upconverts its e4m3 weight tile to bf16 with
   integer bit moves (``_e4m3_to_bf16``; the conversion instructions it replaced were what
-  bounded this kernel), runs a bf16 tensor-core dot, and multiplies by the 128x128 block scale. Split-K keeps enough
-  programs in flight to saturate HBM when N is small (e.g. 1536) and K large; partial
+  bounded this kernel), runs a bf16 tensor-core dot, and multiplies by the 128x128 block
+  scale. Split-K keeps enough programs in flight to saturate HBM when N is small (e.g. 1536) and K large; partial
   sums go to an fp32 ``[split, M, N]`` buffer, summed in split order either by each
   output tile's last-arriving program (one launch; an atomic counter says who is last)
   or by a second tiny kernel. Launch configs come from an H200 sweep per shape

@@ -99,9 +99,9 @@ def default_moe_config(
     the fused two-accumulator kernel at 4K-16K tokens, equal at 1K
     (results/bench/kernels_scale_fold.json); programs in groups of 8 row tiles, so each
     expert's tokens are read once instead of once per column tile: 7-13% faster at 1K-16K
-    tokens (results/bench/kernels_prefill_moe_grouped.json). bf16 prefill: 64x64 gate and up tiles (two
-    accumulators); its operands are twice the bytes, so pipelining depth is cut to stay
-    inside the 227 KB of shared memory.
+    tokens (results/bench/kernels_prefill_moe_grouped.json). bf16 prefill: 64x64 gate and
+    up tiles (two accumulators); its operands are twice the bytes, so pipelining depth is
+    cut to stay inside the 227 KB of shared memory.
     """
     per_expert = num_tokens * top_k / max(num_experts, 1)
     if per_expert <= 16:
