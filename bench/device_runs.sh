@@ -15,6 +15,8 @@
 #   prefill: every kernel check at real sizes, the MoE and prefill-GEMM sections, then the 128K
 #           prefill with each attention backend and a kernel profile of the FP8-attention one
 #           (the run behind results/bench/engine_w3_prefill.json).
+#   chunks: every kernel check at real sizes, then the 128K prefill at token budgets of 16K, 32K
+#           and 64K per step (FP8 and bf16 attention; a kernel profile of the 16K FP8 one).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
 #           kernel (engine/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
@@ -87,6 +89,15 @@ elif [ "$what" = prefill ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 250 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
     --skip decode e2e --profile-prefill fp8 "${extra[@]}" --out "$out/engine_w3_prefill.json" 2>&1 \
     | tee "$out/engine_w3_prefill.log"
+elif [ "$what" = chunks ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/kernels.py --check --no-bench \
+    --out "$out/kernels_check.json" > "$out/chunks.log" 2>&1
+  for c in 16384 32768 65536; do
+    prof=(); [ "$c" = 16384 ] && prof=(--profile-prefill fp8)
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
+      --skip check decode e2e --chunk "$c" --prefill-backends fp8 best "${prof[@]}" "${extra[@]}" \
+      --out "$out/engine_w3_prefill_chunk$c.json" >> "$out/chunks.log" 2>&1
+  done
 elif [ "$what" = shapes ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/prefill_shapes.py --out "$out/prefill_shapes.json" 2>&1 \
     | tee "$out/prefill_shapes.log"

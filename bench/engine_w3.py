@@ -720,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--prefill-len", type=int, default=131072, help="0 skips the long prefill")
     ap.add_argument("--chunk", type=int, default=16384, help="prefill token budget per step")
+    ap.add_argument("--prefill-backends", nargs="+", default=["best", "fp8", "causal_bias"],
+                    help="attention backends of the timed long prefills; best: the fastest bf16 one on the chunk")
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--kv-blocks", type=int, default=0, help="0: enough for the largest cell")
     ap.add_argument("--hf-prompts", type=int, nargs="+", default=[256])
@@ -856,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
             run_prefill(llm, min(2 * args.chunk, args.prefill_len))
         except Exception as e:  # noqa: BLE001
             report.error("prefill warm-up", e)
-        for backend in dict.fromkeys([best, "fp8", "causal_bias"]):
+        chosen = [best if b == "best" else b for b in args.prefill_backends]
+        for backend in dict.fromkeys(chosen):
             if late():
                 break
             try:

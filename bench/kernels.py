@@ -262,6 +262,24 @@ def bench_norm() -> None:
         record("rms_norm+residual", f"T={t} H={HID}", sec, nbytes=4 * t * HID * 2 + HID * 2)
 
 
+def bench_rope() -> None:
+    """MLA's rotary + latent-cache kernel at W3 shapes: decode batches and a 16K prefill chunk."""
+    from dseval.kernels.mla_rope import mla_rope_and_cache
+
+    half = ROPE // 2
+    for t in (1, 32, 16384):
+        q = torch.randn(t, HEADS, NOPE + ROPE, device="cuda", dtype=torch.bfloat16)
+        kv = torch.randn(t, KVLORA + ROPE, device="cuda", dtype=torch.bfloat16)
+        pos = torch.arange(t, device="cuda")
+        ang = torch.arange(t, device="cuda", dtype=torch.float32)[:, None] * torch.rand(half, device="cuda")
+        cos, sin = ang.cos(), ang.sin()
+        w = torch.rand(KVLORA, device="cuda", dtype=torch.bfloat16)
+        cache = torch.empty(-(-t // 64), 64, KVLORA + ROPE, device="cuda", dtype=torch.bfloat16)
+        slots = torch.randperm(cache.shape[0] * 64, device="cuda")[:t]
+        sec = bench(lambda: mla_rope_and_cache(q, kv, pos, cos, sin, w, 1e-6, cache, slots, True))
+        record("mla rope + cache", f"T={t} H={HEADS}", sec, nbytes=t * (2 * HEADS * ROPE + 2 * (KVLORA + ROPE)) * 2)
+
+
 def _linear_bytes(m: int, n: int, k: int) -> float:
     return n * k + math.ceil(n / 128) * math.ceil(k / 128) * 4 + m * k * 2 + m * n * 2
 
@@ -1030,6 +1048,7 @@ def profile_kernels() -> None:
 SECTIONS = {
     "quant": lambda sw: bench_quant(),
     "norm": lambda sw: bench_norm(),
+    "rope": lambda sw: bench_rope(),
     "mla": bench_mla,
     "gemm_decode": bench_gemm_decode,
     "moe": bench_moe,

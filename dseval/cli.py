@@ -24,6 +24,8 @@ app = typer.Typer(help="Evaluate DeepSeek-V3-class models: run benchmarks, score
 F = TypeVar("F", bound=Callable[..., Any])
 PREFILL_ATTENTION_HELP = ("Built-in engine, CUDA: prefill attention, `auto` (bf16) or `fp8` (e4m3: ~20% faster "
                           "128K prefill, changes numerics).")
+PREFILL_CHUNK_HELP = ("Built-in engine: prompt tokens per step, the chunk of chunked prefill (default 16384 on GPUs, "
+                      "2048 on CPU). Larger chunks take long prompts faster and need more memory.")
 
 
 def user_errors(func: F) -> F:
@@ -62,6 +64,7 @@ def run(
     ep: Annotated[int, typer.Option(help="Expert-parallel ranks per replica.")] = 1,
     moe_comm: Annotated[str, typer.Option(help="Expert-parallel exchange: all_to_all or all_reduce.")] = "all_to_all",
     prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -71,7 +74,7 @@ def run(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
         batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
         device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
-        prefill_attention=prefill_attention,
+        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun
@@ -170,6 +173,7 @@ def niah(
     batch_size: Annotated[int, typer.Option(help="Most sequences at once.")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
     """The long-context sweep: needle retrieval over context length x depth, with its heatmap."""
     from dseval.niah import length_label, write_report
@@ -182,7 +186,7 @@ def niah(
     except ValueError as err:
         raise UserError(f"--lengths/--depths: {err}") from None
     config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, batch_size=batch_size, device=device,
-                       prefill_attention=prefill_attention)
+                       prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens)
     if evaluate(config, tasks=[task]):
         table = write_report(RunStore(out), f"needle in a haystack: {model}")
         grid = Table("depth", *map(length_label, table["lengths"]), title="retrieved")

@@ -37,6 +37,10 @@ class RunConfig:
     #: bf16; "fp8" is faster at long prompts but rounds Q, K, V to e4m3, so it is part of the
     #: run's identity (a resumed run must not mix the two).
     prefill_attention: str = "auto"
+    #: The engine's prefill chunk (tokens per step). Like batch_size it is not part of the
+    #: identity: it changes speed and peak memory, and results only as batch composition does
+    #: (GEMM kernels chosen by row count round differently).
+    max_num_batched_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -51,6 +55,8 @@ class RunConfig:
             raise UserError(f"--samples must be positive, got {self.samples}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens <= 0:
+            raise UserError(f"--max-num-batched-tokens must be positive, got {self.max_num_batched_tokens}")
         if self.moe_comm not in ("all_to_all", "all_reduce"):
             raise UserError(f"--moe-comm must be all_to_all or all_reduce, got {self.moe_comm!r}")
 
@@ -67,4 +73,5 @@ class RunConfig:
         return BackendOptions(
             batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep,
             moe_comm=self.moe_comm, prefill_attention=self.prefill_attention,
+            max_num_batched_tokens=self.max_num_batched_tokens,
         )

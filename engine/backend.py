@@ -98,9 +98,11 @@ class EngineBackend(ModelBackend):
             raise UserError(f"--prefill-attention must be one of {', '.join(PREFILL_BACKENDS)}, "
                             f"got {options.prefill_attention!r}")
         try:
-            # 16K-token prefill chunks take a 128K prompt in 4.65 s on an H200 against 5.20 s with
-            # 32K chunks (bench/README.md, W3); CPUs keep the small default chunk.
-            budget = GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens
+            # CPUs keep the engine's small default chunk; on GPUs larger chunks re-expand the
+            # cached context fewer times (bench/README.md, "128K prefill": 3.66 s in 16K chunks,
+            # 3.50 s in 64K with FP8 attention) but need more activation memory.
+            budget = options.max_num_batched_tokens or (
+                GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens)
             ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget,
                               prefill_attention=options.prefill_attention)
         except ValueError as e:

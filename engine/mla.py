@@ -125,6 +125,15 @@ class MLAttention(nn.Module):
         return self.o_proj(out.reshape(T, self.n_heads * self.v_dim))
 
 
+def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """One sequence's queries [t, H, *] (its last t positions) over its cached rows [S, C+rope]:
+    per-head K/V up-projected from the latents, fused causal attention -> [t, H, v]."""
+    latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
+    kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [S, H, nope+v]
+    k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
+    return mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale)
+
+
 def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,
               meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its cached rows -> [T, H, v_head_dim].
@@ -135,22 +144,22 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
     if one_query_per_sequence(q_nope, meta, kv_cache):  # plain decode: one fused kernels.mla_decode call
         return absorbed_decode(attn, q_nope, q_pe, meta, kv_cache)
     dtype = q_nope.dtype
+    ctx = meta.context_lens.tolist()
+    cu = meta.cu_seqlens_q.tolist()
+    if cu == [0, q_nope.shape[0]] and not meta.absorbed:  # one prompt's chunk: no copy into `out`
+        return _expanded(attn, q_nope, q_pe, _gather_context(kv_cache, meta.block_tables[0], ctx[0]).to(dtype))
     out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_dim)
     w_uk, w_uv = attn._kv_b(dtype) if meta.absorbed else (None, None)
-    cu = meta.cu_seqlens_q.tolist()
-    ctx = meta.context_lens.tolist()
     for b in range(len(ctx)):
         s, e = cu[b], cu[b + 1]
         if e == s:
             continue
         rows = _gather_context(kv_cache, meta.block_tables[b], ctx[b]).to(dtype)  # [S, C+rope]
-        latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
         qn, qp = q_nope[s:e], q_pe[s:e]  # [t, H, nope], [t, H, rope]
-        if not meta.absorbed:  # expanded: per-head K/V from the latents, fused causal attention
-            kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [S, H, nope+v]
-            k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
-            out[s:e] = mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale)  # queries = last t rows
+        if not meta.absorbed:
+            out[s:e] = _expanded(attn, qn, qp, rows)
             continue
+        latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
         # absorbed: attention in the latent space, W_UK folded into the query and W_UV into the output
         key_pos = torch.arange(ctx[b], device=rows.device)
         mask = key_pos[None, :] > positions[s:e, None]  # [t, S] True = future token, hidden

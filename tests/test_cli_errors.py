@@ -87,6 +87,12 @@ def test_unknown_prefill_attention(tmp_path: Path, data_dir: Path) -> None:
     assert_user_error(proc, "--prefill-attention must be one of", "fp8", "'fp16'")
 
 
+def test_bad_prefill_chunk(tmp_path: Path, data_dir: Path) -> None:
+    proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),
+                  "--max-num-batched-tokens", "0")
+    assert_user_error(proc, "--max-num-batched-tokens must be positive, got 0")
+
+
 def test_fp8_prefill_attention_on_a_model_it_cannot_run(tmp_path: Path, data_dir: Path) -> None:
     """The tiny preset's 8-wide heads are below the FP8 kernel's tiles: refused at start."""
     proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),

@@ -64,6 +64,20 @@ def test_from_spec_defaults_and_option_errors(backend):
         EngineBackend.from_spec("no-such-preset-or-dir", CPU)
 
 
+def test_prefill_chunk_option_chunks_prompts_and_keeps_scores(backend):
+    """--max-num-batched-tokens reaches the scheduler: a 16-token budget prefills the prompt in
+    several steps, and the scores equal the one-step prefill's."""
+    small = EngineBackend.from_spec("tiny", BackendOptions(device="cpu", batch_size=16, max_num_batched_tokens=16))
+    req = LoglikelihoodRequest("The quick brown fox jumps over the lazy dog near the quiet river bank, then", " sleeps")
+    tokens, _ = small.encode_pair(req.context, req.continuation)
+    assert len(tokens) > 16
+    before = small.llm.stats.prefill_steps
+    got = small.loglikelihood([req])[0]
+    assert small.llm.stats.prefill_steps - before >= -(-len(tokens) // 16)
+    want = backend.loglikelihood([req])[0]
+    assert got.logprob == pytest.approx(want.logprob, abs=1e-4) and got.is_greedy == want.is_greedy
+
+
 def test_token_boundary_rule_and_bos(backend):
     tok = backend.tokenizer
     bos = backend.bos_id

@@ -31,10 +31,11 @@ def _rotate64(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, interl
     return out
 
 
-@pytest.mark.parametrize("interleave", [True, False])
-def test_mla_rope_and_cache_matches_float64(interleave: bool) -> None:
-    g = torch.Generator().manual_seed(int(interleave))
-    T, H, nope, rope, rank, bs, blocks = 5, 3, 16, 8, 24, 4, 6
+@pytest.mark.parametrize(("interleave", "H"), [(True, 3), (False, 3), (True, 40)])
+def test_mla_rope_and_cache_matches_float64(interleave: bool, H: int) -> None:
+    """H=40: two blocks of heads, the second partly masked."""
+    g = torch.Generator().manual_seed(int(interleave) + H)
+    T, nope, rope, rank, bs, blocks = 5, 16, 8, 24, 4, 6
     q = torch.randn(T, H, nope + rope, generator=g).bfloat16()
     kv = (torch.randn(T, rank + rope, generator=g) * 3).bfloat16()
     w = (1 + 0.1 * torch.randn(rank, generator=g)).bfloat16()

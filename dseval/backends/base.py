@@ -40,6 +40,9 @@ class BackendOptions:
     moe_comm: str = "all_to_all"
     #: The built-in engine's CUDA prefill attention (dseval.kernels.mla_prefill.PREFILL_BACKENDS).
     prefill_attention: str = "auto"
+    #: The built-in engine's token budget per step, i.e. the chunk size of chunked prefill
+    #: (vLLM's --max-num-batched-tokens); None: the engine's default for the device.
+    max_num_batched_tokens: int | None = None
 
 
 class ModelBackend(ABC):
