@@ -99,8 +99,8 @@ class EngineBackend(ModelBackend):
                             f"got {options.prefill_attention!r}")
         try:
             # CPUs keep the engine's small default chunk; on GPUs larger chunks re-expand the
-            # cached context fewer times (bench/README.md, "128K prefill": 3.66 s in 16K chunks,
-            # 3.50 s in 64K with FP8 attention) but need more activation memory.
+            # cached context fewer times (bench/README.md, "128K prefill": 3.62 s in 16K chunks,
+            # 3.48 s in 64K with FP8 attention) but need more activation memory.
             budget = options.max_num_batched_tokens or (
                 GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens)
             ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget,

@@ -7,7 +7,7 @@ lookups, float casts, splits, the rotation's mul/sub/stack, a concatenation, the
 write); at batch 1 each costs more to launch than its arithmetic, and decode is launch-bound
 (bench/README.md). Here one program per token and block of up to 32 heads rotates those heads'
 q_pe into a contiguous ``[T, H, rope]`` tensor, and one extra program per token writes its cache
-row. (One program per head cost 1.25 ms per 16K-token prefill chunk at 128 heads: two million
+row. (One program per head cost 1.28 ms per 16K-token prefill chunk at 128 heads: two million
 one-warp programs of 32 pairs each.)
 
 Semantics (those of ``engine.mla.MLAttention`` on CUDA): rotation in float32 with the float32

@@ -31,7 +31,7 @@ def _rotate64(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, interl
     return out
 
 
-@pytest.mark.parametrize(("interleave", "H"), [(True, 3), (False, 3), (True, 40)])
+@pytest.mark.parametrize(("interleave", "H"), [(True, 3), (False, 3), (True, 40), (False, 40)])
 def test_mla_rope_and_cache_matches_float64(interleave: bool, H: int) -> None:
     """H=40: two blocks of heads, the second partly masked."""
     g = torch.Generator().manual_seed(int(interleave) + H)
