@@ -39,16 +39,19 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-try:
-    import dseval.kernels as K
-except Exception:  # not installed (e.g. on the device machine): import the folder directly
-    sys.path.insert(0, str(ROOT))
-    import kernels as K  # type: ignore[no-redef]
+sys.path.insert(0, str(ROOT))  # a checkout imports without an install (the device machine has none)
+from dseval.kernels import fp8_gemm, fp8_quant, mla_decode, mla_prefill, mla_rope, moe, norm, router  # noqa: E402
+
+# One namespace over the kernel modules: K.<function> and K.<module>.<name>.
+K = SimpleNamespace(**{name: getattr(mod, name) for mod in (fp8_quant, fp8_gemm, mla_decode, mla_prefill, mla_rope,
+                                                            moe, norm, router) for name in getattr(mod, "__all__", ())},
+                    fp8_gemm=fp8_gemm, fp8_quant=fp8_quant, moe=moe, mla_decode_module=mla_decode)
 
 from triton.testing import do_bench
 

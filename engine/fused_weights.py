@@ -51,7 +51,7 @@ class StackedExperts:
                  with_shared: bool = False) -> torch.Tensor:
         """Σ_j weights[t, j]·expert_{ids[t, j]}(x_t) over this rank's experts, plus the shared
         expert at weight 1 when ``with_shared``: float32 [T, hidden]."""
-        from dseval.kernels import fused_moe  # lazy: Triton only where the kernel runs
+        from dseval.kernels.moe import fused_moe  # lazy: Triton only where the kernel runs
 
         if with_shared:
             assert self.shared_index is not None and self.covers_all
@@ -70,7 +70,7 @@ class StackedExperts:
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
         """The shared expert alone on every row of ``x``: float32 [T, hidden]."""
-        from dseval.kernels import fused_moe
+        from dseval.kernels.moe import fused_moe
 
         assert self.shared_index is not None
         t = x.shape[0]

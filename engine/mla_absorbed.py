@@ -40,7 +40,7 @@ def one_query_per_sequence(q_nope: torch.Tensor, meta: AttentionMetadata, kv_cac
 def absorbed_decode(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
                     kv_cache: torch.Tensor) -> torch.Tensor:
     """q_nope [B, H, nope], q_pe [B, H, rope] (rotated) -> [B, H, v_head_dim]; no host sync."""
-    from dseval.kernels import mla_decode  # lazy: keeps Triton out of CPU-only imports
+    from dseval.kernels.mla_decode import mla_decode  # lazy: keeps Triton out of CPU-only imports
 
     w_uk, w_uv = attn._kv_b(q_nope.dtype)  # [H, nope, C], [H, v, C]
     q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [H,B,nope]@[H,nope,C] -> [B, H, C]
