@@ -7,6 +7,7 @@ Each command builds one validated config object and hands it on; user errors
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,16 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dseval.backends.base import BackendOptions, backend_kinds
+from dseval.backends.base import BackendOptions
+from dseval.backends.registry import backend_kinds
+from dseval.cli_options import model_options
 from dseval.config import RunConfig
+from dseval.distributed import shared_stdin, start_one_replica
 from dseval.errors import UserError
 
 app = typer.Typer(help="Evaluate DeepSeek-V3-class models: run benchmarks, score, compare.", no_args_is_help=True, add_completion=False)
 F = TypeVar("F", bound=Callable[..., Any])
-PREFILL_ATTENTION_HELP = ("Built-in engine, CUDA: prefill attention, `auto` (bf16) or `fp8` (e4m3: ~20% faster "
-                          "128K prefill, changes numerics).")
-PREFILL_CHUNK_HELP = ("Built-in engine: prompt tokens per step, the chunk of chunked prefill (default 16384 on GPUs, "
-                      "2048 on CPU). Larger chunks take long prompts faster and need more memory.")
+MODEL_HELP = "Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL (see `dseval models`)."
 
 
 def user_errors(func: F) -> F:
@@ -44,27 +45,20 @@ def user_errors(func: F) -> F:
 
 @app.command()
 @user_errors
+@model_options()
 def run(
     tasks: Annotated[list[str], typer.Argument(help="Task names (see `dseval tasks`).")],
-    model: Annotated[str, typer.Option(help="Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    options: BackendOptions,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted run there is resumed.")] = Path("runs/latest"),
     limit: Annotated[int | None, typer.Option(help="At most N docs per task (per subject for MMLU).")] = None,
     ids: Annotated[str | None, typer.Option(help="Only these doc ids, comma-separated.")] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's reference).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for sampling and seeded draws.")] = 1234,
     data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data, or `hub`; default $DSEVAL_DATA_DIR.")] = None,
     chat: Annotated[bool, typer.Option(help="Use the chat prompts and the model's chat template.")] = False,
     samples: Annotated[int, typer.Option(help="Samples per doc for generation tasks (pass@k).")] = 1,
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    speculative: Annotated[str | None, typer.Option(help="`mtp` to decode with the MTP draft.")] = None,
-    dp: Annotated[int, typer.Option(help="Data-parallel replicas (under torchrun).")] = 1,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel ranks per replica.")] = 1,
-    ep: Annotated[int, typer.Option(help="Expert-parallel ranks per replica.")] = 1,
-    moe_comm: Annotated[str, typer.Option(help="Expert-parallel exchange: all_to_all or all_reduce.")] = "all_to_all",
-    prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
-    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -72,9 +66,7 @@ def run(
 
     config = RunConfig(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
-        batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
-        device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
-        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens,
+        seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens, options=options,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun
@@ -98,7 +90,7 @@ def score(run_dir: Annotated[Path, typer.Argument(help="A run folder written by 
 @user_errors
 def list_tasks() -> None:
     """List tasks: name, data source, shots, request type, headline metric."""
-    from dseval.tasks.base import all_tasks
+    from dseval.task import all_tasks
 
     table = Table("task", "data (Hub | local)", "shots", "requests", "headline", "version")
     for name, cls in all_tasks().items():
@@ -163,71 +155,75 @@ def compare(
 
 @app.command()
 @user_errors
+@model_options(batch_size=8)
 def niah(
-    model: Annotated[str, typer.Option(help="Checkpoint folder, preset, or openai:URL#MODEL.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    options: BackendOptions,
     out: Annotated[Path, typer.Option(help="Run folder (resumable); niah.png and niah.json land here.")] = Path("runs/niah"),
     lengths: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated (4k = 4096).")] = "1k,2k,4k,8k,16k,32k,64k,128k",
     depths: Annotated[str, typer.Option(help="Needle depths in percent, comma-separated.")] = "0,10,20,30,40,50,60,70,80,90,100",
     data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data (the haystack is DROP's passages).")] = None,
     chat: Annotated[bool, typer.Option(help="Ask through the chat template.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Most sequences at once.")] = 8,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
-    prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
-    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
     """The long-context sweep: needle retrieval over context length x depth, with its heatmap."""
-    from dseval.niah import length_label, write_report
+    from dseval.niah import length_label, parse_length, write_report
     from dseval.runner import evaluate
     from dseval.store import RunStore
-    from dseval.tasks.niah import NeedleInAHaystack, parse_length
+    from dseval.task import get_task
 
     try:
-        task = NeedleInAHaystack([parse_length(x) for x in lengths.split(",")], [int(x) for x in depths.split(",")])
+        grid = {"lengths": [parse_length(x) for x in lengths.split(",")], "depths": [int(x) for x in depths.split(",")]}
     except ValueError as err:
         raise UserError(f"--lengths/--depths: {err}") from None
-    config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, batch_size=batch_size, device=device,
-                       prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens)
-    if evaluate(config, tasks=[task]):
+    config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, options=options)
+    if evaluate(config, tasks=[get_task("niah", **grid)]):
         table = write_report(RunStore(out), f"needle in a haystack: {model}")
-        grid = Table("depth", *map(length_label, table["lengths"]), title="retrieved")
+        heat = Table("depth", *map(length_label, table["lengths"]), title="retrieved")
         for depth, row in zip(table["depths"], table["acc"], strict=True):
-            grid.add_row(f"{depth}%", *["-" if v is None else f"{v:.0%}" for v in row])
-        Console().print(grid)
+            heat.add_row(f"{depth}%", *["-" if v is None else f"{v:.0%}" for v in row])
+        Console().print(heat)
         Console().print(f"heatmap: {out / 'niah.png'}")
 
 
 @app.command()
 @user_errors
+@model_options()
 def generate(
     model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
     input_file: Annotated[Path, typer.Option(help="One prompt per line, or JSONL with a `prompt` field.")],
+    options: BackendOptions,
     output_file: Annotated[Path | None, typer.Option(help="JSONL output (default: stdout).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Token limit per prompt.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
     chat: Annotated[bool, typer.Option(help="Wrap each prompt in the chat template.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Most sequences at once.")] = 32,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Batch generation, one JSON line per prompt (prompt, token ids, output)."""
     from dseval.engine.entrypoints import generate_file
 
-    options = BackendOptions(batch_size=batch_size, device=device, seed=seed)
-    generate_file(model, input_file, output_file, max_new_tokens, temperature, chat, options)
+    topology = start_one_replica(options, "generate")
+    if not topology.is_leader:  # tensor/expert-parallel peers compute the same lines: rank 0 writes them
+        output_file = Path(os.devnull)
+    generate_file(model, input_file, output_file, max_new_tokens, temperature, chat, options, seed)
 
 
 @app.command()
 @user_errors
+@model_options()
 def chat(
     model: Annotated[str, typer.Option(help="Checkpoint folder or preset.")],
+    options: BackendOptions,
     max_new_tokens: Annotated[int, typer.Option(help="Token limit per reply.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Interactive chat with the chat template (/clear resets, /exit quits)."""
     from dseval.engine.entrypoints import chat_loop
 
-    chat_loop(model, BackendOptions(device=device), max_new_tokens, temperature)
+    topology = start_one_replica(options, "chat")
+    # Under torchrun rank 0 reads the terminal and every rank gets its lines; rank 0 answers.
+    stdin, stdout = (None, None) if topology.world_size == 1 else shared_stdin(topology)
+    chat_loop(model, options, max_new_tokens, temperature, seed, stdin=stdin, stdout=stdout)
 
 
 def main() -> None:

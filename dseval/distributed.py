@@ -11,9 +11,12 @@ gloo on CPU. No launcher of our own: torchrun does rendezvous, so no address is 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import IO
 
+from dseval.backends.base import BackendOptions
 from dseval.errors import UserError
 
 
@@ -81,6 +84,40 @@ def init_process_group(topology: Topology) -> None:
         dist.init_process_group(backend="nccl", timeout=timedelta(minutes=30), device_id=device)
     else:
         dist.init_process_group(backend="gloo", timeout=timedelta(minutes=30))
+
+
+def start_processes(options: BackendOptions) -> Topology:
+    """This process's place in the ``--dp/--tp/--ep`` layout, its process group joined."""
+    topology = Topology.from_env(options.dp, options.tp, options.ep)
+    init_process_group(topology)
+    return topology
+
+
+def start_one_replica(options: BackendOptions, command: str) -> Topology:
+    """:func:`start_processes` for commands that serve one stream of prompts (``generate``,
+    ``chat``): their ranks may split one model (``--tp/--ep``) but not share prompts (``--dp``)."""
+    if options.dp != 1:
+        raise UserError(f"--dp {options.dp}: dseval {command} runs one model replica; split it with --tp or --ep")
+    return start_processes(options)
+
+
+class _LeaderLines:
+    """Rank 0's stdin, read line by line and broadcast, so every rank of a tensor-parallel
+    replica takes the same turn (all ranks must run the same model steps)."""
+
+    def readline(self) -> str:
+        import torch.distributed as dist
+
+        line = [sys.stdin.readline() if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(line, src=0)
+        return line[0]
+
+
+def shared_stdin(topology: Topology) -> tuple[IO[str], IO[str]]:
+    """Input and output streams of an interactive command under torchrun: every rank reads rank
+    0's terminal; only rank 0 writes to it."""
+    out = sys.stdout if topology.is_leader else open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process-long)
+    return _LeaderLines(), out  # type: ignore[return-value]
 
 
 def barrier(topology: Topology) -> None:

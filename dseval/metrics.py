@@ -11,10 +11,9 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dseval.tasks.base import Sample
+from dseval.records import Sample
 
 
 @dataclass

@@ -29,6 +29,12 @@ def length_label(tokens: int) -> str:
     return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
 
 
+def parse_length(text: str) -> int:
+    """The inverse of :func:`length_label`: '4k' -> 4096, '128K' -> 131072, '3000' -> 3000."""
+    text = text.strip().lower()
+    return int(text[:-1]) * 1024 if text.endswith("k") else int(text)
+
+
 def draw_heatmap(table: dict[str, Any], title: str, path: Path) -> None:
     import matplotlib
 

@@ -10,6 +10,7 @@ batch continuously without knowing anything about the task.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,8 @@ class GenerateResult:
     text: str
     num_tokens: int = 0
     finish_reason: str = field(default="stop")
+
+
+#: The two request kinds a task declares (``Task.request_type``) and their request types.
+RequestType = Literal["loglikelihood", "generate"]
+Request = LoglikelihoodRequest | GenerateRequest

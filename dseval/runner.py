@@ -16,17 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from dseval.backends.base import ModelBackend, load_backend
+from dseval.backends.base import ModelBackend
+from dseval.backends.registry import load_backend
 from dseval.config import RunConfig
 from dseval.data import DataSource
-from dseval.distributed import Topology, barrier, init_process_group, share
+from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.records import Doc, Sample
+from dseval.requests import GenerateRequest, LoglikelihoodRequest, Request
 from dseval.store import RunStore, SampleWriter
-from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, get_task
+from dseval.task import PromptContext, Task, get_task
 
 #: Scored samples are written at least this often, so a kill loses little finished work
 #: while scorers that batch (code execution) still get batches.
@@ -63,6 +65,8 @@ class PreparedTask:
     docs: list[Doc]
     prompts: list[str]
     requests: list[list[Request]]
+    #: The prompts are chat-template renderings; recorded on every sample for its scorer.
+    chat: bool
 
     def record(self, shots: int) -> dict[str, Any]:
         return {
@@ -86,7 +90,7 @@ def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBac
     )
     docs = select_docs(task.load(source), config.limit, config.ids)
     built = [task.build(doc, ctx) for doc in docs]
-    return PreparedTask(task, docs, [p for p, _ in built], [r for _, r in built]), shots
+    return PreparedTask(task, docs, [p for p, _ in built], [r for _, r in built], ctx.chat), shots
 
 
 def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -161,7 +165,8 @@ class _Collector:
     def _sample(self, doc_index: int) -> Sample:
         doc = self.prepared.docs[doc_index]
         answers = self.answers.pop(doc_index)
-        sample = Sample(id=doc.id, index=doc_index, prompt=self.prepared.prompts[doc_index], target=doc.target, fields=doc.fields)
+        sample = Sample(id=doc.id, index=doc_index, prompt=self.prepared.prompts[doc_index], target=doc.target,
+                        fields=doc.fields, chat=self.prepared.chat)
         if isinstance(self.prepared.requests[doc_index][0], LoglikelihoodRequest):
             sample.loglikelihoods = [a.logprob for a in answers]
             sample.is_greedy = [a.is_greedy for a in answers]
@@ -220,13 +225,12 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
     shards and writes the summary. Other ranks return an empty dict. ``tasks`` passes configured
     task objects (the NIAH sweep's grid) instead of building them by name.
     """
-    topology = Topology.from_env(config.dp, config.tp, config.ep)
-    init_process_group(topology)
+    topology = start_processes(config.options)
     store = RunStore(config.out)
     tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
     source = DataSource(config.data_dir)
     owned = backend is None
-    backend = backend or load_backend(config.model, config.backend_options())
+    backend = backend or load_backend(config.model, config.options)
     try:
         prepared = {}
         records = {}
@@ -264,10 +268,15 @@ def rescore(store: RunStore) -> dict[str, Any]:
     run = store.read_run()
     if run is None:
         raise UserError(f"{store.run_file} not found: not a dseval run folder")
+    # Samples written before records carried "chat" take it from the run's config (a resumed
+    # run cannot mix the modes: chat is part of the run's identity).
+    chat = bool(run.get("config", {}).get("chat", False))
     summaries = {}
     for name in run["tasks"]:
         task = get_task(name)
         samples = sorted(store.load_samples(name), key=lambda s: s.index)
+        for sample in samples:
+            sample.chat = sample.chat or chat
         for sample, metrics in zip(samples, task.score(samples), strict=True):
             sample.metrics = metrics
         store.rewrite(name, samples)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dseval.errors import UserError
-from dseval.tasks.base import Sample
+from dseval.records import Sample
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -15,82 +15,19 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from dseval.data import DataSource, DatasetSpec
 from dseval.errors import UserError
 from dseval.metrics import Summary, summarize
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.plugins import plugin_entry_points
+from dseval.records import Doc, Sample
+from dseval.requests import Request, RequestType
 
-RequestType = Literal["loglikelihood", "generate"]
-Request = LoglikelihoodRequest | GenerateRequest
-
-
-@dataclass(frozen=True)
-class Doc:
-    """One evaluation item.
-
-    ``id`` is the dataset's own id where it has one (``HumanEval/0``), else
-    ``<task>/<split>/<index>``. ``group`` names the subset (an MMLU subject) that ``--limit``
-    applies to separately. ``target`` is everything the scorer needs besides the model's
-    output (JSON-serialisable), and ``fields`` are recorded for breakdowns (subject, level).
-    """
-
-    id: str
-    data: dict[str, Any]
-    target: Any
-    group: str = ""
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Sample:
-    """A finished doc as stored in samples.jsonl: the model's answers plus what scores them."""
-
-    id: str
-    #: Position of the doc in the task's reference order; summaries follow it, so a resumed
-    #: run (whose samples finished in another order) aggregates exactly like a fresh one.
-    index: int
-    prompt: str
-    target: Any
-    fields: dict[str, Any]
-    # generation tasks: one output per sample drawn; loglikelihood tasks: one score per choice
-    outputs: list[str] | None = None
-    loglikelihoods: list[float] | None = None
-    is_greedy: list[bool] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"id": self.id, "index": self.index, "prompt": self.prompt}
-        if self.outputs is not None:
-            record["output"] = self.outputs[0] if len(self.outputs) == 1 else self.outputs
-        if self.loglikelihoods is not None:
-            record["loglikelihoods"] = self.loglikelihoods
-            record["is_greedy"] = self.is_greedy
-        record.update(target=self.target, fields=self.fields, metrics=self.metrics)
-        if self.details:
-            record["details"] = self.details
-        return record
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any]) -> Sample:
-        output = record.get("output")
-        outputs = None if output is None else (output if isinstance(output, list) else [output])
-        return cls(
-            id=record["id"],
-            index=record["index"],
-            prompt=record.get("prompt", ""),
-            target=record.get("target"),
-            fields=record.get("fields", {}),
-            outputs=outputs,
-            loglikelihoods=record.get("loglikelihoods"),
-            is_greedy=record.get("is_greedy"),
-            metrics=record.get("metrics", {}),
-            details=record.get("details", {}),
-        )
+#: The module that registers the built-in tasks; the ``dseval.tasks`` entry point ``builtin``
+#: names it too, and it is imported by name so that the core never imports its plugins' code.
+BUILTIN_TASKS = {"builtin": "dseval.tasks.builtin"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +51,11 @@ class PromptContext:
 
 
 class Task(ABC):
-    """A benchmark plugin. Subclasses set the class attributes and implement the three hooks."""
+    """A benchmark plugin. Subclasses set the class attributes and implement the three hooks.
+
+    ``score`` sees only finished :class:`Sample` records; what a scorer needs to know about the
+    run (``Sample.chat``) is recorded on them.
+    """
 
     name: ClassVar[str]
     #: Changes whenever prompts, data selection or scoring change; recorded in run.json.
@@ -157,13 +98,13 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def _load_entry_points() -> None:
-    """Import every package registered under the ``dseval.tasks`` entry-point group, so
-    third-party tasks register themselves exactly like the built-in ones."""
+    """Import the built-in tasks and every module registered under the ``dseval.tasks``
+    entry-point group, so third-party tasks register themselves exactly like the built-in ones."""
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group="dseval.tasks"):
+    for ep in plugin_entry_points("dseval.tasks", BUILTIN_TASKS).values():
         ep.load()
 
 
@@ -172,11 +113,12 @@ def all_tasks() -> dict[str, type[Task]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, **options: Any) -> Task:
+    """The registered task ``name``, built with ``options`` (the NIAH sweep passes its grid)."""
     tasks = all_tasks()
     if name not in tasks:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(tasks)}")
-    return tasks[name]()
+    return tasks[name](**options)
 
 
 def sample_seed(seed: int, doc_id: str, sample_index: int) -> int:

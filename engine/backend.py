@@ -64,12 +64,10 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
         raise UserError(f"option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}") from None
 
 
-#: Prefill token budget per step on GPUs (the chunk size of chunked prefill).
-GPU_PREFILL_TOKENS = 16384
-
-
 class EngineBackend(ModelBackend):
     """Answers harness requests with an in-process :class:`LLM`."""
+
+    spec_help = "built-in DeepSeek-V3 engine: a checkpoint folder or a preset name (tiny)"
 
     def __init__(self, llm: LLM, name: str = "") -> None:
         if llm.tokenizer is None:
@@ -90,25 +88,20 @@ class EngineBackend(ModelBackend):
         except RuntimeError as e:
             raise UserError(f"option 'device' = {options.device!r} is not a torch device: {e}") from None
         dtype = parse_dtype(options.dtype, device)
-        if options.batch_size < 1:
-            raise UserError(f"option 'batch_size' must be >= 1, got {options.batch_size}")
         from dseval.kernels.mla_prefill import PREFILL_BACKENDS
 
         if options.prefill_attention not in PREFILL_BACKENDS:
             raise UserError(f"--prefill-attention must be one of {', '.join(PREFILL_BACKENDS)}, "
                             f"got {options.prefill_attention!r}")
-        try:
-            # CPUs keep the engine's small default chunk; on GPUs larger chunks re-expand the
-            # cached context fewer times (bench/README.md, "128K prefill": 3.62 s in 16K chunks,
-            # 3.48 s in 64K with FP8 attention) but need more activation memory.
-            budget = options.max_num_batched_tokens or (
-                GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens)
-            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget,
+        try:  # the engine's config owns the defaults (None) and checks of its knobs
+            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative,
+                              max_num_batched_tokens=options.max_num_batched_tokens,
                               prefill_attention=options.prefill_attention)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"model options: {e}") from None
         # --tp/--ep/--moe-comm: docs/parallelism.md
-        parallel = ParallelContext.from_options(options.tp, options.ep, options.moe_comm)  # type: ignore[arg-type]
+        layout = {"moe_comm": options.moe_comm} if options.moe_comm else {}
+        parallel = ParallelContext.from_options(options.tp, options.ep, **layout)  # type: ignore[arg-type]
         llm = LLM(arg, ec, device=device, dtype=dtype, parallel=parallel)
         if ec.prefill_attention == "fp8":  # checked on every device, so a CPU trial run catches it too
             from dseval.kernels.mla_prefill_fp8 import check_head_dims

@@ -55,6 +55,7 @@ def generate_file(
     temperature: float,
     chat: bool,
     options: BackendOptions,
+    seed: int = 0,
 ) -> None:
     """Generate for every prompt of ``input_file``; write one JSON line per prompt, in input
     order, with ``prompt``, ``prompt_token_ids``, ``output`` and ``output_token_ids`` (to
@@ -63,7 +64,7 @@ def generate_file(
     if max_new_tokens < 1:
         raise UserError(f"option 'max_new_tokens' must be >= 1, got {max_new_tokens}")
     prompts = read_prompts(input_file)
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed)
     backend = EngineBackend.from_spec(model_spec.removeprefix("engine:"), options)
     try:
         texts = [backend.apply_chat_template([{"role": "user", "content": p}]) if chat else p for p in prompts]
@@ -92,7 +93,7 @@ def generate_file(
         backend.close()
 
 
-def chat_loop(model_spec: str, options: BackendOptions, max_new_tokens: int, temperature: float,
+def chat_loop(model_spec: str, options: BackendOptions, max_new_tokens: int, temperature: float, seed: int = 0,
               stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> None:
     """Interactive chat: each stdin line is a user turn answered with the chat template over
     the whole conversation; ``/clear`` forgets the conversation, ``/exit`` (or end of input)
@@ -103,7 +104,7 @@ def chat_loop(model_spec: str, options: BackendOptions, max_new_tokens: int, tem
     stdout = stdout or sys.stdout
     backend = EngineBackend.from_spec(model_spec.removeprefix("engine:"), options)
     messages: list[dict[str, str]] = []
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed)
     try:
         while True:
             stdout.write(">>> ")

@@ -38,6 +38,12 @@ if TYPE_CHECKING:
     from dseval.engine.tokenizer import Tokenizer
 
 
+#: Default prefill chunk per device kind. Every chunk re-expands the cached context into
+#: per-head keys and values, so on GPUs larger chunks take a long prompt faster (bench/README.md,
+#: "128K prefill") at the cost of activation memory; CPUs keep small steps.
+PREFILL_TOKENS = {"cuda": 16384, "cpu": 2048}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Runtime knobs; model architecture lives in the model's own config."""
@@ -48,7 +54,9 @@ class EngineConfig:
     kv_cache_memory_fraction: float = 0.85
     cpu_kv_cache_gib: float = 0.25
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
+    #: Prompt tokens per step, the chunk of chunked prefill (vLLM's name); None: the device's
+    #: default, :data:`PREFILL_TOKENS` (see :meth:`prefill_budget`).
+    max_num_batched_tokens: int | None = None
     chunked_prefill: bool = True
     enable_prefix_cache: bool = True
     #: ``"mtp"`` for speculative decoding with the model's MTP module, else None.
@@ -73,7 +81,7 @@ class EngineConfig:
         if self.block_size < 1:
             raise ValueError(f"engine field 'block_size' must be >= 1, got {self.block_size}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"engine field '{name}' must be >= 1, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"engine field 'num_kv_blocks' must be >= 1, got {self.num_kv_blocks}")
@@ -82,6 +90,10 @@ class EngineConfig:
         parse_speculative(self.speculative)
         # prefill_attention is checked by kernels.mla_prefill.set_prefill_backend when the engine
         # starts: importing dseval.kernels here would load Triton whenever this module is imported.
+
+    def prefill_budget(self, device: torch.device) -> int:
+        """``max_num_batched_tokens``, else the default for ``device``'s kind."""
+        return self.max_num_batched_tokens or PREFILL_TOKENS.get(device.type, PREFILL_TOKENS["cpu"])
 
 
 @dataclass
@@ -204,7 +216,7 @@ class LLM:
         num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
         self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
         self.scheduler = Scheduler(
-            SchedulerConfig(ec.max_num_seqs, ec.max_num_batched_tokens, ec.chunked_prefill), self.block_manager
+            SchedulerConfig(ec.max_num_seqs, ec.prefill_budget(device), ec.chunked_prefill), self.block_manager
         )
         self.runner = ModelRunner(
             model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=ec.max_num_seqs,

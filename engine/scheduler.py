@@ -24,17 +24,14 @@ from dseval.engine.sequence import Sequence, SequenceStatus
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = 64
+    """The scheduler's share of :class:`~dseval.engine.llm.EngineConfig`, which owns the
+    defaults and checks of these knobs."""
+
+    max_num_seqs: int
     #: Token budget of one prefill step (sum of the chunks of all its sequences).
-    max_num_batched_tokens: int = 4096
+    max_num_batched_tokens: int
     #: Split prompts longer than the remaining budget across steps.
     chunked_prefill: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1:
-            raise ValueError(f"scheduler field 'max_num_seqs' must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError(f"scheduler field 'max_num_batched_tokens' must be >= 1, got {self.max_num_batched_tokens}")
 
 
 @dataclass

@@ -36,10 +36,11 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.drop_f1 import best_em_f1
 from dseval.scoring.sampling import generate_requests
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 BASE_SHOT_SEPARATOR = "\n\n"
 BASE_STOP = ("\n",)
@@ -127,8 +128,7 @@ class Drop(Task):
         """EM and F1 of each output against the golds, averaged over a doc's outputs."""
         metrics = []
         for sample in samples:
-            chat = not sample.prompt.startswith("Passage: ")
-            answers = [extract_answer(output, chat) for output in sample.outputs or []]
+            answers = [extract_answer(output, sample.chat) for output in sample.outputs or []]
             scores = [best_em_f1(answer, sample.target) for answer in answers]
             sample.details["extracted"] = answers
             n = max(len(scores), 1)

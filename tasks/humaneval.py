@@ -19,10 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
+from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.code_exec import CodeExecution, defines, extract_code
 from dseval.scoring.sampling import generate_requests
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 #: The Codex paper's stop sequences for completing a function body.
 BASE_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -91,9 +92,7 @@ class HumanEval(CodeExecution, Task):
 
     def program(self, sample: Sample, output: str) -> str:
         target = sample.target
-        # A base-model prompt is the problem prompt itself; a chat prompt is its rendering.
-        chat = sample.prompt != target["prompt"]
-        solution = solution_code(target["prompt"], target["entry_point"], output, chat)
+        solution = solution_code(target["prompt"], target["entry_point"], output, sample.chat)
         return build_program(solution, target["test"], target["entry_point"])
 
 

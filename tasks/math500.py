@@ -31,10 +31,11 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.math_answers import answers_match, extract_answer, last_boxed
 from dseval.scoring.sampling import generate_requests
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 # The four Minerva exemplars (problem, solution), verbatim from the reference prompt.
 MINERVA_SHOTS: tuple[tuple[str, str], ...] = (

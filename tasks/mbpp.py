@@ -26,10 +26,11 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_json, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.code_exec import CodeExecution, extract_code
 from dseval.scoring.sampling import generate_requests
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 QUESTION = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
 SHOT_ANSWER = "{code}\n[DONE]"

@@ -23,8 +23,9 @@ from typing import Any
 from dseval.data import DataSource, DatasetSpec, read_csv
 from dseval.errors import UserError
 from dseval.metrics import Summary, group_by, mean_stderr
+from dseval.records import Doc, Sample
 from dseval.requests import LoglikelihoodRequest
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 LETTERS = ("A", "B", "C", "D")
 DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"

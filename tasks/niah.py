@@ -21,8 +21,9 @@ from functools import cached_property
 from pathlib import Path
 
 from dseval.data import DataSource, DatasetSpec, read_jsonl
+from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
-from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
+from dseval.task import PromptContext, Task, register_task
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 DEFAULT_DEPTHS = tuple(range(0, 101, 10))
@@ -32,12 +33,6 @@ QUESTION = "What is the secret code of the {place} vault? Answer with the number
 ANSWER_PREFIX = "The secret code of the {place} vault is"
 # Tokens kept free for the question, the answer prefix and the template around them.
 RESERVED_TOKENS = 64
-
-
-def parse_length(text: str) -> int:
-    """'4k' -> 4096, '128K' -> 131072, '3000' -> 3000."""
-    text = text.strip().lower()
-    return int(text[:-1]) * 1024 if text.endswith("k") else int(text)
 
 
 @register_task

@@ -28,7 +28,7 @@ def load_task(name: str, data_dir: Path):
     """A registered task and its docs from the data folder (tests share this instead of
     repeating the two steps in every module)."""
     from dseval.data import DataSource
-    from dseval.tasks.base import get_task
+    from dseval.task import get_task
 
     task = get_task(name)
     return task, task.load(DataSource(data_dir))

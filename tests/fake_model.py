@@ -12,7 +12,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from dseval.backends.base import BackendOptions, ModelBackend, OnResult, register_backend
+from dseval.backends.base import BackendOptions, ModelBackend, OnResult
+from dseval.backends.registry import register_backend
 from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 Scorer = Callable[[LoglikelihoodRequest], float]
@@ -45,7 +46,7 @@ class FakeBackend(ModelBackend):
 
     @staticmethod
     def register() -> None:
-        register_backend("fake", "fake_model:FakeBackend.from_spec", "test-only fake model")
+        register_backend("fake", FakeBackend)
 
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None

@@ -90,7 +90,7 @@ def test_unknown_prefill_attention(tmp_path: Path, data_dir: Path) -> None:
 def test_bad_prefill_chunk(tmp_path: Path, data_dir: Path) -> None:
     proc = dseval("run", "mmlu", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir),
                   "--max-num-batched-tokens", "0")
-    assert_user_error(proc, "--max-num-batched-tokens must be positive, got 0")
+    assert_user_error(proc, "model options: engine field 'max_num_batched_tokens' must be >= 1, got 0")
 
 
 def test_fp8_prefill_attention_on_a_model_it_cannot_run(tmp_path: Path, data_dir: Path) -> None:

@@ -14,7 +14,8 @@ from dseval.engine.entrypoints import chat_loop, generate_file, read_prompts
 from dseval.engine.llm import LLM, EngineConfig
 from dseval.engine.sequence import SamplingParams
 
-from dseval.backends.base import BackendOptions, load_backend
+from dseval.backends.base import BackendOptions
+from dseval.backends.registry import load_backend
 from dseval.errors import UserError
 from dseval.requests import GenerateRequest, LoglikelihoodRequest
 

@@ -12,10 +12,10 @@ from fake_model import FakeBackend, hashed_score, prefers
 
 from dseval.compare import compare_runs
 from dseval.config import RunConfig
-from dseval.leaderboard import render, score_frame
 from dseval.data import DataSource
+from dseval.leaderboard import render, score_frame
 from dseval.runner import evaluate
-from dseval.tasks.base import PromptContext, get_task
+from dseval.task import PromptContext, get_task
 
 TESTS = Path(__file__).parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import load_task
-from dseval.tasks.base import PromptContext, get_task
+from dseval.task import PromptContext, get_task
 from dseval.tasks.mmlu import CATEGORIES, SUBJECTS
 from fake_model import FakeBackend, prefers
 

@@ -12,12 +12,12 @@ import pytest
 from dseval.backends.base import ModelBackend
 from dseval.config import RunConfig
 from dseval.data import DataSource
-from dseval.niah import write_report
+from dseval.niah import parse_length, write_report
 from dseval.requests import GenerateRequest, GenerateResult
 from dseval.runner import evaluate
 from dseval.store import RunStore
-from dseval.tasks.base import PromptContext
-from dseval.tasks.niah import NeedleInAHaystack, parse_length
+from dseval.task import PromptContext
+from dseval.tasks.niah import NeedleInAHaystack
 
 BASE = PromptContext(shots=0, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dseval.backends.base import BackendOptions, load_backend
+from dseval.backends.base import BackendOptions
+from dseval.backends.registry import load_backend
 from dseval.config import RunConfig
 from dseval.errors import UserError
 from dseval.requests import GenerateRequest, LoglikelihoodRequest

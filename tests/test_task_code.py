@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import load_task
-from dseval.tasks.base import Doc, PromptContext, Sample, get_task
+from dseval.records import Doc, Sample
+from dseval.task import PromptContext, get_task
 from dseval.tasks.humaneval import BASE_STOP
 from dseval.tasks.mbpp import build_program
 
@@ -29,7 +30,7 @@ MBPP_REFERENCE_TIMEOUTS = {123}
 
 def _samples(task, docs: list[Doc], ctx: PromptContext, outputs: list[list[str]]) -> list[Sample]:
     return [
-        Sample(id=d.id, index=i, prompt=task.build(d, ctx)[0], target=d.target, fields=d.fields, outputs=o)
+        Sample(id=d.id, index=i, prompt=task.build(d, ctx)[0], target=d.target, fields=d.fields, outputs=o, chat=ctx.chat)
         for i, (d, o) in enumerate(zip(docs, outputs, strict=True))
     ]
 

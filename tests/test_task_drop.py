@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import load_task
-from dseval.tasks.base import PromptContext, Sample, get_task
+from dseval.records import Sample
+from dseval.task import PromptContext, get_task
 from dseval.tasks.drop import passage_of
 
 from dseval.data import DataSource
@@ -64,8 +65,8 @@ def test_chat_prompt_is_simple_evals_format(drop) -> None:
     assert prompt == expected and requests[0].stop == ()
 
 
-def _sample(doc, prompt: str, outputs: list[str]) -> Sample:
-    return Sample(id=doc.id, index=0, prompt=prompt, target=doc.target, fields=doc.fields, outputs=outputs)
+def _sample(doc, prompt: str, outputs: list[str], chat: bool = False) -> Sample:
+    return Sample(id=doc.id, index=0, prompt=prompt, target=doc.target, fields=doc.fields, outputs=outputs, chat=chat)
 
 
 def test_extraction_and_scoring(drop) -> None:
@@ -78,7 +79,10 @@ def test_extraction_and_scoring(drop) -> None:
     # a backend that ignores the stop string: only the first line is the answer
     assert task.score([_sample(doc, base_prompt, [" 74.3\n\nPassage: ...\nAnswer: 12"])]) == [{"em": 1.0, "f1": 1.0}]
     chat_answer = "The share rose from 70.1 to 74.3.\nAnswer: 74.3"
-    assert task.score([_sample(doc, chat_prompt, [chat_answer])]) == [{"em": 1.0, "f1": 1.0}]
+    assert task.score([_sample(doc, chat_prompt, [chat_answer], chat=True)]) == [{"em": 1.0, "f1": 1.0}]
+    # the mode is read from the record, never guessed from the prompt's text
+    assert task.score([_sample(doc, base_prompt, [chat_answer], chat=True)]) == [{"em": 1.0, "f1": 1.0}]
+    assert task.score([_sample(doc, chat_prompt, [" 74.3\nmore"])]) == [{"em": 1.0, "f1": 1.0}]
     averaged = task.score([_sample(doc, base_prompt, [" 74.3", " 12", " 74.3 percent", " 74.3"])])[0]
     assert averaged == {"em": 0.5, "f1": pytest.approx((1 + 0 + 0.67 + 1) / 4)}
 

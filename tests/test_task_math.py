@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import load_task
-from dseval.tasks.base import PromptContext, Sample, get_task
+from dseval.records import Sample
+from dseval.task import PromptContext, get_task
 
 from dseval.data import DataSource
 

@@ -1,4 +1,5 @@
-"""Tasks from other packages register through the ``dseval.tasks`` entry-point group."""
+"""Tasks from other packages register through the ``dseval.tasks`` entry-point group; the
+built-in ones are found also where no entry point is installed (a bare checkout)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from pathlib import Path
 
 import pytest
 
-import dseval.tasks.base as base
+import dseval.plugins as plugins
+import dseval.task as base
 from dseval.errors import UserError
 
 PLUGINS = Path(__file__).parent / "plugins"
+BUILTIN = ("'mmlu'", "'math500'", "'humaneval'", "'mbpp'", "'drop'", "'niah'")
 
 
 def test_entry_point_task_is_found(monkeypatch) -> None:
+    base.all_tasks()  # the built-ins stay registered after this test's registry is restored
     monkeypatch.syspath_prepend(str(PLUGINS))
     plugin = EntryPoint(name="thirdparty", value="thirdparty_task", group="dseval.tasks")
-    monkeypatch.setattr(base, "entry_points", lambda group: [plugin] if group == "dseval.tasks" else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [plugin] if group == "dseval.tasks" else [])
     monkeypatch.setattr(base, "_ENTRY_POINTS_LOADED", False)
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     assert "thirdparty" not in base._REGISTRY
@@ -27,9 +31,16 @@ def test_entry_point_task_is_found(monkeypatch) -> None:
 
 
 def test_all_builtin_tasks_are_registered_in_a_fresh_process() -> None:
-    code = "from dseval.tasks.base import all_tasks; print(sorted(all_tasks()))"
+    code = "from dseval.task import all_tasks; print(sorted(all_tasks()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert all(name in out for name in ("'mmlu'", "'math500'", "'humaneval'", "'mbpp'", "'drop'", "'niah'"))
+    assert all(name in out for name in BUILTIN)
+
+
+def test_builtin_tasks_need_no_installed_entry_point() -> None:
+    code = ("import importlib.metadata as m; m.entry_points = lambda **kw: []\n"
+            "from dseval.task import all_tasks; print(sorted(all_tasks()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in BUILTIN)
 
 
 def test_duplicate_name_is_refused() -> None:

@@ -1,20 +1,19 @@
-"""The model backend interface and the registry that maps a ``--model`` spec to a backend.
+"""The model backend interface and the model options every backend is built with.
 
 Every backend answers whole lists of typed requests (see :mod:`dseval.requests`), in order.
 It may compute them in any order it likes (sorted by length, continuously batched); it reports
 each finished answer through ``on_result(index, result)`` as soon as it has it, so the runner
 can score and persist finished documents while the rest are still running. A killed run then
-loses only the requests in flight, never finished work.
+loses only the requests in flight, never finished work. :mod:`dseval.backends.registry` maps a
+``--model`` spec to the backend class that builds it.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from dseval.errors import UserError
 from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
@@ -23,26 +22,43 @@ R = TypeVar("R")
 OnResult = Callable[[int, R], None]
 
 
+def _option(default: object, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class BackendOptions:
-    """Run-level options a backend may use; unknown ones are ignored by backends they don't concern."""
+    """How to run the model: every knob of every command that runs one, declared once.
 
-    batch_size: int = 32
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    speculative: str | None = None
-    #: Tensor- and expert-parallel degrees inside one model replica (see dseval.distributed).
-    tp: int = 1
-    ep: int = 1
-    #: How expert-parallel ranks exchange tokens: "all_to_all" dispatch or the reference
-    #: code's "all_reduce" (every rank runs its experts on all tokens).
-    moe_comm: str = "all_to_all"
-    #: The built-in engine's CUDA prefill attention (dseval.kernels.mla_prefill.PREFILL_BACKENDS).
-    prefill_attention: str = "auto"
-    #: The built-in engine's token budget per step, i.e. the chunk size of chunked prefill
-    #: (vLLM's --max-num-batched-tokens); None: the engine's default for the device.
-    max_num_batched_tokens: int | None = None
+    The command line builds one of these (:func:`dseval.cli_options.model_options` turns each
+    field into a ``--flag`` with the help text given here) and every layer below receives it
+    whole. A backend reads the knobs that concern it and ignores the rest. ``None`` means the
+    backend's own default, which the backend's configuration owns and checks (the engine's:
+    ``EngineConfig``, ``ParallelContext``), so no default or check is repeated up here.
+    """
+
+    batch_size: int = _option(32, "Most sequences the model runs at once (requests in flight for openai:).")
+    device: str | None = _option(None, "cpu or cuda (default: cuda when available).")
+    dtype: str | None = _option(None, "Compute dtype: bfloat16, float16 or float32 (default: bfloat16 on GPUs, float32 on CPU).")
+    speculative: str | None = _option(None, "`mtp` to decode with the MTP draft.")
+    #: Data-parallel replicas, each ``world_size / dp`` ranks split by ``tp``/``ep``
+    #: (see :mod:`dseval.distributed`); the harness shares the docs among replicas.
+    dp: int = _option(1, "Data-parallel replicas (under torchrun).")
+    tp: int = _option(1, "Tensor-parallel ranks per replica (under torchrun).")
+    ep: int = _option(1, "Expert-parallel ranks per replica (under torchrun).")
+    moe_comm: str | None = _option(None, "Expert-parallel exchange: all_to_all (default) or all_reduce.")
+    #: The built-in engine's CUDA prefill attention (``dseval.kernels.mla_prefill``): "auto"
+    #: is bf16; "fp8" rounds Q, K, V to e4m3, so a run records it as part of its identity.
+    prefill_attention: str = _option("auto", "Built-in engine, CUDA: prefill attention, `auto` (bf16) or `fp8` (e4m3: "
+                                             "~20% faster 128K prefill, changes numerics).")
+    #: The built-in engine's token budget per step, the chunk of chunked prefill (vLLM's name).
+    max_num_batched_tokens: int | None = _option(None, "Built-in engine: prompt tokens per step, the chunk of chunked "
+                                                       "prefill (default: the engine's for the device). Larger chunks take "
+                                                       "long prompts faster and need more memory.")
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:  # every backend uses it (the engine's batch, openai's concurrency)
+            raise UserError(f"--batch-size must be positive, got {self.batch_size}")
 
 
 class ModelBackend(ABC):
@@ -50,6 +66,14 @@ class ModelBackend(ABC):
 
     #: A short human-readable description recorded in run.json.
     description: str = ""
+    #: What the ``PREFIX:ARG`` spec of this backend means, listed by ``dseval models``.
+    spec_help: ClassVar[str] = ""
+
+    @classmethod
+    def from_spec(cls, arg: str, options: BackendOptions) -> ModelBackend:
+        """The backend a ``--model PREFIX:ARG`` spec names (``arg`` is the part after the prefix).
+        Registered backends implement it; one only ever built in code need not."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a --model spec")
 
     @abstractmethod
     def loglikelihood(
@@ -70,49 +94,3 @@ class ModelBackend(ABC):
 
     def close(self) -> None:
         """Release devices, worker processes or connections."""
-
-
-# spec prefix -> "module:factory"; the factory takes (argument, BackendOptions).
-# Lazy import paths keep `dseval tasks` and `replay:` runs free of torch start-up cost.
-_BACKENDS: dict[str, str] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def register_backend(prefix: str, target: str, description: str) -> None:
-    """Make ``prefix:ARG`` specs build a backend through ``target`` ("module:callable")."""
-    _BACKENDS[prefix] = target
-    _DESCRIPTIONS[prefix] = description
-
-
-def backend_kinds() -> dict[str, str]:
-    """Registered spec prefixes and what they load."""
-    return dict(_DESCRIPTIONS)
-
-
-def _factory(prefix: str) -> Callable[[str, BackendOptions], ModelBackend]:
-    module_name, path = _BACKENDS[prefix].split(":")
-    target: Any = importlib.import_module(module_name)
-    for attr in path.split("."):
-        target = getattr(target, attr)
-    return target
-
-
-def load_backend(spec: str, options: BackendOptions) -> ModelBackend:
-    """Build the backend a ``--model`` spec names.
-
-    ``PREFIX:ARG`` picks a registered backend; anything else is a checkpoint folder or a preset
-    name for the built-in engine.
-    """
-    prefix, sep, arg = spec.partition(":")
-    if sep and prefix in _BACKENDS:
-        return _factory(prefix)(arg, options)
-    if sep and not Path(spec).exists():
-        kinds = ", ".join(f"{p}:..." for p in _BACKENDS)
-        raise UserError(f"unknown model spec {spec!r}: {prefix!r} is not a backend kind ({kinds}) nor a folder")
-    # A checkpoint folder or a preset name: the engine says which presets exist if neither.
-    return _factory("engine")(spec, options)
-
-
-register_backend("replay", "dseval.backends.replay:ReplayBackend.from_spec", "answers generation requests from a JSONL file of {id, output}")
-register_backend("engine", "dseval.engine.backend:EngineBackend.from_spec", "built-in DeepSeek-V3 engine: a checkpoint folder or a preset name (tiny)")
-register_backend("openai", "dseval.backends.openai_api:OpenAIBackend.from_spec", "an OpenAI-compatible completions endpoint (vLLM, SGLang, ...): openai:URL#MODEL")

@@ -36,6 +36,8 @@ def split_boundary(context: str, continuation: str) -> tuple[str, str]:
 
 
 class OpenAIBackend(ModelBackend):
+    spec_help = "an OpenAI-compatible completions endpoint (vLLM, SGLang, ...): openai:URL#MODEL"
+
     def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None) -> None:
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model

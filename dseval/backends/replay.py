@@ -17,6 +17,8 @@ from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodReques
 
 
 class ReplayBackend(ModelBackend):
+    spec_help = "answers generation requests from a JSONL file of {id, output}"
+
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise UserError(f"replay file {path} not found")

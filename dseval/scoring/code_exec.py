@@ -15,12 +15,10 @@ import re
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from dseval.metrics import Summary, pass_at_k
-
-if TYPE_CHECKING:  # importing dseval.tasks here would import the task modules that import us
-    from dseval.tasks.base import Sample
+from dseval.records import Sample
 
 #: The k of pass@k reported when at least k samples were drawn per problem.
 PASS_AT_K = (1, 10, 100)
@@ -72,7 +70,7 @@ def pass_at_k_metrics(statuses: Sequence[str]) -> dict[str, float]:
 
 
 class CodeExecution:
-    """Mixin for a :class:`~dseval.tasks.base.Task` scored by executing ``program(sample,
+    """Mixin for a :class:`~dseval.task.Task` scored by executing ``program(sample,
     output)`` for each output of each sample: ``class HumanEval(CodeExecution, Task)``."""
 
     request_type = "generate"

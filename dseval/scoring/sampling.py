@@ -6,12 +6,8 @@ task asks for several samples per doc are defined here once instead of in each t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dseval.requests import GenerateRequest
-
-if TYPE_CHECKING:  # dseval.tasks imports the task modules, which import this one
-    from dseval.tasks.base import PromptContext
+from dseval.task import PromptContext, sample_seed
 
 #: Sampling settings for ``--samples N`` with N > 1. The run configuration has no temperature
 #: of its own; 0.8 / top-p 0.95 are the Codex paper's (Chen et al., 2021) settings for
@@ -28,8 +24,6 @@ def generate_requests(
     Seeds come from :func:`sample_seed` so a doc draws the same samples whatever batch or
     order it runs in, and ``doc_id``/``sample_index`` let ``replay:`` answer by id.
     """
-    from dseval.tasks.base import sample_seed
-
     budget = ctx.max_tokens or max_tokens
     if ctx.samples == 1:
         return [GenerateRequest(prompt=prompt, stop=stop, max_tokens=budget, seed=sample_seed(ctx.seed, doc_id, 0), doc_id=doc_id)]

@@ -1,7 +1,7 @@
 """A third-party task package, as another distribution would ship it (test fixture)."""
 
 from dseval.data import DatasetSpec
-from dseval.tasks.base import Task, register_task
+from dseval.task import Task, register_task
 
 
 @register_task
