@@ -69,14 +69,20 @@ class MBPP(CodeExecution, Task):
 
     def rows(self, source: DataSource) -> list[dict[str, Any]]:
         """All problems as {task_id, text, code, test_list, setup}."""
-        if source.hub:  # the Hub's full config: splits prompt (1-10), test, validation, train
-            rows = [r for split in ("prompt", "test") for r in source.hub_rows(self.dataset.hub_id, "full", split)]
+        if source.hub:  # each Hub config has the splits prompt (1-10), test, validation, train
+            rows = [r for split in ("prompt", "test") for r in source.hub_rows(self.dataset.hub_id, self.dataset.hub_config, split)]
         else:
             path = source.require_local(self.dataset)
-            rows = read_jsonl(path)
+            jsonl = path.suffix == ".jsonl"  # the full file is JSON Lines, the sanitized one a JSON list
+            rows = read_jsonl(path) if jsonl else read_json(path)
             for number, row in enumerate(rows, 1):
-                require_fields(row, self.fields_read, f"{path}:{number}")
-        return [{**row, "setup": row["test_setup_code"]} for row in rows]
+                require_fields(row, self.fields_read, f"{path}:{number}" if jsonl else f"{path}: problem #{number}")
+        return [self.normalize(row) for row in rows]
+
+    @staticmethod
+    def normalize(row: dict[str, Any]) -> dict[str, Any]:
+        """A row of this variant's file with the ``text`` and ``setup`` the prompt and tests use."""
+        return {**row, "setup": row["test_setup_code"]}
 
     def load(self, source: DataSource) -> list[Doc]:
         by_id = {row["task_id"]: row for row in self.rows(source)}
@@ -107,12 +113,6 @@ class MBPPSanitized(MBPP):
     dataset = DatasetSpec(hub_id="google-research-datasets/mbpp", hub_config="sanitized", split="test", local="mbpp/sanitized-mbpp.json")
     fields_read = ("task_id", "prompt", "code", "test_list", "test_imports")
 
-    def rows(self, source: DataSource) -> list[dict[str, Any]]:
-        if source.hub:
-            rows = [r for split in ("prompt", "test") for r in source.hub_rows(self.dataset.hub_id, "sanitized", split)]
-        else:
-            path = source.require_local(self.dataset)
-            rows = read_json(path)
-            for number, row in enumerate(rows, 1):
-                require_fields(row, self.fields_read, f"{path}: problem #{number}")
-        return [{**row, "text": row["prompt"], "setup": "\n".join(row["test_imports"])} for row in rows]
+    @staticmethod
+    def normalize(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "text": row["prompt"], "setup": "\n".join(row["test_imports"])}

@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 from conftest import load_task
+
+from dseval.backends.base import ModelBackend
+from dseval.config import RunConfig
+from dseval.data import DataSource
 from dseval.records import Sample
+from dseval.requests import GenerateResult
+from dseval.runner import evaluate, rescore
+from dseval.store import RunStore
 from dseval.task import PromptContext, get_task
 from dseval.tasks.drop import passage_of
-
-from dseval.data import DataSource
 
 BASE = PromptContext(shots=3, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 CHAT = PromptContext(shots=3, chat=True, seed=0, samples=1, render_chat=lambda m: m[-1]["content"])
@@ -105,3 +110,32 @@ def test_gold_answers_through_replay(tmp_path: Path, data_dir: Path) -> None:
     assert result["metrics"]["f1"] == 1.0 and result["metrics"]["em"] == 1.0
     _run("score", str(out))
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+class ReasoningChatModel(ModelBackend):
+    """A chat model that reasons before its "Answer:" line (a base-mode read takes line one)."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return f"<user>{messages[-1]['content']}<assistant>"
+
+    def generate(self, requests, on_result=None):
+        results = [GenerateResult("From 70.1 it rose by 4.2.\nAnswer: 74.3") for _ in requests]
+        for index, result in enumerate(results):
+            on_result(index, result)
+        return results
+
+    def loglikelihood(self, requests, on_result=None):
+        raise NotImplementedError
+
+
+def test_chat_mode_is_recorded_on_samples_and_rescored_from_them(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    config = RunConfig(tasks=("drop",), model="chat", out=out, data_dir=str(data_dir), chat=True, ids=("drop/dev/4",))
+    assert evaluate(config, ReasoningChatModel())["tasks"]["drop"]["metrics"]["f1"] == 1.0
+    samples_file = out / "drop" / "samples.jsonl"
+    [record] = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert record["chat"] is True
+    assert rescore(RunStore(out))["tasks"]["drop"]["metrics"]["f1"] == 1.0
+    del record["chat"]  # as a run written before samples recorded the mode: run.json says chat
+    samples_file.write_text(json.dumps(record) + "\n")
+    assert rescore(RunStore(out))["tasks"]["drop"]["metrics"]["f1"] == 1.0

@@ -1,0 +1,90 @@
+"""Every command that runs a model takes the same model options, declared once."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from dseval.backends.base import BackendOptions
+from dseval.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_COMMANDS = ("run", "niah", "generate", "chat")
+OPTION_NAMES = {f.name for f in fields(BackendOptions)}
+COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+
+
+def flags(command: str) -> dict[str, Any]:
+    return {p.name: p for p in COMMANDS[command].params}
+
+
+def test_each_model_command_takes_every_model_option() -> None:
+    for command in MODEL_COMMANDS:
+        assert OPTION_NAMES <= set(flags(command)), command
+    for name in OPTION_NAMES:  # the same flag and help everywhere; only niah's batch default differs
+        assert len({(tuple(flags(c)[name].opts), flags(c)[name].help) for c in MODEL_COMMANDS}) == 1, name
+    assert flags("run")["batch_size"].default == BackendOptions().batch_size and flags("niah")["batch_size"].default == 8
+
+
+def test_readme_niah_example_with_tp_parses() -> None:
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("torchrun") and " niah " in line]
+    assert lines, "the README shows the sweep on a tensor-parallel model"
+    args = shlex.split(lines[0].split("#")[0])
+    args = args[args.index("dseval") + 2 :]  # after `-m dseval niah`
+    ctx = COMMANDS["niah"].make_context("niah", args)
+    assert ctx.params["tp"] == 8 and ctx.params["model"] == "/ckpt/DeepSeek-V3"
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What each command hands on, captured instead of running a model."""
+    seen: dict[str, Any] = {}
+    import dseval.engine.entrypoints as entrypoints
+    import dseval.runner as runner
+
+    monkeypatch.setattr(runner, "evaluate", lambda config, tasks=None: seen.update(config=config, tasks=tasks) or {})
+    monkeypatch.setattr(entrypoints, "generate_file", lambda model, *args: seen.update(options=args[5], seed=args[6]))
+    monkeypatch.setattr(entrypoints, "chat_loop", lambda model, options, *args, **kw: seen.update(options=options, seed=args[2]))
+    return seen
+
+
+MODEL_ARGS = ["--batch-size", "3", "--dtype", "bfloat16", "--moe-comm", "all_reduce", "--max-num-batched-tokens", "64",
+              "--prefill-attention", "fp8", "--speculative", "mtp"]
+WANT = BackendOptions(batch_size=3, dtype="bfloat16", moe_comm="all_reduce", max_num_batched_tokens=64, prefill_attention="fp8",
+                      speculative="mtp")
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "mmlu", "--model", "tiny"],
+    ["niah", "--model", "tiny", "--lengths", "1k,2k", "--depths", "0,50"],
+    ["generate", "--model", "tiny", "--input-file", "prompts.txt", "--seed", "5"],
+    ["chat", "--model", "tiny", "--seed", "5"],
+])
+def test_options_reach_the_command_as_one_object(command: list[str], captured: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, [*command, *MODEL_ARGS])
+    assert result.exit_code == 0, result.output
+    options = captured["config"].options if "config" in captured else captured["options"]
+    assert options == WANT
+    if command[0] == "niah":
+        assert (captured["tasks"][0].lengths, captured["tasks"][0].depths) == ((1024, 2048), (0, 50))
+    if command[0] in ("generate", "chat"):
+        assert captured["seed"] == 5
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, Any]) -> None:
+    args = {"run": ["run", "mmlu"], "niah": ["niah"], "generate": ["generate", "--input-file", "p.txt"], "chat": ["chat"]}[command]
+    result = CliRunner().invoke(app, [*args, "--model", "tiny", "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size must be positive, got 0" in result.output
+
+
+@pytest.mark.parametrize("command", [["generate", "--input-file", "p.txt"], ["chat"]])
+def test_one_replica_commands_refuse_dp(command: list[str], captured: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
+    assert result.exit_code == 2 and "runs one model replica" in result.output
