@@ -6,7 +6,7 @@ calls a model itself and never aggregates by hand: the runner batches requests a
 and :mod:`dseval.metrics` owns means, standard errors and breakdowns, so every task reports
 them the same way.
 
-Per-sample scoring reads only the sample record (output + target + fields), never the
+Per-sample scoring reads only the sample record (outputs, target, fields, chat), never the
 dataset, which is what lets ``dseval score RUN_DIR`` recompute everything from samples.jsonl.
 """
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -88,3 +91,29 @@ def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, 
 def test_one_replica_commands_refuse_dp(command: list[str], captured: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
     assert result.exit_code == 2 and "runs one model replica" in result.output
+
+
+def _dseval(nproc: int, *args: str, stdin: str | None = None) -> str:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dseval"]
+    proc = subprocess.run((launcher if nproc > 1 else [sys.executable, "-m", "dseval"]) + list(args), input=stdin,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_generate_and_chat_split_one_model_under_torchrun(tmp_path: Path) -> None:
+    """``--tp 2`` under torchrun: rank 0 alone writes generate's lines and chat's replies (every
+    rank reads rank 0's input), and they are the single-process ones."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\nOne, two, three,\n")
+    lines = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"out{nproc}.jsonl"
+        _dseval(nproc, "generate", "--model", "tiny", "--device", "cpu", "--input-file", str(prompts), "--output-file",
+                str(out), "--max-new-tokens", "4", *(["--tp", "2"] if nproc > 1 else []))
+        lines[nproc] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines[2]) == 2 and lines[2] == lines[1]
+    single = _dseval(1, "chat", "--model", "tiny", "--device", "cpu", "--max-new-tokens", "4", stdin="Hello\n/exit\n")
+    split = _dseval(2, "chat", "--model", "tiny", "--device", "cpu", "--max-new-tokens", "4", "--tp", "2", stdin="Hello\n/exit\n")
+    assert single.count(">>> ") == 2 and split.endswith(single)
