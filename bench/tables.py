@@ -91,14 +91,15 @@ def kernel_sweep_gemm_decode(load: Load) -> str:
 
 def kernel_sweep_mla_decode(load: Load) -> str:
     d = load("kernel_sweep_mla_decode")
-    before = {r["shape"]: r for r in _rows(d, "tune mla default") if r.get("run") == "2b"}
+    run = list(d["meta"].get("runs", {None: None}))[-1]  # merged from several calls: MLA rows are the last's
+    before = {r["shape"]: r for r in _rows(d, "tune mla default") if r.get("run") == run}
 
     def share(r: dict[str, Any]) -> str:
         return f"{r['%bw']:.0f}%" if "H=16 " in r["shape"] + " " else f"{r['TFLOP/s']:.0f} TFLOP/s"
 
     rows = [[r["shape"], f"{before[r['shape']]['us']:.1f} ({share(before[r['shape']])})",
              f"{r['us']:.1f} ({share(r)})", r["cfg"]]
-            for r in _rows(d, "tune mla best") if r.get("run") == "2b"]
+            for r in _rows(d, "tune mla best") if r.get("run") == run]
     return md(["cell", "previous default: us", "fastest (now the default): us", "config"], rows)
 
 
@@ -112,7 +113,7 @@ def kernel_moe(load: Load) -> str:
 
 
 def kernel_moe_prefill(load: Load) -> str:
-    d = load("kernel_bench_prefill")
+    d = load("kernel_sweep_moe_prefill")
     rows = []
     for shape in dict.fromkeys(r["shape"] for r in _rows(d, "moe_prefill fp8")):
         cands = [r for r in _rows(d, "moe_prefill fp8") if r["shape"] == shape]
