@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from triton.testing import do_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a checkout imports without an install (the device machine has none)
@@ -100,8 +101,6 @@ def moe_flops(t: int) -> float:
 
 def bench(fn: Callable[[], Any], quick: bool = False) -> float:
     """Median seconds (quick: fewer repetitions, for config sweeps)."""
-    from triton.testing import do_bench
-
     if quick:
         return do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e-3
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3

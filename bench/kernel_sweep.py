@@ -521,7 +521,7 @@ def main() -> None:
     if tune and args.workers > 0:
         precompile(tune, args.workers, timeout_s=min(600.0, max(30.0, (DEADLINE - time.time()) / 2)))
     run_sections(SECTIONS, args.only, save)
-    print_summary(args.out, show=lambda r: r["kernel"] in TUNE_SUMMARY or not r["kernel"].startswith(("tune", "precompile")))
+    print_summary(args.out, show=lambda r: r["kernel"] in TUNE_SUMMARY)
 
 
 if __name__ == "__main__":
