@@ -45,6 +45,19 @@ class BackendOptions:
     max_num_batched_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class PromptToken:
+    """One token of a scored prompt, as an OpenAI-style server echoes it: its text, where it
+    starts in the prompt, its log-probability given the tokens before it (None for the first,
+    which has nothing before it), and the most likely token at its position."""
+
+    text: str
+    offset: int
+    logprob: float | None
+    top_text: str | None
+    top_logprob: float | None
+
+
 class ModelBackend(ABC):
     """A model that answers loglikelihood and generation requests in batches."""
 
@@ -67,6 +80,12 @@ class ModelBackend(ABC):
         """Render a conversation into the exact prompt string the model sees, ending where the
         assistant's answer begins. Backends without a chat template refuse chat-mode tasks."""
         raise UserError(f"model backend {type(self).__name__} has no chat template; run without --chat")
+
+    def prompt_logprobs(self, prompt: str, completion: str = "") -> list[PromptToken]:
+        """Every token of ``prompt`` and then of ``completion`` (the text generated after it)
+        with its log-probability: what ``dseval serve`` answers to ``echo`` with ``logprobs``.
+        Backends that cannot see token probabilities refuse."""
+        raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
 
     def close(self) -> None:
         """Release devices, worker processes or connections."""
