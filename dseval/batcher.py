@@ -21,6 +21,7 @@ from dseval.backends.base import ModelBackend
 #: What the batcher can ask of a backend: kind -> the backend method that takes a whole list.
 _KINDS: dict[str, Callable[[ModelBackend], Callable[..., list[Any]]]] = {
     "generate": lambda backend: backend.generate,
+    "chat": lambda backend: backend.chat,
     "loglikelihood": lambda backend: backend.loglikelihood,
 }
 
@@ -43,7 +44,7 @@ class Batcher:
 
     def submit(self, kind: str, request: Any) -> Future:
         """Queue one request; the future holds its result or the backend's exception.
-        ``kind`` is "generate", "loglikelihood", or "prompt_logprobs" (request: the prompt and
+        ``kind`` is "generate", "chat", "loglikelihood", or "prompt_logprobs" (request: the prompt and
         the completion generated after it)."""
         if kind not in _KINDS and kind != "prompt_logprobs":
             raise ValueError(f"unknown request kind {kind!r}")

@@ -30,7 +30,7 @@ from starlette.routing import Route
 from dseval.backends.base import ModelBackend, PromptToken
 from dseval.batcher import Batcher
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult
+from dseval.requests import ChatRequest, GenerateRequest, GenerateResult
 
 #: Bodies larger than this are refused with 413 before they are parsed.
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -214,10 +214,10 @@ class Server:
                            for m in messages)):
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string values",
                            param="messages")
-        prompt = self.backend.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages])
+        conversation = tuple({"role": m["role"], "content": m["content"]} for m in messages)
         n = _number(body, "n", 1, 1, 64, integer=True)
-        requests = [sampling_request(body, prompt, 1024, i) for i in range(n)]
-        results: list[GenerateResult] = await asyncio.gather(*(self._ask("generate", r) for r in requests))
+        requests = [ChatRequest(**{**vars(sampling_request(body, "", 1024, i)), "messages": conversation}) for i in range(n)]
+        results: list[GenerateResult] = await asyncio.gather(*(self._ask("chat", r) for r in requests))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                    for i, r in enumerate(results)]
         payload = self._envelope("chat.completion", choices, 0, sum(r.num_tokens for r in results))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from dseval.backends.base import BackendOptions, load_backend
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-not-secret"
@@ -99,6 +99,14 @@ def test_loglikelihoods_through_the_server_equal_the_engines(local, remote) -> N
 def test_greedy_generation_through_the_server_equals_the_engines(local, remote) -> None:
     requests = [GenerateRequest(prompt=p, max_tokens=12) for p in ("def add(a, b):", "Once upon a time", "1, 2, 3,")]
     assert [r.text for r in remote.generate(requests)] == [r.text for r in local.generate(requests)]
+
+
+def test_openai_chat_backend_gets_the_engines_chat_answers(server: str, local, monkeypatch_module) -> None:
+    monkeypatch_module.setenv("OPENAI_API_KEY", KEY)
+    chat_backend = load_backend(f"openai-chat:{server}/v1", BackendOptions(batch_size=4))  # model from /v1/models
+    requests = [ChatRequest(messages=({"role": "system", "content": "Be brief."}, {"role": "user", "content": q}),
+                            max_tokens=8, doc_id=q) for q in ("2 + 2?", "Name a colour.")]
+    assert [r.text for r in chat_backend.chat(requests)] == [r.text for r in local.chat(requests)]
 
 
 def test_chat_endpoint_renders_the_chat_template(server: str, local) -> None:
