@@ -226,6 +226,36 @@ def chat(
     chat_loop(model, options, max_new_tokens, temperature, seed, stdin=stdin, stdout=stdout)
 
 
+@app.command()
+@user_errors
+@model_options()
+def serve(
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    options: BackendOptions,
+    host: Annotated[str, typer.Option(help="Address to bind; the default takes no connections from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(help="The name clients send as `model` (default: --model).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a "
+                                                  "bearer token; unset: no key.")] = "DSEVAL_API_KEY",
+    max_request_bytes: Annotated[int, typer.Option(help="Larger request bodies are refused (413).")] = 8 * 1024 * 1024,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health)."""
+    import uvicorn
+
+    from dseval.backends.registry import load_backend
+    from dseval.serve import Server
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    if max(options.dp, options.tp, options.ep) > 1:  # one HTTP server cannot yet drive a torchrun world
+        raise UserError("--dp/--tp/--ep: dseval serve runs the model in one process; serve a split model with "
+                        "vLLM or SGLang and evaluate it through openai:URL#MODEL")
+    backend = load_backend(model, options)
+    server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes)
+    Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
+    uvicorn.run(server.app(), host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     app(prog_name="dseval")
 

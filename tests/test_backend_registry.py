@@ -49,7 +49,7 @@ def test_an_entry_point_that_is_not_a_backend_is_refused(monkeypatch: pytest.Mon
 
 
 def test_unknown_prefix_names_the_known_kinds() -> None:
-    with pytest.raises(UserError, match=r"'nosuch' is not a backend kind \(engine:..., openai:..., replay:...\)"):
+    with pytest.raises(UserError, match=r"'nosuch' is not a backend kind \(engine:..., openai:..., openai-chat:..., replay:...\)"):
         registry.load_backend("nosuch:thing", BackendOptions())
 
 

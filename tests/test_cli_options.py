@@ -18,7 +18,7 @@ from dseval.backends.base import BackendOptions
 from dseval.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_COMMANDS = ("run", "niah", "generate", "chat")
+MODEL_COMMANDS = ("run", "niah", "generate", "chat", "serve")
 OPTION_NAMES = {f.name for f in fields(BackendOptions)}
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 
@@ -54,6 +54,14 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(runner, "evaluate", lambda config, tasks=None: seen.update(config=config, tasks=tasks) or {})
     monkeypatch.setattr(entrypoints, "generate_file", lambda model, *args: seen.update(options=args[5], seed=args[6]))
     monkeypatch.setattr(entrypoints, "chat_loop", lambda model, options, *args, **kw: seen.update(options=options, seed=args[2]))
+    import uvicorn
+
+    import dseval.backends.registry as registry
+    import dseval.serve as serve
+
+    monkeypatch.setattr(registry, "load_backend", lambda model, options: seen.update(options=options))
+    monkeypatch.setattr(serve, "Server", lambda *args: type("App", (), {"app": lambda self: None})())
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     return seen
 
 
@@ -68,6 +76,7 @@ WANT = BackendOptions(batch_size=3, dtype="bfloat16", moe_comm="all_reduce", max
     ["niah", "--model", "tiny", "--lengths", "1k,2k", "--depths", "0,50"],
     ["generate", "--model", "tiny", "--input-file", "prompts.txt", "--seed", "5"],
     ["chat", "--model", "tiny", "--seed", "5"],
+    ["serve", "--model", "tiny", "--port", "0"],
 ])
 def test_options_reach_the_command_as_one_object(command: list[str], captured: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, [*command, *MODEL_ARGS])
@@ -82,15 +91,17 @@ def test_options_reach_the_command_as_one_object(command: list[str], captured: d
 
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
 def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, Any]) -> None:
-    args = {"run": ["run", "mmlu"], "niah": ["niah"], "generate": ["generate", "--input-file", "p.txt"], "chat": ["chat"]}[command]
+    args = {"run": ["run", "mmlu"], "niah": ["niah"], "generate": ["generate", "--input-file", "p.txt"], "chat": ["chat"],
+            "serve": ["serve"]}[command]
     result = CliRunner().invoke(app, [*args, "--model", "tiny", "--batch-size", "0"])
     assert result.exit_code == 2 and "--batch-size must be positive, got 0" in result.output
 
 
-@pytest.mark.parametrize("command", [["generate", "--input-file", "p.txt"], ["chat"]])
-def test_one_replica_commands_refuse_dp(command: list[str], captured: dict[str, Any]) -> None:
+@pytest.mark.parametrize("command,refusal", [(["generate", "--input-file", "p.txt"], "runs one model replica"),
+                                             (["chat"], "runs one model replica"), (["serve"], "runs the model in one process")])
+def test_one_replica_commands_refuse_dp(command: list[str], refusal: str, captured: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
-    assert result.exit_code == 2 and "runs one model replica" in result.output
+    assert result.exit_code == 2 and refusal in result.output
 
 
 def _dseval(nproc: int, *args: str, stdin: str | None = None) -> str:
