@@ -142,23 +142,49 @@ def leaderboard(
 @app.command()
 @user_errors
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="Baseline run folder.")],
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder (e.g. results/baselines/NAME).")],
     new: Annotated[Path, typer.Argument(help="New run folder.")],
-    z: Annotated[float, typer.Option(help="Flag drops more than this many standard errors.")] = 1.96,
-    min_drop: Annotated[float, typer.Option(help="...and at least this many points (x100).")] = 0.0,
+    tolerances: Annotated[Path | None, typer.Option(help="TOML or JSON: alpha, per-task tolerance/floor in points.")] = None,
+    exact: Annotated[bool, typer.Option(help="Tolerance 0: per-sample outputs and loglikelihoods must be identical.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+    junit: Annotated[Path | None, typer.Option(help="Also write the report as JUnit XML here.")] = None,
 ) -> None:
-    """Regression check: exit 1 when a task's headline metric dropped beyond chance."""
-    from dseval.compare import compare_runs
+    """Regression gate: exit 1 when a task dropped beyond chance, is missing or under its floor; 2 when the
+    runs are not comparable (task version, prompts, data, shots, generation settings, engine numerics)."""
+    import json
 
-    results = compare_runs(baseline, new, z, min_drop)
-    table = Table("task", "metric", "baseline", "new", "diff", "z", "test", "verdict")
-    for r in results:
-        verdict = "[bold red]DROP[/]" if r.regression else "ok"
-        test = f"paired n={r.paired_n}" if r.paired_n else "summaries"
-        table.add_row(r.task, r.metric, f"{100 * r.baseline:.2f}", f"{100 * r.new:.2f}", f"{100 * r.diff:+.2f}", f"{r.z:.2f}", test, verdict)
-    Console().print(table)
-    if any(r.regression for r in results):
-        raise typer.Exit(1)
+    from dseval.compare import compare_runs
+    from dseval.gate_output import summary_line, table, write_junit
+    from dseval.gate_settings import GateSettings
+
+    settings = GateSettings.from_file(tolerances, exact) if tolerances else GateSettings(exact=exact)
+    report = compare_runs(baseline, new, settings)
+    if junit:
+        write_junit(report, junit)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        Console(width=200).print(table(report))
+        Console().print(summary_line(report), highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+baseline_app = typer.Typer(help="Pinned baselines for `dseval compare` (results/baselines/).", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("update")
+@user_errors
+def baseline_update(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    name: Annotated[str | None, typer.Option(help="Baseline name (default: the run folder's name).")] = None,
+    root: Annotated[Path, typer.Option(help="Folder of baselines.")] = Path("results/baselines"),
+) -> None:
+    """Copy a run's run.json, summary.json and per-doc records (digests instead of prompts, golds and
+    outputs: no benchmark text) into ROOT/NAME, replacing what was there."""
+    from dseval.baseline import update_baseline
+
+    typer.echo(f"baseline written: {update_baseline(run_dir, name, root)}")
 
 
 @app.command()

@@ -1,0 +1,90 @@
+"""Baselines: run folders kept under ``results/baselines/`` for the regression gate.
+
+A baseline holds what ``dseval compare`` needs to pair docs and nothing that is benchmark
+data: run.json, summary.json, and per task a samples.jsonl whose records keep the id, index,
+metrics and loglikelihoods but replace prompt, target and generated text by their sha256. The
+digests still prove that a new run saw the same prompt and gold for each doc, and (with
+``--exact``) that it produced the same text, while the repository never carries the
+benchmark's questions, answers or test code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dseval.errors import UserError
+from dseval.provenance import content_hash
+from dseval.store import write_json_atomic
+
+DEFAULT_ROOT = Path("results/baselines")
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def digests(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a sample that pairing and exact comparison look at, from a full record
+    (a run's samples.jsonl) or a compact one (a baseline's), so either side can be either."""
+    if "prompt_sha256" in record:
+        return {key: record.get(key) for key in ("prompt_sha256", "target_sha256", "output_sha256")}
+    output = record.get("output")
+    outputs = None if output is None else (output if isinstance(output, list) else [output])
+    return {
+        "prompt_sha256": text_digest(record.get("prompt", "")),
+        "target_sha256": content_hash(record.get("target")),
+        "output_sha256": None if outputs is None else [text_digest(o) for o in outputs],
+    }
+
+
+def compact(record: dict[str, Any]) -> dict[str, Any]:
+    """A baseline record: ids, numbers and digests only."""
+    out: dict[str, Any] = {"id": record["id"], "index": record["index"], **digests(record)}
+    for key in ("loglikelihoods", "is_greedy", "metrics"):
+        if key in record:
+            out[key] = record[key]
+    return out
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Sample records of one samples.jsonl (finished runs only: a torn line is an error)."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: not valid JSON ({err.msg}); was the run finished?") from err
+            if not isinstance(record, dict) or "id" not in record or "index" not in record:
+                raise UserError(f"{path}:{number}: not a sample record (needs 'id' and 'index')")
+            yield record
+
+
+def update_baseline(run_dir: Path, name: str | None = None, root: Path = DEFAULT_ROOT) -> Path:
+    """Replace ``root/name`` with a compact copy of a finished run folder."""
+    for needed in ("run.json", "summary.json"):
+        if not (run_dir / needed).is_file():
+            raise UserError(f"{run_dir / needed} not found: pass a finished run folder written by `dseval run`")
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    target = root / (name or run_dir.resolve().name)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for task in run.get("tasks", {}):
+        source = run_dir / task / "samples.jsonl"
+        if not source.is_file():
+            raise UserError(f"{source} not found: the baseline needs every task's samples to pair docs")
+        (staging / task).mkdir()
+        lines = [json.dumps(compact(record), ensure_ascii=False) + "\n" for record in read_records(source)]
+        (staging / task / "samples.jsonl").write_text("".join(lines), encoding="utf-8")
+    for name_ in ("run.json", "summary.json"):
+        write_json_atomic(staging / name_, json.loads((run_dir / name_).read_text(encoding="utf-8")))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
