@@ -9,6 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from dseval.compare import FAILING, GateReport, TaskResult
@@ -33,7 +34,7 @@ def table(report: GateReport) -> Table:
     for r in report.results:
         verdict = f"[{STYLE[r.status]}]{r.status}[/]" if r.status in STYLE else r.status
         grid.add_row(r.task, r.metric, _points(r.base), _points(r.new), _points(r.diff, signed=True),
-                     f"{r.base_n}/{r.new_n}/{r.paired_n}", r.test or "-", _p(r.p), _p(r.p_holm), verdict, "; ".join(r.reasons))
+                     f"{r.base_n}/{r.new_n}/{r.paired_n}", r.test or "-", _p(r.p), _p(r.p_holm), verdict, escape("; ".join(r.reasons)))
     return grid
 
 
