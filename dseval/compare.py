@@ -194,16 +194,14 @@ def decide(results: list[TaskResult], settings: GateSettings) -> None:
     tested = [r for r in results if r.p is not None]
     for result, adjusted in zip(tested, holm([r.p for r in tested]), strict=True):
         result.p_holm = adjusted
-        if result.status != "ok":
-            continue
         limits = settings.limits(result.task)
         significant = adjusted < settings.alpha
-        if significant and result.diff < 0 and -100 * result.diff > limits.tolerance:
+        if result.status == "ok" and significant and result.diff < 0 and -100 * result.diff > limits.tolerance:
             result.status = "DROP"
-        elif significant and result.diff > 0:
+        elif result.status == "ok" and significant and result.diff > 0:
             result.status = "better"
         if limits.floor is not None and result.new_full is not None and 100 * result.new_full < limits.floor:
-            result.status = "FLOOR"
+            result.status = "FLOOR" if result.status in ("ok", "better", "DROP") else result.status
             result.reasons.append(f"{100 * result.new_full:.2f} is below the floor {limits.floor:g}")
 
 
