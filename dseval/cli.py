@@ -125,17 +125,26 @@ def models() -> None:
 @app.command()
 @user_errors
 def leaderboard(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or their summary.json).")],
-    fmt: Annotated[str, typer.Option("--format", help="md, csv, html or latex.")] = "md",
+    runs: Annotated[list[Path], typer.Argument(help="Run folders or reference files (results/reference/*.json).")],
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, html (one page, chart embedded) or latex.")] = "md",
     name: Annotated[list[str] | None, typer.Option(help="Column name per run, in order (default: the model spec).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Rows and groups of a published table: deepseek-v3-base or deepseek-v3-chat.")] = None,
+    stderr: Annotated[bool, typer.Option(help="Print ± standard errors where runs have them.")] = False,
+    chart: Annotated[Path | None, typer.Option(help="Also write a grouped bar chart PNG (benchmark x model).")] = None,
 ) -> None:
-    """A table like the DeepSeek-V3 report's: benchmarks as rows, models as columns, best in bold."""
-    from dseval.leaderboard import render, score_frame
+    """A table like the DeepSeek-V3 report's: benchmarks by category as rows, models as columns, best in bold;
+    rows whose runs differ (version, shots, prompts, docs) are flagged, limited runs marked."""
+    from dseval.layouts import get_layout
+    from dseval.leaderboard import load_board
+    from dseval.leaderboard_render import chart_png, render
 
-    text = render(score_frame(runs, name), fmt)  # type: ignore[arg-type]
+    board = load_board(runs, name, get_layout(layout) if layout else None)
+    text = render(board, fmt, stderr)  # type: ignore[arg-type]
+    if chart:
+        chart.write_bytes(chart_png(board))
     if output:
-        output.write_text(text)
+        output.write_text(text, encoding="utf-8")
     else:
         typer.echo(text, nl=False)
 

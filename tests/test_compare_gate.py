@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_model import FakeBackend, hashed_score
+from synthetic_runs import write_run
 
 from dseval.baseline import update_baseline
 from dseval.compare import compare_runs
@@ -24,22 +25,6 @@ TESTS = Path(__file__).parent
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TESTS / "fake_cli.py"), *args], capture_output=True, text=True)
-
-
-def write_run(root: Path, scores: dict[str, list[float]], metric: str = "acc", **config: object) -> Path:
-    """A finished run folder with the given per-doc scores per task (docs t/0, t/1, ...)."""
-    identity = {**RunConfig.identity_defaults(), "model": "m", **config}
-    tasks, summaries = {}, {}
-    for task, values in scores.items():
-        (root / task).mkdir(parents=True)
-        lines = [json.dumps({"id": f"{task}/{i}", "index": i, "prompt": f"q{i}", "target": i, "output": "x", "metrics": {metric: v}})
-                 for i, v in enumerate(values)]
-        (root / task / "samples.jsonl").write_text("\n".join(lines) + "\n")
-        tasks[task] = {"version": "1", "shots": 0, "n_docs": len(values), "prompt_hash": f"p{len(values)}", "data_fingerprint": f"d{len(values)}"}
-        summaries[task] = {"metrics": {metric: sum(values) / len(values)}, "stderr": {}, "n": len(values), "headline": metric}
-    (root / "run.json").write_text(json.dumps({"model": "m", "config": identity, "tasks": tasks}))
-    (root / "summary.json").write_text(json.dumps({"model": "m", "tasks": summaries}))
-    return root
 
 
 def flipped(n: int, flips: int) -> tuple[list[float], list[float]]:
