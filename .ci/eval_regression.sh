@@ -42,6 +42,11 @@ if [[ "${1:-}" == "--update" ]]; then
 fi
 
 status=0
+pinned=$(python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["tasks"]))' "$baselines/tiny-base/run.json")
+if [[ "$pinned" != "$tasks" ]]; then
+  echo "the pinned tasks ($pinned) are not the registered ones ($tasks): run .ci/eval_regression.sh --update"
+  status=1
+fi
 for run in "${runs[@]}"; do
   options=(--exact)
   [[ -f ".ci/$run.toml" ]] && options+=(--tolerances ".ci/$run.toml")

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dseval.data import read_json, read_jsonl
 from dseval.errors import UserError
 from dseval.provenance import content_hash
 from dseval.store import write_json_atomic
-
-DEFAULT_ROOT = Path("results/baselines")
 
 
 def text_digest(text: str) -> str:
@@ -52,39 +51,37 @@ def compact(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Sample records of one samples.jsonl (finished runs only: a torn line is an error)."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not valid JSON ({err.msg}); was the run finished?") from err
-            if not isinstance(record, dict) or "id" not in record or "index" not in record:
-                raise UserError(f"{path}:{number}: not a sample record (needs 'id' and 'index')")
-            yield record
+    """Sample records of one finished samples.jsonl; each must have an id and an index."""
+    for number, record in enumerate(read_jsonl(path), 1):
+        if "id" not in record or "index" not in record:
+            raise UserError(f"{path}:{number}: not a sample record (needs 'id' and 'index')")
+        yield record
 
 
-def update_baseline(run_dir: Path, name: str | None = None, root: Path = DEFAULT_ROOT) -> Path:
-    """Replace ``root/name`` with a compact copy of a finished run folder."""
+def update_baseline(run_dir: Path, name: str | None, root: Path) -> Path:
+    """Replace ``root/name`` with a compact copy of a finished run folder (built beside it and
+    renamed, so a failure leaves the old baseline in place)."""
     for needed in ("run.json", "summary.json"):
         if not (run_dir / needed).is_file():
             raise UserError(f"{run_dir / needed} not found: pass a finished run folder written by `dseval run`")
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run = read_json(run_dir / "run.json")
     target = root / (name or run_dir.resolve().name)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for task in run.get("tasks", {}):
-        source = run_dir / task / "samples.jsonl"
-        if not source.is_file():
-            raise UserError(f"{source} not found: the baseline needs every task's samples to pair docs")
-        (staging / task).mkdir()
-        lines = [json.dumps(compact(record), ensure_ascii=False) + "\n" for record in read_records(source)]
-        (staging / task / "samples.jsonl").write_text("".join(lines), encoding="utf-8")
-    for name_ in ("run.json", "summary.json"):
-        write_json_atomic(staging / name_, json.loads((run_dir / name_).read_text(encoding="utf-8")))
+    try:
+        for task in run.get("tasks", {}):
+            source = run_dir / task / "samples.jsonl"
+            if not source.is_file():
+                raise UserError(f"{source} not found: the baseline needs every task's samples to pair docs")
+            (staging / task).mkdir()
+            lines = [json.dumps(compact(record), ensure_ascii=False) + "\n" for record in read_records(source)]
+            (staging / task / "samples.jsonl").write_text("".join(lines), encoding="utf-8")
+        for file in ("run.json", "summary.json"):
+            write_json_atomic(staging / file, read_json(run_dir / file))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target

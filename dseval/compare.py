@@ -15,13 +15,13 @@ Three questions, in this order:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dseval.baseline import digests, read_records
 from dseval.config import RunConfig
+from dseval.data import read_json
 from dseval.errors import UserError
 from dseval.gate_settings import GateSettings
 from dseval.significance import holm, is_binary, mcnemar_exact, paired_bootstrap
@@ -92,10 +92,7 @@ class Run:
         path = self.root / name
         if not path.is_file():
             raise UserError(f"{path} not found: the gate needs a finished run folder")
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+        return read_json(path)
 
     def config(self) -> dict[str, Any]:
         return {**RunConfig.identity_defaults(), **self.run.get("config", {})}

@@ -11,11 +11,11 @@ Rendering lives in :mod:`dseval.leaderboard_render`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dseval.data import read_json
 from dseval.errors import UserError
 from dseval.layouts import Section
 from dseval.tasks.base import all_tasks
@@ -89,10 +89,7 @@ class Board:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found: pass run folders written by `dseval run` or reference files")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    return read_json(path)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
