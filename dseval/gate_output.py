@@ -39,9 +39,10 @@ def table(report: GateReport) -> Table:
 
 
 def summary_line(report: GateReport) -> str:
-    if report.reasons:
-        return "runs are not comparable:\n  " + "\n  ".join(report.reasons)
-    failing = [f"{r.task} {r.status}" for r in report.results if r.status in FAILING or r.status == "INCOMPARABLE"]
+    incomparable = report.reasons + [f"{r.task}: {'; '.join(r.reasons)}" for r in report.results if r.status == "INCOMPARABLE"]
+    if incomparable:
+        return "runs are not comparable (exit 2):\n  " + "\n  ".join(incomparable)
+    failing = [f"{r.task} {r.status}" for r in report.results if r.status in FAILING]
     return "gate failed: " + ", ".join(failing) if failing else f"gate passed (alpha {report.settings.alpha:g}, Holm over tasks)"
 
 
