@@ -178,7 +178,7 @@ def compare_task(base: Run, new: Run, task: str, settings: GateSettings) -> Task
     if result.base_n != result.new_n:
         result.reasons.append(f"n differs: {result.base_n} baseline docs, {result.new_n} new; {result.paired_n} paired")
     if settings.exact:
-        result.test = "exact"
+        result.test = f"exact, {result.test}"
         changed = sample_differences(b_samples, n_samples, ids)
         if result.base_n != result.new_n or changed:
             result.status = "CHANGED"
