@@ -135,7 +135,7 @@ PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border-bottom: 1px solid #ccc; padding: 4px 10px; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
 th {{ border-bottom: 2px solid #444; }}
 p.note {{ font-size: 0.9em; color: #555; }}
 img {{ max-width: 100%; }}
