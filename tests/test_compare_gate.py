@@ -76,6 +76,9 @@ def test_defect3_different_shots_are_not_comparable(fake_runs) -> None:
     assert any("config.shots" in reason for reason in report.reasons)
     proc = cli("compare", str(fake_runs["mmlu1"]), str(fake_runs["shots0"]))
     assert proc.returncode == 2 and "not comparable" in proc.stdout and "shots" in proc.stdout
+    proc = cli("compare", str(fake_runs["mmlu1"]), str(fake_runs["shots0"]), "--json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 2 and report["verdict"] == "incomparable" and report["tasks"][0]["status"] == "INCOMPARABLE"
 
 
 def test_defect4_four_of_300_flipped_is_not_a_drop(tmp_path: Path) -> None:
