@@ -46,6 +46,10 @@ class DataSource:
         if self.root is not None and not self.root.is_dir():
             raise UserError(f"data folder {self.root} does not exist (from --data-dir / DSEVAL_DATA_DIR)")
 
+    def describe(self) -> str:
+        """Where the data came from, as run.json records it."""
+        return HUB if self.hub else str(self.root.resolve()) if self.root is not None else "none"
+
     def local(self, spec: DatasetSpec, relative: str | None = None) -> Path | None:
         """The local file or folder for ``spec`` (or ``relative`` under the data folder), or
         None when reading from the Hub or no data folder was given."""

@@ -45,6 +45,10 @@ class Doc:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+#: Per-request facts a sample records after its answers: why generation stopped, token counts.
+USAGE_FIELDS = ("finish_reasons", "prompt_tokens", "output_tokens")
+
+
 @dataclass
 class Sample:
     """A finished doc as stored in samples.jsonl: the model's answers plus what scores them."""
@@ -62,6 +66,10 @@ class Sample:
     is_greedy: list[bool] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # per request, as the backend reported them (None where it could not say)
+    finish_reasons: list[str] | None = None
+    prompt_tokens: list[int | None] | None = None
+    output_tokens: list[int | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"id": self.id, "index": self.index, "prompt": self.prompt}
@@ -73,6 +81,9 @@ class Sample:
         record.update(target=self.target, fields=self.fields, metrics=self.metrics)
         if self.details:
             record["details"] = self.details
+        for key in USAGE_FIELDS:
+            if getattr(self, key) is not None:
+                record[key] = getattr(self, key)
         return record
 
     @classmethod
@@ -90,6 +101,7 @@ class Sample:
             is_greedy=record.get("is_greedy"),
             metrics=record.get("metrics", {}),
             details=record.get("details", {}),
+            **{key: record.get(key) for key in USAGE_FIELDS},
         )
 
 

@@ -50,6 +50,9 @@ class ModelBackend(ABC):
 
     #: A short human-readable description recorded in run.json.
     description: str = ""
+    #: Content fingerprint of the weights (file name -> hash), part of the run's identity so a
+    #: resume refuses other weights under the same path; None where it cannot be known (an API).
+    fingerprint: dict[str, str] | None = None
 
     @abstractmethod
     def loglikelihood(
