@@ -41,6 +41,10 @@ class RunConfig:
     #: identity: it changes speed and peak memory, and results only as batch composition does
     #: (GEMM kernels chosen by row count round differently).
     max_num_batched_tokens: int | None = None
+    #: The OpenAI backend's per-request timeout (s), retries and requests in flight.
+    timeout: float | None = None
+    max_retries: int = 5
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -57,6 +61,12 @@ class RunConfig:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens <= 0:
             raise UserError(f"--max-num-batched-tokens must be positive, got {self.max_num_batched_tokens}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.max_retries < 0:
+            raise UserError(f"--max-retries must be >= 0, got {self.max_retries}")
+        if self.concurrency is not None and self.concurrency <= 0:
+            raise UserError(f"--concurrency must be positive, got {self.concurrency}")
         if self.moe_comm not in ("all_to_all", "all_reduce"):
             raise UserError(f"--moe-comm must be all_to_all or all_reduce, got {self.moe_comm!r}")
 
@@ -73,5 +83,6 @@ class RunConfig:
         return BackendOptions(
             batch_size=self.batch_size, seed=self.seed, device=self.device, speculative=self.speculative, tp=self.tp, ep=self.ep,
             moe_comm=self.moe_comm, prefill_attention=self.prefill_attention,
-            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_batched_tokens=self.max_num_batched_tokens, timeout=self.timeout, max_retries=self.max_retries,
+            concurrency=self.concurrency,
         )

@@ -43,6 +43,11 @@ class BackendOptions:
     #: The built-in engine's token budget per step, i.e. the chunk size of chunked prefill
     #: (vLLM's --max-num-batched-tokens); None: the engine's default for the device.
     max_num_batched_tokens: int | None = None
+    #: HTTP backends: seconds to wait for one answer, retries of a failed request, and requests
+    #: in flight (None: ``batch_size``).
+    timeout: float | None = None
+    max_retries: int = 5
+    concurrency: int | None = None
 
 
 class ModelBackend(ABC):
