@@ -124,6 +124,7 @@ class OpenAIBackend(ModelBackend):
                 except _Stopped:
                     return
                 except BaseException as err:  # handed to the collecting thread, which raises it
+                    stop.set()  # now, not when that thread wakes: no worker takes another item
                     done.put((index, None, err))
                     return
 
