@@ -67,8 +67,9 @@ def compare_runs(base_dir: Path, new_dir: Path, z_threshold: float = 1.96, min_d
     for task in shared:
         metric = base["tasks"][task]["headline"]
         b, n = base["tasks"][task], new["tasks"][task]
-        if metric not in n["metrics"]:
-            raise UserError(f"{new_dir}: task {task} has no metric {metric!r}")
+        if n["metrics"].get(metric) is None or b["metrics"].get(metric) is None:
+            raise UserError(f"{new_dir if n['metrics'].get(metric) is None else base_dir}: task {task} has no value for "
+                            f"{metric!r} (no samples yet?); finish the run first")
         paired = _paired(base_dir, new_dir, task, metric) if base_dir.is_dir() and new_dir.is_dir() else None
         stderr, paired_n = paired or (math.hypot(b["stderr"].get(metric, 0.0), n["stderr"].get(metric, 0.0)), 0)
         diff = n["metrics"][metric] - b["metrics"][metric]

@@ -41,7 +41,8 @@ def score_frame(run_dirs: list[Path], names: list[str] | None = None) -> pd.Data
         if label in columns:
             label = f"{label} ({run_dir})"
         columns[label] = {
-            (task, result["headline"]): 100 * result["metrics"][result["headline"]] for task, result in summary["tasks"].items()
+            (task, result["headline"]): percent(result["metrics"].get(result["headline"]))
+            for task, result in summary["tasks"].items()
         }
     frame = pd.DataFrame(columns)
     frame.index = pd.MultiIndex.from_tuples(frame.index, names=["benchmark", "metric"])
@@ -72,3 +73,8 @@ def render(frame: pd.DataFrame, fmt: Format) -> str:
     if fmt == "latex":
         return styler.highlight_max(axis=1, props="textbf: --rwrap").to_latex(hrules=True)
     raise UserError(f"unknown format {fmt!r}: use md, csv, html or latex")
+
+
+def percent(value: float | None) -> float:
+    """A metric as points; an undefined one (a task with no samples yet) is an empty cell."""
+    return math.nan if value is None else 100 * value

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from dseval.backends.base import ModelBackend, load_backend
@@ -26,7 +27,7 @@ from dseval.distributed import Topology, barrier, init_process_group, share
 from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
-from dseval.provenance import content_hash, git_commit, hardware, package_versions
+from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.requests import GenerateRequest, LoglikelihoodRequest
 from dseval.store import RunStore, SampleWriter
 from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, get_task
@@ -144,11 +145,11 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
     return existing
 
 
-def check_fingerprint(store: RunStore, before: dict[str, str] | None, now_: dict[str, str] | None) -> None:
+def check_fingerprint(store: RunStore, before: dict[str, str] | None, current: dict[str, str] | None) -> None:
     """Refuse to resume with other weights under the same --model path: name the changed file."""
-    if before is None or now_ is None or before == now_:
+    if before is None or current is None or before == current:
         return
-    changed = sorted(set(before) ^ set(now_)) or sorted(f for f in before if before[f] != now_[f])
+    changed = sorted(set(before) ^ set(current)) or sorted(f for f in before if before[f] != current[f])
     raise UserError(f"{store.run_file}: the model checkpoint changed since this run started ({changed[0]} differs"
                     f"{f' and {len(changed) - 1} more file(s)' if len(changed) > 1 else ''}); finished samples came "
                     f"from the old weights: restore them or choose another --out")
@@ -313,6 +314,9 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
     tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
     source = DataSource(config.data_dir)
     owned = backend is None
+    if owned and Path(config.model).is_dir() and (existing := store.read_run()) is not None:
+        # before loading: a changed checkpoint is refused without reading its weights first
+        check_fingerprint(store, existing.get("model_fingerprint"), checkpoint_fingerprint(Path(config.model)))
     backend = backend or load_backend(config.model, config.backend_options())
     try:
         prepared = {}

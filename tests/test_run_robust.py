@@ -262,3 +262,30 @@ def test_version_and_option_types_in_words() -> None:
     help_text = subprocess.run([sys.executable, "-m", "dseval", "run", "--help"], capture_output=True, text=True,
                                timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
     assert "INTEGER" in help_text and "PATH" in help_text and "<int>" not in help_text and "<str>" not in help_text
+
+
+def test_leaderboard_and_report_survive_a_task_without_samples(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    assert dseval(*run_args(out, data_dir)).returncode == 0
+    (out / "mmlu" / "samples.jsonl").write_text("")
+    proc = dseval("score", str(out), "--partial")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())["tasks"]["mmlu"]
+    assert summary["n_done"] == 0 and summary["metrics"].get("acc") is None, "undefined, never NaN in JSON"
+    board = dseval("leaderboard", str(out))
+    assert board.returncode == 0 and "mmlu" in board.stdout, board.stderr
+
+
+def test_changed_checkpoint_is_refused_before_loading(tmp_path: Path, data_dir: Path) -> None:
+    """The real CLI on a checkpoint folder: rewritten weights under the same path refuse to resume."""
+    torch = pytest.importorskip("torch")
+    from engine_fixtures import write_random_checkpoint
+    from dseval.engine.presets import tiny_config
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", tiny_config(), seed=0, dtype=torch.float32, num_shards=2)
+    out = tmp_path / "run"
+    args = ["run", "mmlu", "--model", str(ckpt), "--out", str(out), "--data-dir", str(data_dir), "--ids", "mmlu/test/0",
+            "--device", "cpu"]
+    assert dseval(*args).returncode == 0
+    write_random_checkpoint(ckpt, tiny_config(), seed=1, dtype=torch.float32, num_shards=2)
+    one_line_error(dseval(*args), str(out / "run.json"), "model checkpoint changed", ".safetensors differs")
