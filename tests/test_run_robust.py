@@ -289,3 +289,13 @@ def test_changed_checkpoint_is_refused_before_loading(tmp_path: Path, data_dir: 
     assert dseval(*args).returncode == 0
     write_random_checkpoint(ckpt, tiny_config(), seed=1, dtype=torch.float32, num_shards=2)
     one_line_error(dseval(*args), str(out / "run.json"), "model checkpoint changed", ".safetensors differs")
+
+
+def test_adding_a_niah_length_names_the_change(tmp_path: Path, data_dir: Path) -> None:
+    from dseval.tasks.niah import NeedleInAHaystack
+
+    config = RunConfig(tasks=("niah",), model="fake:hash", out=tmp_path / "run", data_dir=str(data_dir))
+    evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024,), (0, 50))])
+    with pytest.raises(UserError, match=r"task niah selected 2 docs, this run selects 4 .*--lengths/--depths"):
+        evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024, 2048), (0, 50))])
+    assert len(samples(tmp_path / "run", "niah")) == 2, "the finished run is untouched"
