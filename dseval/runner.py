@@ -362,22 +362,18 @@ def rescore(store: RunStore, partial: bool = False) -> dict[str, Any]:
         run = store.read_run()
         if run is None:
             raise UserError(f"{store.run_file} not found: not a dseval run folder")
-        unfinished = []
-        summaries = {}
-        for name, record in run["tasks"].items():
-            task = get_task(name)
-            samples = sorted(store.load_samples(name), key=lambda s: s.index)
-            n_total = record.get("n_docs", len(samples)) if isinstance(record, dict) else len(samples)
-            if len(samples) < n_total:
-                unfinished.append(f"{name} {len(samples)}/{n_total}")
-            for sample, metrics in zip(samples, task.score(samples), strict=True):
-                sample.metrics = metrics
-            summaries[name] = (task, samples, n_total)
-        if unfinished and not partial:
+        found = {name: sorted(store.load_samples(name), key=lambda s: s.index) for name in run["tasks"]}
+        totals = {name: record.get("n_docs", len(found[name])) for name, record in run["tasks"].items()}
+        unfinished = [f"{name} {len(found[name])}/{totals[name]}" for name in found if len(found[name]) < totals[name]]
+        if unfinished and not partial:  # refused before scoring: code execution can take long
             raise UserError(f"{store.root} is unfinished ({', '.join(unfinished)} docs have samples); resume it with "
                             f"`dseval run` or pass --partial for a summary marked partial")
         limit = run.get("config", {}).get("limit")
-        for name, (task, samples, _) in summaries.items():
+        done = {}
+        for name, samples in found.items():
+            task = get_task(name)
+            for sample, metrics in zip(samples, task.score(samples), strict=True):
+                sample.metrics = metrics
             store.rewrite(name, samples)
-        done = {name: task_summary(task, samples, n_total, limit) for name, (task, samples, n_total) in summaries.items()}
+            done[name] = task_summary(task, samples, totals[name], limit)
         return store.merge_summary(run["model"], done)
