@@ -113,10 +113,10 @@ def load_column(path: Path, label: str | None = None) -> Column:
     cells = {}
     for task, entry in summary.get("tasks", {}).items():
         metric = entry["headline"]
-        if metric not in entry.get("metrics", {}):
+        if entry.get("metrics", {}).get(metric) is None:
+            if entry.get("complete") is False:
+                continue  # a partial summary of a task with no samples yet: an empty cell
             raise UserError(f"{path}: task {task} has no value for its headline metric {metric!r}")
-        if entry["metrics"][metric] is None:  # a partial summary of a task with no samples yet
-            continue
         record = run.get("tasks", {}).get(task, {})
         scale = 100.0 if task_meta(task, entry).unit == "%" else 1.0
         stderr = entry.get("stderr", {}).get(metric)
