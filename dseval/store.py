@@ -133,10 +133,12 @@ class RunStore:
         """Write summary.json with ``tasks`` replaced and every other task's summary kept, so a
         run of some tasks into a folder leaves the others' results in place."""
         kept: dict[str, Any] = {}
-        if self.summary_file.exists():
-            before = self._read_json(self.summary_file)
-            if isinstance(before, dict) and isinstance(before.get("tasks"), dict):
-                kept = before["tasks"]
+        try:
+            before = json.loads(self.summary_file.read_text(encoding="utf-8")) if self.summary_file.exists() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            before = {}  # derived data: an unreadable summary is replaced (`dseval score` rebuilds every task's)
+        if isinstance(before, dict) and isinstance(before.get("tasks"), dict):
+            kept = before["tasks"]
         summary = {"model": model, "tasks": {**kept, **tasks}}
         self.write_summary(summary)
         return summary

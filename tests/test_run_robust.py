@@ -163,6 +163,9 @@ def test_running_one_task_keeps_the_others_summaries(tmp_path: Path, data_dir: P
     assert dseval("run", "drop", *common).returncode == 0
     after = json.loads((out / "summary.json").read_text())["tasks"]
     assert set(after) == {"mmlu", "drop"} and after == both
+    (out / "summary.json").write_text('{"tasks": ')  # a torn summary is derived data: replaced, not fatal
+    assert dseval("run", "drop", *common).returncode == 0
+    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == {"drop"}
 
 
 # ---- 7. bad input is one line, exit 2, nothing lost -------------------------------------------------
