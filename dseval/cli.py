@@ -7,8 +7,10 @@ Each command builds one validated config object and hands it on; user errors
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -76,15 +78,19 @@ def run(
 
 @app.command()
 @user_errors
-def score(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `dseval run`.")]) -> None:
-    """Recompute every metric and summary.json from the run's samples alone."""
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `dseval run`.")],
+    partial: Annotated[bool, typer.Option(help="Score an unfinished run too; its summary says complete: false.")] = False,
+) -> None:
+    """Recompute every metric and summary.json from the run's samples alone (exit 2 on an
+    unfinished run unless --partial)."""
     from dseval.report import print_summary
     from dseval.runner import rescore
     from dseval.store import RunStore
 
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} not found")
-    print_summary(rescore(RunStore(run_dir)))
+    print_summary(rescore(RunStore(run_dir), partial))
 
 
 @app.command("tasks")
@@ -290,6 +296,53 @@ def serve(
     server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes)
     Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")
+
+
+#: What help prints for each value type: words a user reads ("INTEGER"), not Python's <int>.
+TYPE_WORDS = {int: "INTEGER", float: "NUMBER", str: "TEXT", Path: "PATH", bool: ""}
+
+
+def name_types_in_words(typer_app: typer.Typer) -> None:
+    """Give every option without a metavar the word for its type (flags none; an argument's
+    metavar would replace its name).
+
+    The annotations are strings (``from __future__ import annotations``) that typer evaluates
+    anew, so they are replaced by their evaluated, annotated objects first."""
+    for command in typer_app.registered_commands:
+        hints = typing.get_type_hints(command.callback, include_extras=True)
+        inspect.unwrap(command.callback).__annotations__ = command.callback.__annotations__ = hints
+        for hint in hints.values():
+            if typing.get_origin(hint) is not Annotated:
+                continue
+            value, *extras = typing.get_args(hint)
+            info = next((e for e in extras if isinstance(e, typer.models.OptionInfo)), None)
+            inner = [a for a in typing.get_args(value) if a is not type(None)] or [value]
+            many = typing.get_origin(inner[0]) is list
+            word = TYPE_WORDS.get(typing.get_args(inner[0])[0] if many else inner[0])
+            if info is not None and info.metavar is None and word is not None:
+                info.metavar = word + ("..." if many and word else "")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"dseval {version('dseval')}")
+        except PackageNotFoundError:
+            typer.echo("dseval (not installed: running from a checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Evaluate DeepSeek-V3-class models: run benchmarks, score, compare."""
+
+
+name_types_in_words(app)
 
 
 def main() -> None:

@@ -44,6 +44,12 @@ class RunConfig:
             raise UserError(f"--samples must be positive, got {self.samples}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.options.timeout is not None and not self.options.timeout > 0:
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.options.timeout}")
+        if self.options.max_retries < 0:
+            raise UserError(f"--max-retries must be >= 0, got {self.options.max_retries}")
+        if self.options.concurrency is not None and self.options.concurrency <= 0:
+            raise UserError(f"--concurrency must be positive, got {self.options.concurrency}")
 
     def identity(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

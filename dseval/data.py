@@ -12,6 +12,9 @@ import csv
 import gzip
 import json
 import os
+import socket
+import sys
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,10 @@ class DataSource:
         if self.root is not None and not self.root.is_dir():
             raise UserError(f"data folder {self.root} does not exist (from --data-dir / DSEVAL_DATA_DIR)")
 
+    def describe(self) -> str:
+        """Where the data came from, as run.json records it."""
+        return HUB if self.hub else str(self.root.resolve()) if self.root is not None else "none"
+
     def local(self, spec: DatasetSpec, relative: str | None = None) -> Path | None:
         """The local file or folder for ``spec`` (or ``relative`` under the data folder), or
         None when reading from the Hub or no data folder was given."""
@@ -66,13 +73,36 @@ class DataSource:
         return path
 
     def hub_rows(self, hub_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
-        """Rows of a Hub dataset via `datasets` (cached by it; honours HF_DATASETS_OFFLINE)."""
+        """Rows of a Hub dataset via `datasets` (cached by it; honours HF_DATASETS_OFFLINE).
+
+        When the Hub cannot be reached within a few seconds, `datasets` is switched to offline
+        mode before it is imported, so a cached dataset still loads and a missing one fails at
+        once instead of after a long series of retries.
+        """
+        if "datasets" not in sys.modules and not hub_reachable():
+            os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         import datasets  # deferred: importing datasets costs a second and most runs are local
 
         try:
             return [dict(row) for row in datasets.load_dataset(hub_id, config, split=split)]
         except Exception as err:  # datasets raises many kinds; all mean "could not get the data"
-            raise UserError(f"could not load Hub dataset {hub_id} ({config}, {split}): {err}") from err
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            why = "the Hub is unreachable and the dataset is not in the local cache" if offline else str(err).split("\n")[0]
+            raise UserError(f"--data-dir hub: cannot load {hub_id} (config {config or 'default'}, split {split}): "
+                            f"{why}; use --data-dir DIR with a local copy") from err
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint ($HF_ENDPOINT) opens within ``timeout_s``;
+    false at once when offline mode is already set."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _open_text(path: Path):

@@ -113,7 +113,9 @@ def load_column(path: Path, label: str | None = None) -> Column:
     cells = {}
     for task, entry in summary.get("tasks", {}).items():
         metric = entry["headline"]
-        if metric not in entry.get("metrics", {}):
+        if entry.get("metrics", {}).get(metric) is None:
+            if entry.get("complete") is False:
+                continue  # a partial summary of a task with no samples yet: an empty cell
             raise UserError(f"{path}: task {task} has no value for its headline metric {metric!r}")
         record = run.get("tasks", {}).get(task, {})
         scale = 100.0 if task_meta(task, entry).unit == "%" else 1.0
@@ -121,7 +123,8 @@ def load_column(path: Path, label: str | None = None) -> Column:
         cells[task] = Cell(
             value=scale * entry["metrics"][metric], stderr=None if stderr is None else scale * stderr,
             n=record.get("n_docs", entry.get("n")), shots=record.get("shots", entry.get("shots")),
-            version=record.get("version", entry.get("version")), prompt_hash=record.get("prompt_hash"), limited=limited,
+            version=record.get("version", entry.get("version")), prompt_hash=record.get("prompt_hash"),
+            limited=limited or entry.get("complete") is False,  # a partial score is marked like a limited one
         )  # fmt: skip
     return Column(label or summary.get("model", str(path)), cells, summary.get("tasks", {}))
 

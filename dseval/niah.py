@@ -6,11 +6,10 @@ retrieved, green for found and red for missed: the figure long-context claims ar
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from dseval.store import RunStore
+from dseval.store import RunStore, write_json_atomic
 
 
 def grid(store: RunStore) -> dict[str, Any]:
@@ -62,6 +61,6 @@ def draw_heatmap(table: dict[str, Any], title: str, path: Path) -> None:
 def write_report(store: RunStore, title: str) -> dict[str, Any]:
     """niah.json (the grid) and niah.png (its heatmap) in the run folder."""
     table = grid(store)
-    (store.root / "niah.json").write_text(json.dumps(table, indent=2) + "\n")
+    write_json_atomic(store.root / "niah.json", table)
     draw_heatmap(table, title, store.root / "niah.png")
     return table

@@ -1,10 +1,16 @@
-"""What a run records about where it came from: package versions, git commit, content hashes."""
+"""What a run records about where it came from: package versions, git commit, content hashes,
+the hardware, and a fingerprint of the model checkpoint."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import socket
+import struct
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -37,3 +43,48 @@ def content_hash(items: Any) -> str:
     """sha256 of a canonical JSON rendering: equal content, equal hash, whatever the source."""
     blob = json.dumps(items, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+def hardware() -> dict[str, object]:
+    """Host, CPU count and GPUs (only when torch is already loaded: a replay run stays light)."""
+    info: dict[str, object] = {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+#: A safetensors header over this size is not a header (the format caps it at 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+#: Bytes of tensor data hashed at each end of a shard: re-initialized or re-trained weights
+#: change them, and reading them costs a few seeks however large the shard.
+DATA_PROBE_BYTES = 65536
+
+
+def checkpoint_fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 per file of a Hugging Face checkpoint: config.json and the index whole; each
+    safetensors shard by its header (names, dtypes, shapes, offsets), its size and the first and
+    last 64 KiB of its data, never the whole data, so a 700 GB model is fingerprinted in
+    milliseconds. Weights rewritten in place (another seed, another training step) change the
+    probed bytes; an edit confined to the middle of a shard goes unseen."""
+    found: dict[str, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json" or path.name.endswith(".index.json"):
+            found[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.suffix == ".safetensors":
+            found[path.name] = _shard_fingerprint(path)
+    return found
+
+
+def _shard_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    total = path.stat().st_size
+    digest.update(str(total).encode())
+    with path.open("rb") as handle:
+        size_bytes = handle.read(8)
+        size = struct.unpack("<Q", size_bytes)[0] if len(size_bytes) == 8 else 0
+        digest.update(size_bytes + handle.read(min(size, MAX_HEADER_BYTES)))
+        digest.update(handle.read(DATA_PROBE_BYTES))
+        handle.seek(max(handle.tell(), total - DATA_PROBE_BYTES))
+        digest.update(handle.read(DATA_PROBE_BYTES))
+    return digest.hexdigest()

@@ -29,6 +29,10 @@ class Doc:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+#: Per-request facts a sample records after its answers: why generation stopped, token counts.
+USAGE_FIELDS = ("finish_reasons", "prompt_tokens", "output_tokens")
+
+
 @dataclass
 class Sample:
     """A finished doc as stored in samples.jsonl: the model's answers plus what scores them."""
@@ -50,6 +54,10 @@ class Sample:
     #: answers differently (an "Answer:" line, a code block) read it here instead of guessing
     #: from the prompt text, so ``dseval score`` needs nothing but the sample.
     chat: bool = False
+    # per request, as the backend reported them (None where it could not say)
+    finish_reasons: list[str] | None = None
+    prompt_tokens: list[int | None] | None = None
+    output_tokens: list[int | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"id": self.id, "index": self.index, "prompt": self.prompt}
@@ -63,6 +71,9 @@ class Sample:
         record.update(target=self.target, fields=self.fields, metrics=self.metrics)
         if self.details:
             record["details"] = self.details
+        for key in USAGE_FIELDS:
+            if getattr(self, key) is not None:
+                record[key] = getattr(self, key)
         return record
 
     @classmethod
@@ -81,4 +92,5 @@ class Sample:
             metrics=record.get("metrics", {}),
             details=record.get("details", {}),
             chat=bool(record.get("chat", False)),
+            **{key: record.get(key) for key in USAGE_FIELDS},
         )

@@ -18,12 +18,19 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for task, result in summary["tasks"].items():
         headline = result["headline"]
         names = [headline] + [m for m in result["metrics"] if m != headline and "/" not in m]
+        label = task if result.get("complete", True) else f"{task} (partial {result['n_done']}/{result['n_total']})"
+        if result.get("limit") is not None:
+            label += f" (--limit {result['limit']})"
         for name in names:
-            value = result["metrics"].get(name, math.nan)
-            stderr = result["stderr"].get(name, math.nan)
             style = "bold" if name == headline else ""
-            table.add_row(task if name == headline else "", name, f"{value:.4f}", f"{stderr:.4f}", str(result["n"]), style=style)
+            table.add_row(label if name == headline else "", name, number(result["metrics"].get(name)),
+                          number(result["stderr"].get(name)), str(result["n"]), style=style)
     return table
+
+
+def number(value: float | None) -> str:
+    """A metric cell; undefined (no samples) is a dash."""
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:

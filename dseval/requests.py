@@ -35,6 +35,8 @@ class LoglikelihoodResult:
 
     logprob: float
     is_greedy: bool
+    #: Tokens of context + continuation as the backend counted them; None when it cannot say.
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,14 @@ class ChatRequest(GenerateRequest):
 
 @dataclass(frozen=True)
 class GenerateResult:
-    """The generated text (stop string removed) and the number of tokens it took."""
+    """The generated text (stop string removed), the number of tokens it took, why it ended
+    ("stop": a stop string or EOS, "length": the token limit) and the prompt's token count
+    (None when the backend cannot say)."""
 
     text: str
     num_tokens: int = 0
     finish_reason: str = field(default="stop")
+    prompt_tokens: int | None = None
 
 
 #: The two request kinds a task declares (``Task.request_type``) and their request types.

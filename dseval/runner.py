@@ -10,10 +10,14 @@ equals an uninterrupted one's.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from dseval.backends.base import ModelBackend
@@ -24,7 +28,7 @@ from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
-from dseval.provenance import content_hash, git_commit, package_versions
+from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.records import Doc, Sample
 from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, Request
 from dseval.store import RunStore, SampleWriter
@@ -69,13 +73,23 @@ class PreparedTask:
     chat: bool
 
     def record(self, shots: int) -> dict[str, Any]:
-        return {
+        record = {
             "version": self.task.version,
             "shots": shots,
             "n_docs": len(self.docs),
             "prompt_hash": content_hash([[self.prompts[i], [repr(r) for r in rs]] for i, rs in enumerate(self.requests)]),
             "data_fingerprint": content_hash([[d.id, d.data, d.target] for d in self.docs]),
         }
+        settings = {generation_settings(r) for rs in self.requests for r in rs if isinstance(r, GenerateRequest)}
+        if settings:  # usually one; a task that varies them per doc lists each
+            record["generation"] = [{k: list(v) if k == "stop" else v for k, v in s} for s in sorted(settings)]
+        return record
+
+
+def generation_settings(request: GenerateRequest) -> tuple[tuple[str, Any], ...]:
+    """The decoding settings of a request (what run.json records per task), hashable."""
+    return (("max_tokens", request.max_tokens), ("temperature", request.temperature), ("top_p", request.top_p),
+            ("top_k", request.top_k), ("stop", request.stop))
 
 
 def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBackend) -> tuple[PreparedTask, int]:
@@ -93,18 +107,29 @@ def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBac
     return PreparedTask(task, docs, [p for p, _ in built], [r for _, r in built], ctx.chat), shots
 
 
-def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def new_run(config: RunConfig, records: dict[str, dict[str, Any]], fingerprint: dict[str, str] | None) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "model_fingerprint": fingerprint,
+        "config": config.identity(),
+        "tasks": records,
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "created": now(),
+        "invocations": [],
+    }
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str, Any]],
+                 fingerprint: dict[str, str] | None = None) -> dict[str, Any]:
     """run.json for this run: new, or the existing one if it agrees with these arguments."""
     existing = store.read_run()
     if existing is None:
-        return {
-            "model": config.model,
-            "config": config.identity(),
-            "tasks": records,
-            "packages": package_versions(),
-            "git_commit": git_commit(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        return new_run(config, records, fingerprint)
     before, defaults = existing.get("config", {}), RunConfig.identity_defaults()
     for name, value in config.identity().items():
         if before.get(name, defaults[name]) != value:
@@ -112,26 +137,75 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
                 f"{store.run_file} was written by a run with {name}={before.get(name, defaults[name])!r}, "
                 f"not {value!r}; resume with the same arguments or choose another --out"
             )
+    check_fingerprint(store, existing.get("model_fingerprint"), fingerprint)
+    if fingerprint is not None:
+        existing["model_fingerprint"] = fingerprint
     for task, record in records.items():
         before = existing["tasks"].get(task)
         if before is None:
             existing["tasks"][task] = record
             continue
-        for key in ("version", "prompt_hash", "data_fingerprint"):
-            if before[key] != record[key]:
-                raise UserError(f"{store.run_file}: task {task} has a different {key} than this run; choose another --out")
+        explain_task_change(store, task, before, record)
     return existing
 
 
-def task_summary(task: Task, samples: Sequence[Sample]) -> dict[str, Any]:
+def check_fingerprint(store: RunStore, before: dict[str, str] | None, current: dict[str, str] | None) -> None:
+    """Refuse to resume with other weights under the same --model path: name the changed file."""
+    if before is None or current is None or before == current:
+        return
+    changed = sorted(set(before) ^ set(current)) or sorted(f for f in before if before[f] != current[f])
+    raise UserError(f"{store.run_file}: the model checkpoint changed since this run started ({changed[0]} differs"
+                    f"{f' and {len(changed) - 1} more file(s)' if len(changed) > 1 else ''}); finished samples came "
+                    f"from the old weights: restore them or choose another --out")
+
+
+def explain_task_change(store: RunStore, task: str, before: dict[str, Any], record: dict[str, Any]) -> None:
+    """One line saying which part of a task's identity changed, in the user's terms."""
+    where = f"{store.run_file}: task {task}"
+    if before.get("version") != record["version"]:
+        raise UserError(f"{where} was run by task version {before.get('version')}, this is {record['version']}; "
+                        f"choose another --out")
+    if before.get("data_fingerprint") != record["data_fingerprint"]:
+        if before.get("n_docs") != record["n_docs"]:
+            raise UserError(f"{where} selected {before.get('n_docs')} docs, this run selects {record['n_docs']} "
+                            f"(--limit, --ids, the data or the task's grid such as niah --lengths/--depths changed); "
+                            f"a run folder holds one selection: choose another --out")
+        raise UserError(f"{where}: the data differs from the run in this folder (another --data-dir or an edited "
+                        f"file); choose another --out")
+    if before.get("prompt_hash") != record["prompt_hash"]:
+        raise UserError(f"{where}: the prompts or requests differ from the run in this folder (shots, chat "
+                        f"template, token limits or the task's prompt code changed); choose another --out")
+
+
+def task_summary(task: Task, samples: Sequence[Sample], n_total: int, limit: int | None) -> dict[str, Any]:
+    """A task's summary; ``complete`` is false when docs lack a sample (a partial score), and
+    ``limit`` marks a run on a subset, so neither passes for a full-set number."""
     summary: Summary = task.summarize(sorted(samples, key=lambda s: s.index))
     return {
-        "metrics": summary.metrics,
-        "stderr": summary.stderr,
+        "metrics": finite_or_none(summary.metrics),
+        "stderr": finite_or_none(summary.stderr),
         "n": summary.n,
         "headline": task.headline,
         "version": task.version,
+        "complete": len(samples) >= n_total,
+        "n_done": len(samples),
+        "n_total": n_total,
+        "limit": limit,
     }
+
+
+def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """A metric over zero samples is undefined: null in JSON, never NaN."""
+    return {k: v if math.isfinite(v) else None for k, v in values.items()}
+
+
+def check_finite(doc: Doc, task: str, values: Sequence[float]) -> None:
+    """A NaN or infinite log-likelihood means broken weights or numerics: stop before it is
+    scored (argmax over NaN picks a choice, a plausible-looking wrong number)."""
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"task {task}, doc {doc.id}: the model returned a non-finite log-likelihood ({values[bad[0]]}) "
+                        f"for request {bad[0]}; check the checkpoint's weights (samples written so far are kept)")
 
 
 class _Collector:
@@ -168,10 +242,15 @@ class _Collector:
         sample = Sample(id=doc.id, index=doc_index, prompt=self.prepared.prompts[doc_index], target=doc.target,
                         fields=doc.fields, chat=self.prepared.chat)
         if isinstance(self.prepared.requests[doc_index][0], LoglikelihoodRequest):
+            check_finite(doc, self.prepared.task.name, [a.logprob for a in answers])
             sample.loglikelihoods = [a.logprob for a in answers]
             sample.is_greedy = [a.is_greedy for a in answers]
         else:
             sample.outputs = [a.text for a in answers]
+            sample.finish_reasons = [a.finish_reason for a in answers]
+            sample.output_tokens = [a.num_tokens for a in answers]
+        counts = [a.prompt_tokens for a in answers]
+        sample.prompt_tokens = counts if any(c is not None for c in counts) else None
         return sample
 
     def flush(self) -> None:
@@ -194,6 +273,7 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
         store.load_samples(name, repair=True)  # drop torn lines before anyone reads
     barrier(topology)
     done_ids = {s.id for s in store.load_samples(name)}
+    store.check_ids(name, {doc.id for doc in prepared.docs})
     # every replica must split the same list: none may write a sample before all have read
     barrier(topology)
     unfinished = [i for i, doc in enumerate(prepared.docs) if doc.id not in done_ids]
@@ -225,13 +305,24 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
 
     Under torchrun with ``--dp`` each replica computes a share of the docs; rank 0 merges the
     shards and writes the summary. Other ranks return an empty dict. ``tasks`` passes configured
-    task objects (the NIAH sweep's grid) instead of building them by name.
+    task objects (the NIAH sweep's grid) instead of building them by name. Rank 0 holds the run
+    folder's lock for the whole run, so no second run writes into it meanwhile.
     """
     topology = start_processes(config.options)
     store = RunStore(config.out)
+    with store.lock() if topology.is_leader else contextlib.nullcontext():
+        return _evaluate(config, store, topology, backend, tasks)
+
+
+def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: ModelBackend | None,
+              tasks: Sequence[Task] | None) -> dict[str, Any]:
+    started = now()
     tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
     source = DataSource(config.data_dir)
     owned = backend is None
+    if owned and Path(config.model).is_dir() and (existing := store.read_run()) is not None:
+        # before loading: a changed checkpoint is refused without reading its weights first
+        check_fingerprint(store, existing.get("model_fingerprint"), checkpoint_fingerprint(Path(config.model)))
     backend = backend or load_backend(config.model, config.options)
     try:
         prepared = {}
@@ -239,8 +330,11 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
         for task in tasks:
             prepared[task.name], shots = prepare(task, config, source, backend)
             records[task.name] = prepared[task.name].record(shots)
-        run = check_resume(store, config, records)
+        run = check_resume(store, config, records, backend.fingerprint)
         run["backend"] = backend.description
+        invocation = {"argv": sys.argv, "tasks": list(prepared), "data_dir": source.describe(), "started": started,
+                      "finished": None, "hardware": hardware()}
+        run.setdefault("invocations", []).append(invocation)
         if topology.is_leader:
             store.write_run(run)
         summaries = {}
@@ -250,39 +344,45 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
                 barrier(topology)
                 if topology.is_leader:
                     samples = store.finalize(name)
-                    if len(samples) != len(item.docs):  # never summarize a partial task as if whole
-                        raise RuntimeError(f"{name}: {len(item.docs) - len(samples)} of {len(item.docs)} docs have no "
-                                           f"sample after the run; run again with the same --out to compute them")
-                    summaries[name] = task_summary(item.task, samples)
+                    summaries[name] = task_summary(item.task, samples, len(item.docs), config.limit)
                 barrier(topology)
     finally:
         if owned:
             backend.close()
     if not topology.is_leader:
         return {}
-    summary = {"model": config.model, "tasks": summaries}
-    store.write_summary(summary)
-    return summary
+    invocation["finished"] = now()
+    store.write_run(run)
+    return store.merge_summary(config.model, summaries)
 
 
-def rescore(store: RunStore) -> dict[str, Any]:
-    """Recompute every sample's metrics and summary.json from samples.jsonl alone."""
-    run = store.read_run()
-    if run is None:
-        raise UserError(f"{store.run_file} not found: not a dseval run folder")
-    # Samples written before records carried "chat" take it from the run's config (a resumed
-    # run cannot mix the modes: chat is part of the run's identity).
-    chat = bool(run.get("config", {}).get("chat", False))
-    summaries = {}
-    for name in run["tasks"]:
-        task = get_task(name)
-        samples = sorted(store.load_samples(name), key=lambda s: s.index)
-        for sample in samples:
-            sample.chat = sample.chat or chat
-        for sample, metrics in zip(samples, task.score(samples), strict=True):
-            sample.metrics = metrics
-        store.rewrite(name, samples)
-        summaries[name] = task_summary(task, samples)
-    summary = {"model": run["model"], "tasks": summaries}
-    store.write_summary(summary)
-    return summary
+def rescore(store: RunStore, partial: bool = False) -> dict[str, Any]:
+    """Recompute every sample's metrics and summary.json from samples.jsonl alone.
+
+    A task with docs still missing is refused unless ``partial``: a summary of half the docs
+    looks like a final number. With ``partial`` the summary says how many docs it covers.
+    """
+    with store.lock():
+        run = store.read_run()
+        if run is None:
+            raise UserError(f"{store.run_file} not found: not a dseval run folder")
+        found = {name: sorted(store.load_samples(name), key=lambda s: s.index) for name in run["tasks"]}
+        totals = {name: record.get("n_docs", len(found[name])) for name, record in run["tasks"].items()}
+        unfinished = [f"{name} {len(found[name])}/{totals[name]}" for name in found if len(found[name]) < totals[name]]
+        if unfinished and not partial:  # refused before scoring: code execution can take long
+            raise UserError(f"{store.root} is unfinished ({', '.join(unfinished)} docs have samples); resume it with "
+                            f"`dseval run` or pass --partial for a summary marked partial")
+        limit = run.get("config", {}).get("limit")
+        # Samples written before records carried "chat" take it from the run's config (a
+        # resumed run cannot mix the modes: chat is part of the run's identity).
+        chat = bool(run.get("config", {}).get("chat", False))
+        done = {}
+        for name, samples in found.items():
+            task = get_task(name)
+            for sample in samples:
+                sample.chat = sample.chat or chat
+            for sample, metrics in zip(samples, task.score(samples), strict=True):
+                sample.metrics = metrics
+            store.rewrite(name, samples)
+            done[name] = task_summary(task, samples, totals[name], limit)
+        return store.merge_summary(run["model"], done)

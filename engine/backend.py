@@ -34,11 +34,13 @@ from dseval.engine.llm import (
     ScoreRequest,
     default_device,
 )
+from dseval.engine.loader import resolve_checkpoint_dir
 from dseval.engine.parallel import ParallelContext
 from dseval.engine.sequence import SamplingParams
 
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult, PromptToken
 from dseval.errors import UserError
+from dseval.provenance import checkpoint_fingerprint
 from dseval.requests import (
     GenerateRequest,
     GenerateResult,
@@ -64,6 +66,22 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
         raise UserError(f"option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}") from None
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """--device as a torch device, refused at once when this machine lacks it."""
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use --device cpu "
+                        f"or check CUDA_VISIBLE_DEVICES and the driver")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible; pick an index below that")
+    return device
+
+
 class EngineBackend(ModelBackend):
     """Answers harness requests with an in-process :class:`LLM`."""
 
@@ -83,10 +101,7 @@ class EngineBackend(ModelBackend):
     @classmethod
     def from_spec(cls, arg: str, options: BackendOptions) -> EngineBackend:
         """``arg`` is a checkpoint folder or a preset name (``tiny``)."""
-        try:
-            device = torch.device(options.device) if options.device else default_device()
-        except RuntimeError as e:
-            raise UserError(f"option 'device' = {options.device!r} is not a torch device: {e}") from None
+        device = resolve_device(options.device)
         dtype = parse_dtype(options.dtype, device)
         from dseval.kernels.mla_prefill import PREFILL_BACKENDS
 
@@ -111,7 +126,9 @@ class EngineBackend(ModelBackend):
                 check_head_dims(c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim)
             except ValueError as e:
                 raise UserError(f"--prefill-attention fp8 cannot run model {arg!r}: {e}") from None
-        return cls(llm, arg)
+        backend = cls(llm, arg)
+        backend.fingerprint = checkpoint_fingerprint(resolve_checkpoint_dir(arg))
+        return backend
 
     # ------------------------------------------------------------------ tokenisation
     def encode_prompt(self, text: str) -> list[int]:
@@ -170,7 +187,8 @@ class EngineBackend(ModelBackend):
                 continue
             score_reqs.append(ScoreRequest(tuple(tokens), start))
             index.append(i)
-        self.llm.score(score_reqs, lambda k, out: emit(index[k], LoglikelihoodResult(out.logprob, out.is_greedy)))
+        self.llm.score(score_reqs, lambda k, out: emit(
+            index[k], LoglikelihoodResult(out.logprob, out.is_greedy, len(score_reqs[k].token_ids))))
         return [r for r in results if r is not None]
 
     def generate_ids(
@@ -204,7 +222,7 @@ class EngineBackend(ModelBackend):
         results: list[GenerateResult | None] = [None] * len(requests)
 
         def done(i: int, out: GenerationOutput) -> None:
-            res = GenerateResult(out.text, len(out.token_ids), out.finish_reason)
+            res = GenerateResult(out.text, len(out.token_ids), out.finish_reason, len(out.prompt_token_ids))
             results[i] = res
             if on_result is not None:
                 on_result(i, res)

@@ -13,7 +13,8 @@ any data is read, and every failure names the tensor and the file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class CheckpointReader:
             raise CheckpointError(f"{self.path}: checkpoint directory not found")
         self.config: ModelConfig = ModelConfig.from_json_file(self.path / "config.json")
         self.weight_map = self._read_weight_map()
+        check_counts(self.config, self.weight_map, self.path / (INDEX_NAME if (self.path / INDEX_NAME).exists() else SINGLE_NAME))
         self.infos: dict[str, TensorInfo] = self._read_headers()
         self._handles: dict[Path, Any] = {}
         #: Bytes and tensor names actually read so far: sharded loading is checked against these.
@@ -188,6 +190,30 @@ class CheckpointReader:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"\.mlp\.experts\.(\d+)\.")
+
+
+def check_counts(config: ModelConfig, names: Iterable[str], where: Path) -> None:
+    """Layer and routed-expert counts of config.json against the weight map, before any model
+    is built: a config claiming 100K layers would otherwise allocate them first."""
+    layers: set[int] = set()
+    experts: set[int] = set()
+    for name in names:
+        if m := _LAYER.match(name):
+            layers.add(int(m.group(1)))
+        if m := _EXPERT.search(name):
+            experts.add(int(m.group(1)))
+    stored = max(layers) + 1 if layers else 0
+    if stored != config.num_attention_layers:
+        raise ConfigError(f"{where}: the weights hold {stored} decoder layers, config.json field 'num_hidden_layers' + "
+                          f"'num_nextn_predict_layers' = {config.num_attention_layers}; fix config.json")
+    routed = max(experts) + 1 if experts else None
+    if routed is not None and routed != config.n_routed_experts:
+        raise ConfigError(f"{where}: the weights hold {routed} routed experts, config.json field 'n_routed_experts' = "
+                          f"{config.n_routed_experts}; fix config.json")
 
 
 def expected_tensors(model: torch.nn.Module) -> dict[str, ExpectedTensor]:

@@ -78,6 +78,17 @@ class Fp8Quantization:
         }
 
 
+#: Upper bounds far above any released DeepSeek-class model (V3: 61 layers, 256 experts,
+#: 163840 positions) and far below sizes whose tables alone would exhaust memory: a typo or a
+#: corrupt config.json is refused by name before anything is allocated.
+LIMITS = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_hidden_layers": 1024,
+    "num_attention_heads": 1024, "kv_lora_rank": 1 << 14, "qk_nope_head_dim": 1024, "qk_rope_head_dim": 1024,
+    "v_head_dim": 1024, "q_lora_rank": 1 << 16, "moe_intermediate_size": 1 << 18, "n_routed_experts": 1 << 14,
+    "n_shared_experts": 64, "num_experts_per_tok": 1024, "num_nextn_predict_layers": 64,
+    "max_position_embeddings": 1 << 22,
+}
+
 _TOPK_METHODS = ("noaux_tc", "group_limited_greedy", "greedy")
 _SCORING = ("sigmoid", "softmax")
 
@@ -152,6 +163,12 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise bad(name, "must be a positive integer")
+        for name, most in LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and v > most:
+                raise bad(name, f"exceeds {most}, far beyond any DeepSeek-class model; config.json is wrong")
+        if not isinstance(self.max_position_embeddings, int) or self.max_position_embeddings <= 0:
+            raise bad("max_position_embeddings", "must be a positive integer")
         if not isinstance(self.qk_nope_head_dim, int) or self.qk_nope_head_dim < 0:
             raise bad("qk_nope_head_dim", "must be a non-negative integer")
         if self.qk_rope_head_dim % 2:

@@ -89,6 +89,19 @@ def _place(module: nn.Module, attr: str, tensor: torch.Tensor) -> None:
     setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
 
 
+def require_finite(tensor: torch.Tensor, name: str, reader: CheckpointReader) -> None:
+    """Refuse a tensor holding NaN or Inf as it streams in: such a model still answers, with
+    NaN log-likelihoods whose argmax looks like a choice. FP8 e4m3fn has no Inf; its NaN is
+    every exponent and mantissa bit set, found on the raw bytes without a float copy."""
+    if tensor.dtype == torch.float8_e4m3fn:
+        finite = bool(((tensor.view(torch.uint8) & 0x7F) != 0x7F).all())
+    else:
+        finite = bool(torch.isfinite(tensor).all())
+    if not finite:
+        raise CheckpointError(f"{reader.infos[name].file}: tensor '{name}' holds NaN or Inf values; the checkpoint "
+                              f"is corrupt (re-download or re-convert it)")
+
+
 def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device: torch.device,
                  dtype: torch.dtype, keep_fp8: bool) -> None:
     """Stream this rank's part of every checkpoint tensor into ``model`` (built on meta)."""
@@ -106,15 +119,19 @@ def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device:
             shard = getattr(module, "shard", None) if attr == "weight" else None
             if isinstance(module, Linear) and attr == "weight" and is_fp8(reader, name):
                 part = read_fp8_shard(reader, name, shard, block)
+                require_finite(part.weight, name, reader)
+                require_finite(part.scale_inv, name + SCALE_SUFFIX, reader)
                 if keep_fp8:
                     require_aligned(part, name, shard, block)
                     module.set_fp8(part.weight.to(device), part.scale_inv.to(device))
                 else:
                     _place(module, attr, dequantize_shard(part.to(device), block, dtype))
-            elif isinstance(module, Router):
-                _place(module, attr, reader.get(name).to(device=device, dtype=torch.float32))  # routing in fp32
-            else:
-                _place(module, attr, read_shard(reader, name, shard).to(device=device, dtype=dtype))
+            else:  # routing in fp32
+                target = torch.float32 if isinstance(module, Router) else dtype
+                tensor = (reader.get(name) if isinstance(module, Router) else read_shard(reader, name, shard))
+                tensor = tensor.to(device=device, dtype=target)
+                require_finite(tensor, name, reader)  # after the cast: a value too large for dtype is Inf now
+                _place(module, attr, tensor)
     if model.config.tie_word_embeddings and "lm_head.weight" not in reader.infos:
         model.lm_head.weight = model.model.embed_tokens.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]

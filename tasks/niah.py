@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
+from dseval.errors import UserError
 from dseval.data import DataSource, DatasetSpec, read_jsonl
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
@@ -33,6 +34,8 @@ QUESTION = "What is the secret code of the {place} vault? Answer with the number
 ANSWER_PREFIX = "The secret code of the {place} vault is"
 # Tokens kept free for the question, the answer prefix and the template around them.
 RESERVED_TOKENS = 64
+#: Shortest context worth sweeping: the reserve, the needle and a few sentences of haystack.
+MIN_LENGTH = 4 * RESERVED_TOKENS
 
 
 @register_task
@@ -48,6 +51,12 @@ class NeedleInAHaystack(Task):
     breakdowns = ("length", "depth")
 
     def __init__(self, lengths: Sequence[int] = DEFAULT_LENGTHS, depths: Sequence[int] = DEFAULT_DEPTHS) -> None:
+        short = [n for n in lengths if n < MIN_LENGTH]
+        if short:
+            raise UserError(f"--lengths: length {short[0]} leaves no room for a haystack; use lengths of at least {MIN_LENGTH} tokens")
+        outside = [d for d in depths if not 0 <= d <= 100]
+        if outside:
+            raise UserError(f"--depths: depth {outside[0]} is not a percentage; use depths from 0 to 100")
         self.lengths = tuple(lengths)
         self.depths = tuple(depths)
         self._sentences: list[str] = []

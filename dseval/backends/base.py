@@ -56,6 +56,12 @@ class BackendOptions:
                                                        "prefill (default: the engine's for the device). Larger chunks take "
                                                        "long prompts faster and need more memory.")
 
+    #: HTTP backends: seconds to wait for one answer, retries of a failed request, and requests
+    #: in flight (None: ``batch_size``).
+    timeout: float | None = _option(None, "HTTP backends: seconds to wait for one answer (default 600).")
+    max_retries: int = _option(5, "HTTP backends: retries of a failed or malformed answer.")
+    concurrency: int | None = _option(None, "HTTP backends: requests in flight (default: --batch-size).")
+
     def __post_init__(self) -> None:
         if self.batch_size <= 0:  # every backend uses it (the engine's batch, openai's concurrency)
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
@@ -87,6 +93,10 @@ class ModelBackend(ABC):
         """The backend a ``--model PREFIX:ARG`` spec names (``arg`` is the part after the prefix).
         Registered backends implement it; one only ever built in code need not."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from a --model spec")
+
+    #: Content fingerprint of the weights (file name -> hash), part of the run's identity so a
+    #: resume refuses other weights under the same path; None where it cannot be known (an API).
+    fingerprint: dict[str, str] | None = None
 
     @abstractmethod
     def loglikelihood(

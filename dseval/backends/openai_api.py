@@ -1,23 +1,28 @@
 """``openai:URL#MODEL``: an OpenAI-compatible completions server (vLLM, SGLang, LMDeploy,
 TensorRT-LLM, LightLLM) for models larger than one machine.
 
-Requests go to ``{URL}/completions`` concurrently (``--batch-size`` in flight), each answer is
-reported as it arrives, and transient failures (connection errors, 429, 5xx) are retried with
-backoff. Loglikelihood uses prompt log-probabilities: the prompt is ``context + continuation``
-with ``echo``, and the continuation's tokens are those whose text offset lies at or past the end
-of the context (after moving the context's trailing whitespace to the continuation, the same
-boundary rule as the built-in engine).
+Requests go to ``{URL}/completions`` from ``--concurrency`` worker threads (default
+``--batch-size``), each answer is reported as it arrives, and transient failures (connection
+errors, timeouts, 429, 5xx, a body that is not a completion) are retried ``--max-retries`` times
+with backoff. A client error (other 4xx), retries running out, or Ctrl-C stops every worker:
+queued requests are never sent, in-flight ones are abandoned (the workers are daemon threads, so
+the process exits without waiting for their sockets), and the answers already reported stay
+with the runner, which has written them. Loglikelihood uses prompt log-probabilities: the prompt
+is ``context + continuation`` with ``echo``, and the continuation's tokens are those whose text
+offset lies at or past the end of the context (after moving the context's trailing whitespace to
+the continuation, the same boundary rule as the built-in engine). The API key
+(``$OPENAI_API_KEY``) goes into the Authorization header only; it is cut out of every error.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import queue
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
@@ -25,8 +30,15 @@ from dseval.errors import UserError
 from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 T = TypeVar("T")
-RETRIES = 5
-TIMEOUT_S = 600.0
+#: Per worker thread: the stop flag of the call it serves (a thread outside any call never stops).
+_worker = threading.local()
+_NEVER = threading.Event()
+#: How often the collecting thread looks up from waiting (it must notice Ctrl-C promptly).
+POLL_S = 0.1
+
+
+class Malformed(Exception):
+    """A 200 answer that is not a completion (bad JSON, no ``choices``): retried like a 5xx."""
 
 
 def split_boundary(context: str, continuation: str) -> tuple[str, str]:
@@ -38,11 +50,14 @@ def split_boundary(context: str, continuation: str) -> tuple[str, str]:
 class OpenAIBackend(ModelBackend):
     spec_help = "an OpenAI-compatible completions endpoint (vLLM, SGLang, ...): openai:URL#MODEL"
 
-    def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None) -> None:
+    def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None,
+                 timeout: float = 600.0, max_retries: int = 5) -> None:
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
         self.concurrency = concurrency
         self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
         self.description = f"OpenAI-compatible endpoint {base_url} ({model})"
 
     @classmethod
@@ -50,37 +65,89 @@ class OpenAIBackend(ModelBackend):
         url, _, model = arg.partition("#")
         if not url.startswith(("http://", "https://")) or not model:
             raise UserError(f"openai spec needs URL#MODEL, e.g. openai:http://127.0.0.1:8000/v1#deepseek-v3; got {arg!r}")
-        return cls(url, model, options.batch_size, os.environ.get("OPENAI_API_KEY"))
+        return cls(url, model, options.concurrency or options.batch_size, os.environ.get("OPENAI_API_KEY"),
+                   options.timeout or 600.0, options.max_retries)
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def _post(self, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T]) -> T:
+        """One completion turned into a result by ``parse``; retries what may pass (including
+        answers ``parse`` finds malformed), raises UserError for what will not."""
         body = json.dumps({"model": self.model, **payload}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(RETRIES):
+        last = ""
+        stop = getattr(_worker, "stop", _NEVER)
+        for attempt in range(self.max_retries + 1):
+            if stop.is_set():
+                raise _Stopped
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                    return json.loads(response.read())
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                return parse(_completion(raw))
             except urllib.error.HTTPError as err:
+                detail = " ".join(err.read().decode(errors="replace").split())[:200]
                 if err.code != 429 and err.code < 500:
-                    detail = err.read().decode(errors="replace")[:300]
-                    raise UserError(f"{self.url}: HTTP {err.code}: {detail}") from err
-                last: Exception = err
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = err
-            time.sleep(min(2**attempt * 0.5, 8.0))
-        raise UserError(f"{self.url}: no answer after {RETRIES} tries ({last})")
+                    raise UserError(self._redact(f"{self.url}: HTTP {err.code}: {detail}; check the model name, "
+                                                 f"the API key and the server's options")) from None
+                last = f"HTTP {err.code}: {detail}"
+            except Malformed as err:
+                last = f"malformed answer: {err}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+                last = str(getattr(err, "reason", err))
+            stop.wait(min(2**attempt * 0.5, 8.0))
+        raise UserError(self._redact(f"{self.url}: no valid answer after {self.max_retries + 1} tries (last: {last}); "
+                                     f"check the server, or raise --max-retries/--timeout; finished samples are kept"))
 
     def _fan_out(self, items: Sequence[Any], call: Callable[[Any], T], on_result: OnResult[T] | None) -> list[T]:
+        """Run ``call`` over ``items`` on daemon workers; report results from this thread.
+
+        The first failure (or Ctrl-C here) sets the stop flag: workers take no new item and
+        abandon retries, and this thread returns at once without joining them.
+        """
+        stop = threading.Event()  # this call's: a worker abandoned by an earlier call never sees it cleared
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(items)):
+            todo.put(index)
+        done: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+
+        def work() -> None:
+            _worker.stop = stop
+            while not stop.is_set():
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((index, call(items[index]), None))
+                except _Stopped:
+                    return
+                except BaseException as err:  # handed to the collecting thread, which raises it
+                    stop.set()  # now, not when that thread wakes: no worker takes another item
+                    done.put((index, None, err))
+                    return
+
+        for _ in range(min(self.concurrency, len(items))):
+            threading.Thread(target=work, daemon=True, name="dseval-openai").start()
         results: list[T | None] = [None] * len(items)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {pool.submit(call, item): index for index, item in enumerate(items)}
-            for future in as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
+        try:
+            for _ in range(len(items)):
+                while True:
+                    try:
+                        index, result, error = done.get(timeout=POLL_S)
+                        break
+                    except queue.Empty:
+                        continue
+                if error is not None:
+                    raise error
+                results[index] = result
                 if on_result:
-                    on_result(index, results[index])  # called from this thread only
+                    on_result(index, result)
+        finally:
+            stop.set()
         return results  # type: ignore[return-value]
 
     def _generate_one(self, request: GenerateRequest) -> GenerateResult:
@@ -95,30 +162,49 @@ class OpenAIBackend(ModelBackend):
             payload["stop"] = list(request.stop)
         if request.top_k:
             payload["top_k"] = request.top_k
-        choice = self._post(payload)["choices"][0]
-        text = choice.get("text", "")
+        return self._post(payload, lambda answer: self._generated(answer, request))
+
+    def _generated(self, answer: dict[str, Any], request: GenerateRequest) -> GenerateResult:
+        choice = answer["choices"][0]
+        text = choice.get("text")
+        if not isinstance(text, str):
+            raise Malformed(f"choice without a 'text' string: {str(choice)[:120]}")
         for stop in request.stop:  # servers differ on whether they cut; cut here too
             cut = text.find(stop)
             text = text if cut < 0 else text[:cut]
-        usage = choice.get("logprobs") or {}
-        return GenerateResult(text=text, num_tokens=len(usage.get("tokens", [])), finish_reason=choice.get("finish_reason") or "stop")
+        usage = answer.get("usage") or {}
+        tokens = usage.get("completion_tokens", len((choice.get("logprobs") or {}).get("tokens", [])))
+        return GenerateResult(text=text, num_tokens=tokens, finish_reason=choice.get("finish_reason") or "stop",
+                              prompt_tokens=usage.get("prompt_tokens"))
 
     def _loglikelihood_one(self, request: LoglikelihoodRequest) -> LoglikelihoodResult:
         context, continuation = split_boundary(request.context, request.continuation)
         payload = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
-        logprobs = self._post(payload)["choices"][0].get("logprobs")
+        return self._post(payload, lambda answer: self._scored(answer, context, continuation))
+
+    def _scored(self, answer: dict[str, Any], context: str, continuation: str) -> LoglikelihoodResult:
+        logprobs = answer["choices"][0].get("logprobs")
         if not logprobs or "text_offset" not in logprobs:
             raise UserError(f"{self.url}: server returned no prompt logprobs (it must support echo with logprobs)")
-        total, greedy = 0.0, True
+        try:
+            return self._sum_continuation(logprobs, context, continuation)
+        except (KeyError, TypeError, ValueError) as err:  # lists of unequal length, missing keys, non-numbers
+            raise Malformed(f"logprobs do not line up ({err!r})") from None
+
+    def _sum_continuation(self, logprobs: dict[str, Any], context: str, continuation: str) -> LoglikelihoodResult:
+        total, greedy, counted = 0.0, True, 0
         end = len(context + continuation)
         tops = logprobs.get("top_logprobs") or []
         for i, (token, offset, logprob) in enumerate(zip(logprobs["tokens"], logprobs["text_offset"], logprobs["token_logprobs"], strict=True)):
-            if offset < len(context) or offset >= end:
-                continue  # context tokens, or the one generated token after the prompt
-            total += logprob
+            if offset >= end:
+                continue  # the one generated token after the prompt
+            counted += 1
+            if offset < len(context):
+                continue  # context tokens
+            total += float(logprob)
             if i < len(tops) and tops[i]:
                 greedy = greedy and max(tops[i], key=tops[i].get) == token
-        return LoglikelihoodResult(logprob=total, is_greedy=greedy)
+        return LoglikelihoodResult(logprob=total, is_greedy=greedy, prompt_tokens=counted)
 
     def generate(self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         return self._fan_out(requests, self._generate_one, on_result)
@@ -127,3 +213,19 @@ class OpenAIBackend(ModelBackend):
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
     ) -> list[LoglikelihoodResult]:
         return self._fan_out(requests, self._loglikelihood_one, on_result)
+
+
+class _Stopped(Exception):
+    """Raised in a worker when another one failed or the run was interrupted."""
+
+
+def _completion(raw: bytes) -> dict[str, Any]:
+    """The parsed body of a completion, or :class:`Malformed` saying what is wrong with it."""
+    try:
+        answer = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise Malformed(f"not JSON ({err})") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list) or not answer["choices"] \
+            or not isinstance(answer["choices"][0], dict):
+        raise Malformed(f"no 'choices' list in {' '.join(raw.decode(errors='replace').split())[:120]!r}")
+    return answer

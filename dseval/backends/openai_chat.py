@@ -4,8 +4,8 @@ For chat tasks and judges against servers that only expose ``/v1/chat/completion
 chat template should be theirs): each :class:`~dseval.requests.ChatRequest` is sent as its list
 of messages, with the request's sampling settings. Without ``#MODEL`` the server's first model
 in ``/v1/models`` is used. Loglikelihood and plain-prompt requests need ``openai:`` instead.
-Connection handling (concurrency, retries, the API key from ``$OPENAI_API_KEY``) is the
-completions backend's.
+Connection handling (``--concurrency``, ``--timeout``, ``--max-retries``, stopping on a fatal
+error or Ctrl-C, the API key from ``$OPENAI_API_KEY``) is the completions backend's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dseval.backends.base import BackendOptions, OnResult
-from dseval.backends.openai_api import OpenAIBackend
+from dseval.backends.openai_api import Malformed, OpenAIBackend
 from dseval.errors import UserError
 from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -25,8 +25,9 @@ from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, Loglik
 class OpenAIChatBackend(OpenAIBackend):
     spec_help = "an OpenAI-compatible chat endpoint (chat tasks, judges): openai-chat:URL[#MODEL]"
 
-    def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None) -> None:
-        super().__init__(base_url, model, concurrency, api_key)
+    def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None,
+                 timeout: float = 600.0, max_retries: int = 5) -> None:
+        super().__init__(base_url, model, concurrency, api_key, timeout, max_retries)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.description = f"OpenAI-compatible chat endpoint {base_url} ({model})"
 
@@ -36,7 +37,8 @@ class OpenAIChatBackend(OpenAIBackend):
         if not url.startswith(("http://", "https://")):
             raise UserError(f"openai-chat spec needs URL[#MODEL], e.g. openai-chat:http://127.0.0.1:8000/v1; got {arg!r}")
         key = os.environ.get("OPENAI_API_KEY")
-        return cls(url, model or first_model(url, key), options.batch_size, key)
+        return cls(url, model or first_model(url, key), options.concurrency or options.batch_size, key,
+                   options.timeout or 600.0, options.max_retries)
 
     def _chat_one(self, request: ChatRequest) -> GenerateResult:
         payload: dict[str, Any] = {
@@ -50,18 +52,20 @@ class OpenAIChatBackend(OpenAIBackend):
             payload["stop"] = list(request.stop)
         if request.top_k:
             payload["top_k"] = request.top_k
-        body = self._post(payload)
+        return self._post(payload, lambda body: self._answered(body, request))
+
+    def _answered(self, body: dict[str, Any], request: ChatRequest) -> GenerateResult:
         try:
             choice = body["choices"][0]
             text = choice["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise UserError(f"{self.url}: answer has no choices[0].message.content: {json.dumps(body)[:200]}") from None
+        except (KeyError, IndexError, TypeError):  # retried like any malformed answer
+            raise Malformed(f"no choices[0].message.content in {json.dumps(body)[:120]}") from None
         for stop in request.stop:  # servers differ on whether they cut; cut here too
             cut = text.find(stop)
             text = text if cut < 0 else text[:cut]
         usage = body.get("usage") or {}
         return GenerateResult(text=text, num_tokens=int(usage.get("completion_tokens") or 0),
-                              finish_reason=choice.get("finish_reason") or "stop")
+                              finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=usage.get("prompt_tokens"))
 
     def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         return self._fan_out(requests, self._chat_one, on_result)
