@@ -65,6 +65,7 @@ def run(
     moe_comm: Annotated[str, typer.Option(help="Expert-parallel exchange: all_to_all or all_reduce.")] = "all_to_all",
     prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
     max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
+    strict: Annotated[bool, typer.Option(help="Code tasks: count passes the sandbox flagged as tampered as failures.")] = False,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -74,7 +75,7 @@ def run(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
         batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
         device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
-        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens,
+        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens, strict=strict,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

@@ -10,7 +10,8 @@ from dseval.backends.base import BackendOptions
 from dseval.errors import UserError
 
 #: Fields that decide which samples a run computes and how; a resumed run must agree on them.
-IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention")
+IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention",
+                   "strict")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class RunConfig:
     #: identity: it changes speed and peak memory, and results only as batch composition does
     #: (GEMM kernels chosen by row count round differently).
     max_num_batched_tokens: int | None = None
+    #: Code tasks: a pass the sandbox flagged as tampered (dseval.sandbox) counts as a failure.
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -25,6 +25,7 @@ from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
 from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.scoring.code_exec import CodeExecution
 from dseval.store import RunStore, SampleWriter
 from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, get_task
 
@@ -117,6 +118,13 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
             if before[key] != record[key]:
                 raise UserError(f"{store.run_file}: task {task} has a different {key} than this run; choose another --out")
     return existing
+
+
+def apply_scoring_options(tasks: Sequence[Task], strict: bool) -> None:
+    """Run options that change how samples are scored (and so are part of a run's identity)."""
+    for task in tasks:
+        if isinstance(task, CodeExecution):
+            task.strict = strict
 
 
 def task_summary(task: Task, samples: Sequence[Sample]) -> dict[str, Any]:
@@ -224,6 +232,7 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
     init_process_group(topology)
     store = RunStore(config.out)
     tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
+    apply_scoring_options(tasks, config.strict)
     source = DataSource(config.data_dir)
     owned = backend is None
     backend = backend or load_backend(config.model, config.backend_options())
@@ -267,6 +276,7 @@ def rescore(store: RunStore) -> dict[str, Any]:
     summaries = {}
     for name in run["tasks"]:
         task = get_task(name)
+        apply_scoring_options([task], bool(run.get("config", {}).get("strict", False)))
         samples = sorted(store.load_samples(name), key=lambda s: s.index)
         for sample, metrics in zip(samples, task.score(samples), strict=True):
             sample.metrics = metrics

@@ -121,7 +121,8 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     record = tamper.recorder(flag)
     for name in [m for m in sys.modules if m.split(".")[0] == "_child"]:
         del sys.modules[name]
-    sys.addaudithook(tamper.audit_hook(flag))
+    hook, disarm = tamper.audit_hook(flag)
+    sys.addaudithook(hook)
     program_globals: dict = {}
     try:
         exec(compile(job["solution"], PROGRAM_FILENAME, "exec"), program_globals)  # noqa: S102 - sandboxed
@@ -140,6 +141,7 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
             test_globals[tamper.RECORDER] = record
             exec(tests, test_globals)  # noqa: S102 - the task's own tests
     except BaseException as exc:  # noqa: BLE001 - the program's failure, reported as such
+        disarm()
         _print_failure(exc)
         try:
             write(ctl_fd, f"\nEXC {_reason(exc)}\n".encode("utf-8", "replace"))

@@ -50,8 +50,9 @@ _NUMBERS = frozenset({decimal.Decimal, fractions.Fraction})
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on every class made by a class statement or type()
 
 
-def audit_hook(report: Report) -> Callable[[str, tuple], None]:
-    """The hook; ``report`` is called once per kind of event."""
+def audit_hook(report: Report) -> tuple[Callable[[str, tuple], None], Callable[[], None]]:
+    """(hook, disarm); ``report`` is called once per kind of event. ``disarm`` is for the
+    runner's own failure traceback, which walks frames after the verdict is already a failure."""
     seen: set[str] = set()
     benign = {collections.namedtuple.__code__, typing._caller.__code__}  # type: ignore[attr-defined]
     getframe, busy = sys._getframe, [False]
@@ -80,7 +81,10 @@ def audit_hook(report: Report) -> Callable[[str, tuple], None]:
         if why:
             flag(f"{why} ({event})")
 
-    return hook
+    def disarm() -> None:
+        busy[0] = True
+
+    return hook, disarm
 
 
 def plain_type_violation(value: object, _type: type = type, _id: Callable = id, _set: type = set) -> str:
