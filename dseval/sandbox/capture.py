@@ -60,10 +60,6 @@ def _drain(stream: Stream, name: str, out: Captured, cap: int) -> bool:
             out.overflowed[name] = True
 
 
-def _has_event(sup: bytearray, start: int, marker: bytes) -> bool:
-    return marker in sup[start:]
-
-
 def read_until_done(streams: dict[str, Stream], caps: dict[str, int], end_event: str, deadline: float,
                     proc: subprocess.Popen, hard_deadline: float | None) -> Captured:
     """Collect every stream until the status channel carries ``end_event``.
@@ -78,7 +74,7 @@ def read_until_done(streams: dict[str, Stream], caps: dict[str, int], end_event:
         sel.register(stream.fd, selectors.EVENT_READ, name)
     try:
         while True:
-            if _has_event(out.data["sup"], 0, marker):
+            if marker in out.data["sup"]:
                 break
             now = time.monotonic()
             if now >= deadline and not out.timed_out:

@@ -95,6 +95,26 @@ def join(made: list[tuple[int, str]]) -> None:
         _write(parent, f"{name}/cgroup.procs", os.getpid())
 
 
+def sweep_stale(bases: list[tuple[str, int]]) -> None:
+    """Remove run cgroups left by workers that were killed (named ``dseval-<pid>-<seq>``)."""
+    for _, parent in bases:
+        for name in os.listdir(parent):
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "dseval" or not parts[1].isdigit():
+                continue
+            try:
+                os.kill(int(parts[1]), 0)
+                continue  # its worker is alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError:
+                pass
+
+
 def remove(made: list[tuple[int, str]]) -> None:
     """rmdir once the run's tasks are gone (a dying task may linger a few milliseconds)."""
     for parent, name in made:

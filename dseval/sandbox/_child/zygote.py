@@ -62,6 +62,7 @@ def _start(cfg: dict) -> list[str]:
         cfg["cgroups"] = []
         return ["rlimits", "uid"] if cfg["uid"] is not None else ["rlimits"]
     cfg["cgroups"] = cgroup.parents()
+    cgroup.sweep_stale(cfg["cgroups"])
     linux.unshare(_ONCE_FLAGS)
     linux.sethostname("sandbox")
     needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
