@@ -321,3 +321,37 @@ def test_a_killed_run_leaves_nothing_for_the_next_one_on_its_worker() -> None:
     killed, honest = sb.run_all([spam, "print('clean')\n"])
     assert killed.status == "timeout"
     assert (honest.status, honest.stdout, honest.stderr, honest.tampered) == ("passed", "clean\n", "", "")
+
+
+def test_plain_value_check() -> None:
+    """What counts as a plain compared value: built-in data, C types and classes of modules
+    loaded before the program; not a program's class, however it disguises itself."""
+    import collections
+    import random
+
+    from dseval.sandbox._child.tamper import plain_type_violation, trusted_types
+
+    _, trusted = trusted_types()
+
+    class Anything:
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    class Meta(type):
+        __flags__ = 0  # claims to be a C type
+
+        def __eq__(cls, other: object) -> bool:
+            return True
+
+        def __hash__(cls) -> int:
+            return hash(int)  # and to be int in a hash lookup
+
+    class Disguised(metaclass=Meta):
+        pass
+
+    plain = [1, 2.5, "s", b"b", None, True, (1, [2, {3: {4.0}}]), collections.Counter("ab"), random.Random(0),
+             frozenset({1}), range(3)]
+    assert [plain_type_violation(v, trusted) for v in plain] == [""] * len(plain)
+    for forged in (Anything(), [1, (2, Anything())], {"k": Anything()}, collections.UserList([Anything()]),
+                   Disguised()):
+        assert plain_type_violation(forged, trusted).endswith(("Anything", "Disguised")), forged

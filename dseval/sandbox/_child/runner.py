@@ -118,7 +118,7 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     names = builtins.__dict__
     pristine = dict(names)
     modules = tamper.snapshot_modules()
-    record = tamper.recorder(flag)
+    recorders = tamper.recorders(flag, job["trusted_ids"])
     for name in [m for m in sys.modules if m.split(".")[0] == "_child"]:
         del sys.modules[name]
     hook, disarm = tamper.audit_hook(flag)
@@ -138,8 +138,10 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
         if tests is not None:
             test_globals = dict(program_globals)
             test_globals["__builtins__"] = dict(pristine)
-            test_globals[tamper.RECORDER] = record
+            test_globals.update(recorders)
+            tamper.threads_running(flag)
             exec(tests, test_globals)  # noqa: S102 - the task's own tests
+            tamper.restore_modules(modules, flag)  # a program thread may have patched during the tests
     except BaseException as exc:  # noqa: BLE001 - the program's failure, reported as such
         disarm()
         _print_failure(exc)

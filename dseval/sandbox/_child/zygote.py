@@ -59,6 +59,8 @@ def _start(cfg: dict) -> list[str]:
     for name in tamper.GUARDED:  # the runner snapshots these before the program runs
         importlib.import_module(name)
     import traceback  # noqa: F401 - failures print through it, after the root has changed
+
+    cfg["trusted_types"], cfg["trusted_ids"] = tamper.trusted_types()
     if cfg["mode"] != "namespaces":
         cfg["cgroups"] = []
         return ["rlimits", "uid"] if cfg["uid"] is not None else ["rlimits"]
@@ -155,7 +157,8 @@ def main() -> None:
             os._exit(0)  # the harness closed the job pipe: this worker is done
         job = marshal.loads(_read_exact(0, int.from_bytes(head, "little")))
         job.update(mode=cfg["mode"], uid=cfg["uid"], gid=cfg["gid"], child_path=cfg["child_path"],
-                   site_paths=cfg["site_paths"], allow_spawn=False, env=dict(cfg["env"]))
+                   site_paths=cfg["site_paths"], allow_spawn=False, env=dict(cfg["env"]),
+                   trusted_ids=cfg["trusted_ids"])
         job["workdir"] = rootfs.WORKDIR
         if namespaces:
             _serve_namespaces(cfg, job, ctl_fd, sup_fd, current)
