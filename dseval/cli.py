@@ -62,6 +62,7 @@ def run(
     chat: Annotated[bool, typer.Option(help="Use the chat prompts and the model's chat template.")] = False,
     samples: Annotated[int, typer.Option(help="Samples per doc for generation tasks (pass@k).")] = 1,
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
+    strict: Annotated[bool, typer.Option(help="Code tasks: count passes the sandbox flagged as tampered as failures.")] = False,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -69,7 +70,7 @@ def run(
 
     config = RunConfig(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
-        seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens, options=options,
+        seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens, options=options, strict=strict,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

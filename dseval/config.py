@@ -13,7 +13,8 @@ from dseval.errors import UserError
 #: ``prefill_attention`` is a model option (:class:`BackendOptions`): "fp8" changes numerics.
 #: Speed knobs (batch size, prefill chunk, parallel layout) change results only as batch
 #: composition does, so they stay out and a run may resume with other values.
-IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention")
+IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention",
+                   "strict")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class RunConfig:
     max_tokens: int | None = None
     #: How to run the model, shared by every command that runs one.
     options: BackendOptions = field(default_factory=BackendOptions)
+    #: Code tasks: a pass the sandbox flagged as tampered (dseval.sandbox) counts as a failure.
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -31,6 +31,7 @@ from dseval.progress import make_progress
 from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.records import Doc, Sample
 from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, Request
+from dseval.scoring.code_exec import CodeExecution
 from dseval.store import RunStore, SampleWriter
 from dseval.task import PromptContext, Task, get_task
 
@@ -147,6 +148,13 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
             continue
         explain_task_change(store, task, before, record)
     return existing
+
+
+def apply_scoring_options(tasks: Sequence[Task], strict: bool) -> None:
+    """Run options that change how samples are scored (and so are part of a run's identity)."""
+    for task in tasks:
+        if isinstance(task, CodeExecution):
+            task.strict = strict
 
 
 def check_fingerprint(store: RunStore, before: dict[str, str] | None, current: dict[str, str] | None) -> None:
@@ -318,6 +326,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
               tasks: Sequence[Task] | None) -> dict[str, Any]:
     started = now()
     tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
+    apply_scoring_options(tasks, config.strict)
     source = DataSource(config.data_dir)
     owned = backend is None
     if owned and Path(config.model).is_dir() and (existing := store.read_run()) is not None:
@@ -379,6 +388,7 @@ def rescore(store: RunStore, partial: bool = False) -> dict[str, Any]:
         done = {}
         for name, samples in found.items():
             task = get_task(name)
+            apply_scoring_options([task], bool(run.get("config", {}).get("strict", False)))
             for sample in samples:
                 sample.chat = sample.chat or chat
             for sample, metrics in zip(samples, task.score(samples), strict=True):

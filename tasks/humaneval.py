@@ -21,6 +21,7 @@ from pathlib import Path
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
+from dseval.sandbox import Job
 from dseval.scoring.code_exec import CodeExecution, defines, extract_code
 from dseval.scoring.sampling import generate_requests
 from dseval.task import PromptContext, Task, register_task
@@ -51,9 +52,11 @@ def solution_code(prompt: str, entry_point: str, answer: str, chat: bool) -> str
     return prompt + code
 
 
-def build_program(solution: str, test: str, entry_point: str) -> str:
-    """The reference's assembly of a HumanEval test program."""
-    return f"{solution}\n{test}\ncheck({entry_point})\n"
+def build_program(solution: str, test: str, entry_point: str) -> Job:
+    """The reference's test program (``solution + "\\n" + test + "\\n" + f"check({entry_point})"``),
+    split where the sandbox needs it: the solution runs as the program, the test code and
+    the check call run apart from it, where the program cannot see or replace them."""
+    return Job(program=solution, tests=f"{test}\ncheck({entry_point})\n")
 
 
 @register_task
@@ -93,7 +96,7 @@ class HumanEval(CodeExecution, Task):
         prompt = doc.data["prompt"]
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 
-    def program(self, sample: Sample, output: str) -> str:
+    def program(self, sample: Sample, output: str) -> Job:
         target = sample.target
         solution = solution_code(target["prompt"], target["entry_point"], output, sample.chat)
         return build_program(solution, target["test"], target["entry_point"])

@@ -28,6 +28,7 @@ from dseval.data import DatasetSpec, DataSource, read_json, read_jsonl, require_
 from dseval.errors import UserError
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
+from dseval.sandbox import Job
 from dseval.scoring.code_exec import CodeExecution, extract_code
 from dseval.scoring.sampling import generate_requests
 from dseval.task import PromptContext, Task, register_task
@@ -49,9 +50,10 @@ def few_shot_prompt(shots: list[dict[str, Any]], row: dict[str, Any]) -> str:
     return SHOT_SEPARATOR.join([*blocks, question(row)])
 
 
-def build_program(code: str, setup: str, tests: list[str]) -> str:
-    """Solution, then the problem's setup code, then its asserts."""
-    return "\n".join([code, setup, *tests]) + "\n"
+def build_program(code: str, setup: str, tests: list[str]) -> Job:
+    """Solution, then the problem's setup code, then its asserts (the reference's order); the
+    asserts run apart from the program, where it cannot see or replace them."""
+    return Job(program=code, setup=setup, tests="\n".join(tests) + "\n")
 
 
 @register_task
@@ -106,7 +108,7 @@ class MBPP(CodeExecution, Task):
         prompt = ctx.as_prompt(few_shot_prompt(self._shots[: ctx.shots], doc.data))
         return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
 
-    def program(self, sample: Sample, output: str) -> str:
+    def program(self, sample: Sample, output: str) -> Job:
         return build_program(extract_code(output), sample.target["setup"], sample.target["tests"])
 
 

@@ -44,7 +44,9 @@ def test_correct_program_passes(sandbox: Sandbox) -> None:
     assert res.reason == ""
     assert res.stdout == "hi\n"
     assert 0 < res.duration_s < HOSTILE_LIMITS.timeout_s
-    assert set(res.to_json()) == {"status", "reason", "stdout", "stderr", "duration_s"}
+    assert set(res.to_json()) == {"status", "reason", "stdout", "stderr", "duration_s", "tampered", "protections"}
+    assert res.tampered == ""
+    assert "rlimits" in res.protections
 
 
 def test_assertion_failure_reports_reason(sandbox: Sandbox) -> None:
@@ -109,33 +111,42 @@ def test_run_all_keeps_order_and_calls_back_for_each(sandbox: Sandbox) -> None:
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(7)]
     assert [r.status for r in results] == ["failed" if i % 3 == 0 else "passed" for i in range(7)]
     assert sorted(seen) == list(range(7))
-    assert summarize(results) == {"passed": 4, "failed": 3, "timeout": 0, "error": 0, "total": 7}
+    assert summarize(results) == {"passed": 4, "failed": 3, "timeout": 0, "error": 0, "total": 7, "tampered": 0}
     assert sandbox.run_all([]) == []
 
 
 _TOKEN = "ab" * 16
 
 
-@pytest.mark.parametrize("sup, ctl, stopped, expected", [
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", f"PASS {_TOKEN}", None, ("passed", "")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", "PASS " + "00" * 16, None,
+@pytest.mark.parametrize("sup, ctl, timed_out, expected", [
+    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", f"PASS {_TOKEN}", False, ("passed", "")),
+    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", "PASS " + "00" * 16, False,
      ("failed", "exited with code 0 before reaching the end of the program")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 2}", f"PASS {_TOKEN}", None,
+    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 2}", f"PASS {_TOKEN}", False,
      ("failed", "left 2 process(es) running after the program ended")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 1, 'leftover': 0}", "EXC ValueError: bad", None,
+    ("{'event': 'exit', 'kind': 'exited', 'value': 1, 'leftover': 0}", "EXC ValueError: bad", False,
      ("failed", "ValueError: bad")),
-    ("{'event': 'exit', 'kind': 'signaled', 'value': 24, 'leftover': 0}", "", None,
+    ("{'event': 'exit', 'kind': 'signaled', 'value': 24, 'leftover': 0}", "", False,
      ("timeout", "CPU time limit of 10 s exceeded")),
-    ("{'event': 'exit', 'kind': 'signaled', 'value': 9, 'leftover': 0}", "", None, ("failed", "killed by SIGKILL")),
-    ("{'event': 'error', 'message': 'init setup: boom'}", f"PASS {_TOKEN}", None, ("error", "init setup: boom")),
-    ("", f"PASS {_TOKEN}", None, ("error", "sandbox supervisor ended without a status (exit code 1)")),
-    ("", "", "timeout", ("timeout", "wall-clock limit of 10 s exceeded")),
-    ("", f"PASS {_TOKEN}", "output", ("failed", "output limit of 65536 bytes per stream exceeded")),
+    ("{'event': 'exit', 'kind': 'signaled', 'value': 9, 'leftover': 0}", "", False, ("failed", "killed by SIGKILL")),
+    ("{'event': 'error', 'message': 'init setup: boom'}", f"PASS {_TOKEN}", False, ("error", "init setup: boom")),
+    ("", f"PASS {_TOKEN}", False, ("error", "sandbox worker ended the run without a status")),
+    ("", "", True, ("timeout", "wall-clock limit of 10 s exceeded")),
 ])
-def test_verdict_rules(sup: str, ctl: str, stopped: str | None, expected: tuple[str, str]) -> None:
+def test_verdict_rules(sup: str, ctl: str, timed_out: bool, expected: tuple[str, str]) -> None:
     """Only the trusted channel decides how the run ended; only the exact token proves completion."""
-    got = verdict.decide((sup + "\n").encode(), (ctl + "\n").encode(), _TOKEN, stopped, 1, SandboxLimits())
-    assert got == expected
+    got = verdict.decide(verdict.events((sup + "\n").encode()), (ctl + "\n").encode(), _TOKEN, timed_out,
+                         SandboxLimits())
+    assert got == (*expected, "")
+
+
+def test_tamper_lines_are_collected_and_capped() -> None:
+    ctl = f"junk without newline\nTAMPER frame access (sys._getframe)\nPASS {_TOKEN}\nTAMPER gc walk\n" \
+          "TAMPER frame access (sys._getframe)\n" + "TAMPER " + "x" * 1000 + "\n"
+    sup = verdict.events(b"{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}\n")
+    status, reason, tampered = verdict.decide(sup, ctl.encode(), _TOKEN, False, SandboxLimits())
+    assert (status, reason) == ("passed", "")
+    assert tampered.startswith("frame access (sys._getframe); gc walk; xxx") and len(tampered) == 300
 
 
 def test_bad_arguments_are_rejected() -> None:
@@ -278,9 +289,11 @@ def unix_listener() -> Iterator[tuple[object, list[object]]]:
 
 # name -> (program template, allowed statuses, substring expected in reason or "")
 HOSTILE: dict[str, tuple[str, set[str], str]] = {
-    "delete_files_outside": ("import shutil\nshutil.rmtree({root!r})\n", {"failed"}, "Read-only file system"),
-    "overwrite_file_outside": ("open({canary!r}, 'w').write('pwned')\n", {"failed"}, "Read-only file system"),
-    "write_world_writable_dir": ("open({root!r} + '/new.txt', 'w').write('x')\n", {"failed"}, "Read-only"),
+    # Host folders outside the allowlist do not exist in the program's view at all.
+    "delete_files_outside": ("import shutil\nshutil.rmtree({root!r})\n", {"failed"}, "No such file"),
+    "overwrite_file_outside": ("open({canary!r}, 'w').write('pwned')\n", {"failed"}, "No such file"),
+    "write_world_writable_dir": ("open({root!r} + '/new.txt', 'w').write('x')\n", {"failed"}, "No such file"),
+    "write_system_folder": ("open('/usr/dseval-pwned', 'w').write('x')\n", {"failed"}, "Read-only"),
     "read_etc_passwd": ("d = open('/etc/passwd').read()\nprint(d)\nassert 'root:' in d\n", {"failed"},
                         "AssertionError"),
     "read_kernel_log": ("print(open('/dev/kmsg').read(4096))\n", {"failed"}, "No such file"),
@@ -332,10 +345,11 @@ HOSTILE: dict[str, tuple[str, set[str], str]] = {
     "leave_a_daemon_running": ("import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', "
                                "'import time; time.sleep(300)  # {marker}'], start_new_session=True)\n",
                                {"failed"}, "left 1 process"),
-    "print_1_gb": ("import sys\nc = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(c)\n",
-                   {"failed"}, "output limit"),
+    # Parity with the official checkers, which swallow output: kept up to the cap, not a failure.
+    "print_256_mb": ("import sys\nc = 'x' * (1 << 20)\nfor _ in range(256):\n    sys.stdout.write(c)\n",
+                     {"passed"}, ""),
     "chdir_chmod_tricks": ("import os\nos.chmod('.', 0)\nos.chdir('/')\nos.chdir('..')\n"
-                           "os.chmod({root!r}, 0o700)\n", {"failed"}, "Read-only"),
+                           "os.chmod({root!r}, 0o700)\n", {"failed"}, "No such file"),
     "become_root": ("import os\nos.setuid(0)\n", {"failed"}, "PermissionError"),
     "remount_rw": ("import subprocess\nsubprocess.run(['mount', '-o', 'remount,rw', '/'], check=True)\n",
                    {"failed"}, ""),
@@ -380,7 +394,7 @@ def test_hostile_table_is_big_enough() -> None:
 
 def test_hostile_programs_in_parallel(ns_sandbox: Sandbox) -> None:
     """A mix of bad programs on parallel workers does not disturb the good ones beside them."""
-    bad = [HOSTILE[k][0] for k in ("fork_bomb", "allocate_50_gb", "print_1_gb", "os_exit_before_asserts")]
+    bad = [HOSTILE[k][0] for k in ("fork_bomb", "allocate_50_gb", "exhaust_file_descriptors", "os_exit_before_asserts")]
     good = "assert sorted([3, 1, 2]) == [1, 2, 3]\n"
     programs = [p.format(root="/nonexistent", canary="/nonexistent", port=9, harness_pid=1, marker="m")
                 for p in bad]

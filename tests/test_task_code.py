@@ -187,3 +187,25 @@ def test_humaneval_replay_samples_and_rescore(tmp_path: Path, data_dir: Path, hu
     assert [v["status"] for v in record["details"]["exec"]] == ["passed"] + ["failed"] * 9
     cli("score", str(out))
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_humaneval_strict_run_and_rescore(tmp_path: Path, data_dir: Path, humaneval) -> None:
+    """`dseval run --strict`: a pass built on an object equal to everything is flagged and
+    scored as a failure; without --strict it counts (as in the official checker) but
+    summary.json counts it under exec/tampered. `dseval score` keeps the run's choice."""
+    _, docs = humaneval
+    forged = "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n"
+    outputs = [docs[0].data["canonical_solution"], forged, forged, "    return None\n"]
+    replay = tmp_path / "he.jsonl"
+    replay.write_text(json.dumps({"id": docs[0].id, "output": outputs}) + "\n")
+    metrics = {}
+    for strict in (False, True):
+        out = tmp_path / f"run-{strict}"
+        args = ["run", "humaneval", "--model", f"replay:{replay}", "--data-dir", str(data_dir), "--out", str(out),
+                "--limit", "1", "--samples", "4", *(["--strict"] if strict else [])]
+        for command in (args, ["score", str(out)]):
+            done = subprocess.run([sys.executable, "-m", "dseval", *command], capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr
+            metrics[strict] = json.loads((out / "summary.json").read_text())["tasks"]["humaneval"]["metrics"]
+            assert metrics[strict]["exec/tampered"] == 2.0
+    assert metrics[False]["pass@1"] == pytest.approx(0.75) and metrics[True]["pass@1"] == pytest.approx(0.25)

@@ -2,16 +2,18 @@
 
 Public API (other modules code against exactly this)::
 
-    from dseval.sandbox import Sandbox, SandboxLimits, ExecResult
-    Sandbox(limits, workers).run(program) -> ExecResult
-    Sandbox(...).run_all(programs, on_result) -> list[ExecResult]
+    from dseval.sandbox import Sandbox, SandboxLimits, ExecResult, Job
+    Sandbox(limits, workers).run(Job(program, tests, setup)) -> ExecResult
+    Sandbox(...).run_all(jobs, on_result) -> list[ExecResult]
 
-Design notes live in ``isolation`` (why namespaces, what the fallback lacks) and
-``_child`` (the process tree that actually runs the program).
+Design notes live in ``isolation`` (why namespaces, what the fallback lacks), ``_child``
+(the process tree that actually runs the program), ``_child.runner`` (how the tests are kept
+out of the program's reach) and ``_child.tamper`` (what is flagged).
 """
 
 from .core import Sandbox
+from .job import Job
 from .limits import SandboxLimits
 from .result import STATUSES, ExecResult, Status, summarize
 
-__all__ = ["ExecResult", "STATUSES", "Sandbox", "SandboxLimits", "Status", "summarize"]
+__all__ = ["ExecResult", "Job", "STATUSES", "Sandbox", "SandboxLimits", "Status", "summarize"]

@@ -1,7 +1,8 @@
-"""Read a run's pipes with per-stream caps while enforcing its deadline.
+"""Read a worker's pipes for one run: per-stream caps, the run's deadline, the end marker.
 
-Why caps while reading: a program printing 1 GB must cost neither 1 GB of harness memory nor
-the seconds of CPU to drain it, so once stdout or stderr passes its cap the run is stopped.
+Why discard past the cap instead of stopping the run: the official checkers swallow a
+program's output, so a correct program that prints a lot passes there and must pass here;
+what we keep is capped so a program printing 1 GB costs no harness memory.
 """
 
 from __future__ import annotations
@@ -13,74 +14,90 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-_GRACE_S = 2.0  # time the supervisor gets to kill its tree after SIGTERM before we SIGKILL it
+_CHUNK = 1 << 16
+
+
+class Stream:
+    """A non-blocking read end of a pipe (optionally owned by a file object)."""
+
+    def __init__(self, fd: int, owner: object | None = None) -> None:
+        self.fd, self._owner = fd, owner
+        os.set_blocking(fd, False)
+
+    def close(self) -> None:
+        if self._owner is not None:
+            self._owner.close()  # type: ignore[attr-defined]
+        elif self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
 
 
 @dataclass
 class Captured:
-    data: dict[int, bytearray] = field(default_factory=dict)
-    stopped: str | None = None  # "timeout" or "output" when the harness stopped the run
+    data: dict[str, bytearray]
+    overflowed: dict[str, bool] = field(default_factory=dict)
+    timed_out: bool = False  # the run's deadline passed and the run was killed
+    timed_out_hard: bool = False  # the worker did not confirm the kill in time
+
+    def __getitem__(self, name: str) -> bytearray:
+        return self.data[name]
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the supervisor's group; P1 dies with it (same group + death signal), and so the pid ns.
+def _drain(stream: Stream, name: str, out: Captured, cap: int) -> bool:
+    """Read what is available now; False at end of file."""
+    while True:
+        try:
+            chunk = os.read(stream.fd, _CHUNK)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        buf = out.data[name]
+        room = cap - len(buf)
+        if room > 0:
+            buf += chunk[:room]
+        if len(chunk) > room:
+            out.overflowed[name] = True
 
-    Only while the supervisor is unreaped: its zombie pins the pid, so the group id cannot have
-    been recycled. Once reaped, its tree is already gone (it waits for its child before exiting).
+
+def read_until_done(streams: dict[str, Stream], caps: dict[str, int], end_event: str, deadline: float,
+                    proc: subprocess.Popen, hard_deadline: float | None) -> Captured:
+    """Collect every stream until the status channel carries ``end_event``.
+
+    At ``deadline`` the worker is asked (SIGUSR1) to kill the run; with ``hard_deadline``
+    None the wait simply ends there (used while a worker starts).
     """
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # supervisor + init: pid-ns teardown follows
-    except ProcessLookupError:
-        pass
-
-
-def collect(proc: subprocess.Popen, caps: dict[int, int], output_fds: set[int], deadline: float) -> Captured:
-    """Read every fd in ``caps`` to EOF; stop the run at ``deadline`` or on output overflow."""
-    out = Captured(data={fd: bytearray() for fd in caps})
+    out = Captured(data={name: bytearray() for name in streams})
+    marker = f"'event': '{end_event}'".encode()
     sel = selectors.DefaultSelector()
-    for fd in caps:
-        sel.register(fd, selectors.EVENT_READ)
-    term_at: float | None = None
-    killed = False
-
-    def stop(why: str) -> None:
-        nonlocal term_at
-        if out.stopped is None:
-            out.stopped = why
-            term_at = time.monotonic()
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
+    for name, stream in streams.items():
+        sel.register(stream.fd, selectors.EVENT_READ, name)
     try:
-        while sel.get_map():
+        while True:
+            if marker in out.data["sup"]:
+                break
             now = time.monotonic()
-            if now >= deadline:
-                stop("timeout")
-            if term_at is not None and not killed and now >= term_at + _GRACE_S:
-                kill_group(proc)
-                killed = True
-            if killed and now >= term_at + 3 * _GRACE_S:
-                break  # something outside our reach holds a pipe open; give up on it
-            limit = deadline if term_at is None else term_at + (3 if killed else 1) * _GRACE_S
-            for key, _ in sel.select(timeout=max(0.0, min(limit - now, 0.5))):
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
+            if now >= deadline and not out.timed_out:
+                if hard_deadline is None:
+                    break
+                out.timed_out = True
+                try:
+                    proc.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            if hard_deadline is not None and now >= hard_deadline:
+                out.timed_out_hard = True
+                break
+            limit = hard_deadline if out.timed_out else deadline
+            ready = sel.select(timeout=max(0.0, min((limit or now) - now, 0.5)))
+            for key, _ in ready:
+                name = key.data
+                if not _drain(streams[name], name, out, caps[name]):
                     sel.unregister(key.fd)
-                    continue
-                buf = out.data[key.fd]
-                room = caps[key.fd] - len(buf)
-                buf += chunk[: max(room, 0)]
-                if len(chunk) > room and key.fd in output_fds:
-                    stop("output")
+                    if name == "sup":
+                        return out  # the worker is gone
     finally:
         sel.close()
-    try:
-        proc.wait(timeout=_GRACE_S)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.wait()
+    for name, stream in streams.items():  # every writer of this run is dead: take the rest
+        _drain(stream, name, out, caps[name])
     return out

@@ -1,9 +1,10 @@
 """Which isolation this machine allows, and the per-run unprivileged uids.
 
-Namespace mode (root, Linux, unshare + mount_setattr available): new mount, network, pid, ipc
-and uts namespaces; read-only host filesystem; private tmpfs working directory; loopback down;
-pid-namespace teardown kills every process of the run; the program runs under a throwaway uid.
-We use plain syscalls instead of bubblewrap so CI needs no extra package.
+Namespace mode (root, Linux, unshare + mount_setattr + pivot_root available): new mount,
+network, pid, ipc and uts namespaces; an allowlisted, read-only root (``_child.rootfs``);
+private tmpfs working directory; loopback down; pid-namespace teardown kills every process
+of the run; a throwaway uid; a seccomp filter; per-run cgroups where writable. We use plain
+syscalls instead of bubblewrap so CI needs no extra package.
 
 Fallback mode (anything else, or ``DSEVAL_SANDBOX_ISOLATION=fallback``): new session, rlimits,
 throwaway uid when root, sockets and process spawning refused by an audit hook, cleanup by uid
@@ -18,7 +19,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 Mode = Literal["namespaces", "fallback"]
@@ -31,22 +32,21 @@ _UID_BASE = 1 << 30
 _SLOTS = 256
 
 
-def _probe() -> str:
-    """Empty string when namespace mode works here, else why not."""
+def _platform_gap() -> str:
+    """Empty string when namespace mode may work here, else why not."""
     if not sys.platform.startswith("linux"):
         return f"namespaces need Linux (this is {sys.platform})"
     if os.geteuid() != 0:
         return f"namespaces need root (running as uid {os.geteuid()})"
-    from .execute import execute  # local import: execute needs this module's types
-    from .limits import SandboxLimits
-
-    with uid_lease() as (uid, gid):
-        res = execute("import sys\nassert sys.argv", SandboxLimits(timeout_s=20.0), "namespaces", uid, gid)
-    return "" if res.status == "passed" else f"namespace probe {res.status}: {res.reason}"
+    return ""
 
 
-def resolve_mode() -> tuple[Mode, str]:
-    """(mode, note): probed once per process; the note explains a fallback."""
+def resolve_mode(probe: Callable[[], str]) -> tuple[Mode, str]:
+    """(mode, note): probed once per process; the note explains a fallback.
+
+    ``probe`` runs one trivial program in namespace mode and returns '' when it passed, else
+    why not (passed in by the caller, which knows how to run one).
+    """
     global _detected
     wanted = os.environ.get(ENV_VAR, "auto").strip().lower()
     if wanted not in ("auto", "namespaces", "fallback"):
@@ -55,7 +55,7 @@ def resolve_mode() -> tuple[Mode, str]:
         return "fallback", f"forced by {ENV_VAR}=fallback"
     with _lock:
         if _detected is None:
-            why = _probe()
+            why = _platform_gap() or probe()
             _detected = ("namespaces", "") if not why else ("fallback", why)
             if why:
                 _log.warning("dseval sandbox: namespace isolation unavailable (%s); using the weaker "

