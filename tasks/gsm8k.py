@@ -27,7 +27,7 @@ from typing import Any
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
 from dseval.requests import GenerateRequest
-from dseval.scoring.answers import answer_after, last_number, same_number
+from dseval.scoring.answers import answer_after, numbers, same_number
 from dseval.scoring.sampling import generate_requests
 from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
 
@@ -105,9 +105,9 @@ class GSM8K(Task):
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
         out = []
         for sample in samples:
-            strict = [answer_after(output, ANSWER_PHRASE) for output in sample.outputs or []]
-            strict = [last_number(a) if a is not None else None for a in strict]  # "18 dollars" -> "18"
-            flexible = [s if s is not None else last_number(o) for s, o in zip(strict, sample.outputs or [])]
+            outputs = sample.outputs or []
+            strict = [next(iter(numbers(answer_after(o, ANSWER_PHRASE) or "")), None) for o in outputs]  # "18 dollars." -> "18"
+            flexible = [s if s is not None else next(iter(reversed(numbers(o))), None) for s, o in zip(strict, outputs)]
             sample.details["extracted"] = flexible
             n = max(len(flexible), 1)
             out.append({

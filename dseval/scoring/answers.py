@@ -26,10 +26,10 @@ def answer_after(text: str, phrase: str) -> str | None:
     return answer[:-1].rstrip() if answer.endswith(".") else answer
 
 
-def last_number(text: str) -> str | None:
-    """The last number written in ``text`` (the fallback when no answer phrase is found)."""
-    found = _NUMBER.findall(text)
-    return found[-1] if found else None
+def numbers(text: str) -> list[str]:
+    """The numbers written in ``text``, in order: the first one after an answer phrase is the
+    answer, the last one of a whole output is the fallback when the phrase is missing."""
+    return _NUMBER.findall(text)
 
 
 def number_value(text: str) -> Fraction | None:
