@@ -45,8 +45,12 @@ def user_errors(func: F) -> F:
 @app.command()
 @user_errors
 def run(
-    tasks: Annotated[list[str], typer.Argument(help="Task names (see `dseval tasks`).")],
     model: Annotated[str, typer.Option(help="Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL.")],
+    tasks: Annotated[list[str] | None, typer.Argument(help="Task names (see `dseval tasks`).")] = None,
+    suite: Annotated[str | None, typer.Option(help="Run a suite instead of TASKS: a name in configs/suites or a TOML file.")] = None,
+    task_arg: Annotated[list[str] | None, typer.Option(help="KEY=VALUE option for the tasks that take it (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only problems from this date on (YYYY-MM-DD; livecodebench).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only problems up to this date (YYYY-MM-DD; livecodebench).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted run there is resumed.")] = Path("runs/latest"),
     limit: Annotated[int | None, typer.Option(help="At most N docs per task (per subject for MMLU).")] = None,
     ids: Annotated[str | None, typer.Option(help="Only these doc ids, comma-separated.")] = None,
@@ -66,19 +70,39 @@ def run(
     prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
     max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
-    """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
-    from dseval.report import print_summary
+    """Run TASKS (or a --suite) against a model, writing run.json, samples and summary.json to --out."""
+    from dseval.report import print_suite_table, print_summary
     from dseval.runner import evaluate
+    from dseval.suites import load_suite
 
+    loaded = load_suite(suite) if suite else None
+    if loaded and tasks:
+        raise UserError(f"give either task names or --suite, not both (--suite {suite} runs {len(loaded.tasks)} tasks)")
+    if loaded and chat and not loaded.chat:
+        raise UserError(f"suite {loaded.name} is for base models (chat = false in its file); leave out --chat")
+    if loaded and shots is not None:
+        raise UserError(f"--shots would override the shots of suite {loaded.name}; leave it out or run tasks by name")
+    task_args = tuple(("", *_key_value(arg)) for arg in task_arg or ())
+    task_args += tuple(("", key, value) for key, value in (("since", since), ("until", until)) if value is not None)
     config = RunConfig(
-        tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
-        batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
+        tasks=tuple(t.name for t in loaded.tasks) if loaded else tuple(tasks or ()), model=model,
+        task_shots=loaded.task_shots() if loaded else (), task_args=(loaded.task_args() if loaded else ()) + task_args, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
+        batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat or bool(loaded and loaded.chat), samples=samples, max_tokens=max_tokens,
         device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
         prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun
         print_summary(summary)
+        if loaded:
+            print_suite_table(loaded, summary, config)
+
+
+def _key_value(arg: str) -> tuple[str, str]:
+    key, sep, value = arg.partition("=")
+    if not sep or not key:
+        raise UserError(f"--task-arg {arg!r}: expected KEY=VALUE")
+    return key, value
 
 
 @app.command()

@@ -41,6 +41,12 @@ class RunConfig:
     #: identity: it changes speed and peak memory, and results only as batch composition does
     #: (GEMM kernels chosen by row count round differently).
     max_num_batched_tokens: int | None = None
+    #: Few-shot count per task, overriding the task's default (a suite's protocol); ``shots``
+    #: still wins for every task when given. Guarded on resume by each task's prompt hash.
+    task_shots: tuple[tuple[str, int], ...] = ()
+    #: Task options as (task, key, value); task "" gives the option to every task of the run
+    #: that declares it (``--task-arg``, ``--since``). Guarded by the data fingerprint.
+    task_args: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -59,6 +65,17 @@ class RunConfig:
             raise UserError(f"--max-num-batched-tokens must be positive, got {self.max_num_batched_tokens}")
         if self.moe_comm not in ("all_to_all", "all_reduce"):
             raise UserError(f"--moe-comm must be all_to_all or all_reduce, got {self.moe_comm!r}")
+
+    def shots_for(self, task: str, default: int) -> int:
+        if self.shots is not None:
+            return self.shots
+        return dict(self.task_shots).get(task, default)
+
+    def options_for(self, task: str, declared: tuple[str, ...]) -> dict[str, str]:
+        """The options given to ``task``: its own, plus the run-wide ones it declares."""
+        given = {key: value for name, key, value in self.task_args if name == "" and key in declared}
+        given.update({key: value for name, key, value in self.task_args if name == task})
+        return given
 
     def identity(self) -> dict[str, Any]:
         values = asdict(self)

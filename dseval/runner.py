@@ -26,7 +26,7 @@ from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
 from dseval.requests import GenerateRequest, LoglikelihoodRequest
 from dseval.store import RunStore, SampleWriter
-from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, get_task
+from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, all_tasks, get_task
 
 #: Scored samples are written at least this often, so a kill loses little finished work
 #: while scorers that batch (code execution) still get batches.
@@ -75,7 +75,7 @@ class PreparedTask:
 
 
 def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBackend) -> tuple[PreparedTask, int]:
-    shots = task.default_shots if config.shots is None else config.shots
+    shots = config.shots_for(task.name, task.default_shots)
     ctx = PromptContext(
         shots=shots,
         chat=config.chat,
@@ -213,6 +213,16 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
             writer.close()
 
 
+def build_tasks(config: RunConfig) -> list[Task]:
+    """The run's tasks with their options; a run-wide option no task declares is an error
+    (a mistyped ``--task-arg`` must not be silently ignored)."""
+    classes = {name: all_tasks().get(name) for name in config.tasks}
+    for name, key, _ in config.task_args:
+        if name == "" and not any(cls is not None and key in cls.options for cls in classes.values()):
+            raise UserError(f"--task-arg {key}: none of the tasks {', '.join(config.tasks)} has that option")
+    return [get_task(name, config.options_for(name, cls.options if cls else ())) for name, cls in classes.items()]
+
+
 def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
     """Run every task of ``config`` (resuming from ``config.out``) and write summary.json.
 
@@ -223,7 +233,7 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
     topology = Topology.from_env(config.dp, config.tp, config.ep)
     init_process_group(topology)
     store = RunStore(config.out)
-    tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
+    tasks = list(tasks) if tasks is not None else build_tasks(config)
     source = DataSource(config.data_dir)
     owned = backend is None
     backend = backend or load_backend(config.model, config.backend_options())

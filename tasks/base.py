@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -126,6 +126,14 @@ class Task(ABC):
     headline: ClassVar[str]
     #: Sample fields that get a per-value breakdown of every metric in the summary.
     breakdowns: ClassVar[tuple[str, ...]] = ()
+    #: Option names a user may set with ``--task-arg KEY=VALUE`` or a suite's ``args``; they
+    #: change which docs load or how prompts are built, never how a sample is scored, so
+    #: ``dseval score`` can rebuild the task without them.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        """Apply options (keys already checked against :attr:`options`); raise
+        :class:`~dseval.errors.UserError` naming the option for a bad value."""
 
     @abstractmethod
     def load(self, source: DataSource) -> list[Doc]:
@@ -172,11 +180,17 @@ def all_tasks() -> dict[str, type[Task]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, options: Mapping[str, str] | None = None) -> Task:
     tasks = all_tasks()
     if name not in tasks:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(tasks)}")
-    return tasks[name]()
+    task = tasks[name]()
+    if options:
+        unknown = sorted(set(options) - set(task.options))
+        if unknown:
+            raise UserError(f"task {name!r} has no option {unknown[0]!r} (its options: {', '.join(task.options) or 'none'})")
+        task.configure(options)
+    return task
 
 
 def sample_seed(seed: int, doc_id: str, sample_index: int) -> int:
