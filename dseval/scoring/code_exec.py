@@ -61,7 +61,10 @@ def run_programs(programs: Sequence[str], timeout_s: float) -> list[dict[str, st
         SandboxLimits,
     )
 
-    results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(programs))
+    # CPU time is capped at least as loosely as wall time, so a long test run (LiveCodeBench's
+    # many tests per problem) ends by its timeout, not by the default CPU limit.
+    limits = SandboxLimits(timeout_s=timeout_s, cpu_s=max(timeout_s, SandboxLimits.cpu_s))
+    results = Sandbox(limits=limits).run_all(list(programs))
     return [{"status": r.status, "reason": r.reason} for r in results]
 
 
