@@ -1,6 +1,6 @@
 """Typed request and response kinds: the contract between tasks and model backends.
 
-A task never calls a model per example. It turns each document into requests of one of two
+A task never calls a model per example. It turns each document into requests of one of three
 kinds, the runner hands the whole list of each kind to the backend in one call, and the
 backend answers in the same order. Keeping the kinds as small frozen dataclasses (never bare
 tuples whose meaning depends on a flag) lets a backend sort by length, share prefixes and
@@ -34,6 +34,29 @@ class LoglikelihoodResult:
 
     logprob: float
     is_greedy: bool
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRollingRequest:
+    """Score the whole of ``text``: the sum of every token's log-probability, for perplexity
+    and bits per byte.
+
+    The first token is scored after the BOS token (a backend without one cannot score it and
+    says so in ``num_tokens``). A text longer than the model's context is scored in disjoint
+    windows of the context length, each token exactly once (lm-evaluation-harness's rolling
+    windows): a window conditions on the earlier tokens inside it only, and the last, shorter
+    window is topped up with preceding tokens that are not scored again.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRollingResult:
+    """Sum of the scored tokens' log-probabilities, and how many tokens that covers."""
+
+    logprob: float
+    num_tokens: int
 
 
 @dataclass(frozen=True)

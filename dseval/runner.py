@@ -24,7 +24,7 @@ from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.requests import GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest
 from dseval.store import RunStore, SampleWriter
 from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, all_tasks, get_task
 
@@ -162,9 +162,13 @@ class _Collector:
         doc = self.prepared.docs[doc_index]
         answers = self.answers.pop(doc_index)
         sample = Sample(id=doc.id, index=doc_index, prompt=self.prepared.prompts[doc_index], target=doc.target, fields=doc.fields)
-        if isinstance(self.prepared.requests[doc_index][0], LoglikelihoodRequest):
+        kind = self.prepared.requests[doc_index][0]
+        if isinstance(kind, LoglikelihoodRequest):
             sample.loglikelihoods = [a.logprob for a in answers]
             sample.is_greedy = [a.is_greedy for a in answers]
+        elif isinstance(kind, LoglikelihoodRollingRequest):
+            sample.loglikelihoods = [a.logprob for a in answers]
+            sample.details["tokens"] = sum(a.num_tokens for a in answers)
         else:
             sample.outputs = [a.text for a in answers]
         return sample
@@ -205,6 +209,8 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
     try:
         if requests and isinstance(requests[0], GenerateRequest):
             backend.generate(requests, collector.on_result)
+        elif requests and isinstance(requests[0], LoglikelihoodRollingRequest):
+            backend.loglikelihood_rolling(requests, collector.on_result)
         elif requests:
             backend.loglikelihood(requests, collector.on_result)
     finally:

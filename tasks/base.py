@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Literal
 from dseval.data import DataSource, DatasetSpec
 from dseval.errors import UserError
 from dseval.metrics import Summary, summarize
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.requests import GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest
 
-RequestType = Literal["loglikelihood", "generate"]
-Request = LoglikelihoodRequest | GenerateRequest
+RequestType = Literal["loglikelihood", "loglikelihood_rolling", "generate"]
+Request = LoglikelihoodRequest | LoglikelihoodRollingRequest | GenerateRequest
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Sample:
     target: Any
     fields: dict[str, Any]
     # generation tasks: one output per sample drawn; loglikelihood tasks: one score per choice
+    # (rolling loglikelihood: one score for the whole text, its token count in details)
     outputs: list[str] | None = None
     loglikelihoods: list[float] | None = None
     is_greedy: list[bool] | None = None

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import (
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
+)
 
 R = TypeVar("R")
 OnResult = Callable[[int, R], None]
@@ -62,6 +69,13 @@ class ModelBackend(ABC):
         self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None
     ) -> list[GenerateResult]:
         """Answer every request, in order; call ``on_result`` as each finishes."""
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        """Answer every request, in order; call ``on_result`` as each finishes. Optional: a
+        backend that cannot score whole texts refuses perplexity tasks with this error."""
+        raise UserError(f"model backend {type(self).__name__} cannot score whole texts (loglikelihood_rolling)")
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         """Render a conversation into the exact prompt string the model sees, ending where the

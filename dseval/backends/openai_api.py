@@ -6,7 +6,10 @@ reported as it arrives, and transient failures (connection errors, 429, 5xx) are
 backoff. Loglikelihood uses prompt log-probabilities: the prompt is ``context + continuation``
 with ``echo``, and the continuation's tokens are those whose text offset lies at or past the end
 of the context (after moving the context's trailing whitespace to the continuation, the same
-boundary rule as the built-in engine).
+boundary rule as the built-in engine). Rolling loglikelihood echoes the whole text and sums
+every token's prompt log-probability the server gives (it gives none for the first token when
+it adds no BOS; ``num_tokens`` counts those scored). The text is sent in one piece, so a text
+longer than the server's context fails with the server's error instead of being windowed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from typing import Any, TypeVar
 
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import (
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
+)
 
 T = TypeVar("T")
 RETRIES = 5
@@ -101,12 +111,23 @@ class OpenAIBackend(ModelBackend):
         usage = choice.get("logprobs") or {}
         return GenerateResult(text=text, num_tokens=len(usage.get("tokens", [])), finish_reason=choice.get("finish_reason") or "stop")
 
-    def _loglikelihood_one(self, request: LoglikelihoodRequest) -> LoglikelihoodResult:
-        context, continuation = split_boundary(request.context, request.continuation)
-        payload = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+    def _prompt_logprobs(self, text: str) -> dict[str, Any]:
+        """The server's per-token log-probabilities of ``text`` itself (echo, one new token)."""
+        payload = {"prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         logprobs = self._post(payload)["choices"][0].get("logprobs")
         if not logprobs or "text_offset" not in logprobs:
             raise UserError(f"{self.url}: server returned no prompt logprobs (it must support echo with logprobs)")
+        return logprobs
+
+    def _rolling_one(self, request: LoglikelihoodRollingRequest) -> LoglikelihoodRollingResult:
+        logprobs = self._prompt_logprobs(request.text)
+        scored = [lp for offset, lp in zip(logprobs["text_offset"], logprobs["token_logprobs"], strict=True)
+                  if offset < len(request.text) and lp is not None]  # not the generated token, nor an unscored first
+        return LoglikelihoodRollingResult(logprob=sum(scored), num_tokens=len(scored))
+
+    def _loglikelihood_one(self, request: LoglikelihoodRequest) -> LoglikelihoodResult:
+        context, continuation = split_boundary(request.context, request.continuation)
+        logprobs = self._prompt_logprobs(context + continuation)
         total, greedy = 0.0, True
         end = len(context + continuation)
         tops = logprobs.get("top_logprobs") or []
@@ -125,3 +146,8 @@ class OpenAIBackend(ModelBackend):
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
     ) -> list[LoglikelihoodResult]:
         return self._fan_out(requests, self._loglikelihood_one, on_result)
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        return self._fan_out(requests, self._rolling_one, on_result)
