@@ -254,6 +254,38 @@ def chat(
     chat_loop(model, BackendOptions(device=device), max_new_tokens, temperature)
 
 
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL.")],
+    host: Annotated[str, typer.Option(help="Address to bind; the default takes no connections from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(help="The name clients send as `model` (default: --model).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a "
+                                                  "bearer token; unset: no key.")] = "DSEVAL_API_KEY",
+    max_request_bytes: Annotated[int, typer.Option(help="Larger request bodies are refused (413).")] = 8 * 1024 * 1024,
+    batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 32,
+    seed: Annotated[int, typer.Option(help="Engine seed.")] = 1234,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health)."""
+    import os
+
+    import uvicorn
+
+    from dseval.backends.base import load_backend
+    from dseval.serve import Server
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    options = BackendOptions(batch_size=batch_size, seed=seed, device=device, max_num_batched_tokens=max_num_batched_tokens)
+    backend = load_backend(model, options)
+    server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes)
+    Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
+    uvicorn.run(server.app(), host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     app(prog_name="dseval")
 

@@ -29,7 +29,7 @@ from dseval.engine.collectives import min_over_ranks
 from dseval.engine.model_runner import ModelRunner, StepOutput, TokenFeed
 from dseval.engine.parallel import ParallelContext
 from dseval.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from dseval.engine.sequence import SamplingParams, Sequence, SequenceStatus
+from dseval.engine.sequence import SamplingParams, Sequence, SequenceStatus, TokenLogprob
 from dseval.engine.speculative import MtpSpeculator, parse_speculative
 
 if TYPE_CHECKING:
@@ -105,7 +105,12 @@ class ScoreRequest:
 class ScoreOutput:
     logprob: float
     is_greedy: bool
-    token_logprobs: list[float]
+    #: One per continuation token, in order.
+    tokens: list[TokenLogprob]
+
+    @property
+    def token_logprobs(self) -> list[float]:
+        return [t.logprob for t in self.tokens]
 
 
 @dataclass
@@ -290,7 +295,7 @@ class LLM:
             assert seq.logprob_start is not None
             pos = range(seq.logprob_start, seq.num_prompt_tokens)
             lps = [seq.prompt_logprobs[p] for p in pos]
-            out = ScoreOutput(sum(lp for lp, _ in lps), all(g for _, g in lps), [lp for lp, _ in lps])
+            out = ScoreOutput(sum(t.logprob for t in lps), all(t.is_greedy for t in lps), lps)
             results[seq.request_index] = out
             if on_finish is not None:
                 on_finish(seq.request_index, out)
@@ -391,8 +396,8 @@ class LLM:
             # Prefill: the whole chunk is now in the cache. Decode: the fed token, plus the
             # draft row when it was accepted (then len(new) == 2).
             seq.num_computed_tokens += n if batch.is_prefill else len(new)
-            for p, lp, g in lps:
-                seq.prompt_logprobs[p] = (lp, g)
+            for p, scored in lps:
+                seq.prompt_logprobs[p] = scored
             is_done = False
             for tok in new:
                 is_done = self._append(seq, tok)

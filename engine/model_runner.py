@@ -30,6 +30,7 @@ import torch
 from dseval.engine.attention_metadata import AttentionMetadata
 from dseval.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from dseval.engine.sampler import Sampler, token_logprobs
+from dseval.engine.sequence import TokenLogprob
 from dseval.engine.scheduler import ScheduledBatch
 from dseval.engine.sequence import SamplingParams, Sequence
 
@@ -98,8 +99,8 @@ class StepOutput:
     #: Tokens picked at the sampled rows of each sequence (empty where nothing was sampled);
     #: filled by :meth:`resolve`.
     sampled: list[list[int]] = field(default_factory=list)
-    #: (position of the scored token, its log-prob, whether it was the argmax) per sequence.
-    logprobs: list[list[tuple[int, float, bool]]] = field(default_factory=list)
+    #: (position of the scored token, its log-prob and the row's top token) per sequence.
+    logprobs: list[list[tuple[int, TokenLogprob]]] = field(default_factory=list)
     #: The sampled tokens in row order, and the sequence (batch index) each row belongs to.
     tokens: SampledTokens | None = None
     token_owner: list[int] = field(default_factory=list)
@@ -403,7 +404,8 @@ class ModelRunner:
             b = a + self.logprob_rows_per_pass
             idx = torch.tensor(lp_rows[a:b], dtype=torch.int64).to(dev, non_blocking=True)
             targets = torch.tensor(lp_targets[a:b], dtype=torch.int64).to(dev, non_blocking=True)
-            lps, greedy = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
-            for (owner, p), lp, g in zip(lp_owner[a:b], lps.tolist(), greedy.tolist()):
-                out.logprobs[owner].append((p, float(lp), bool(g)))
+            lps, greedy, top_lps, top_ids = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
+            for (owner, p), lp, g, tlp, tid in zip(lp_owner[a:b], lps.tolist(), greedy.tolist(), top_lps.tolist(),
+                                                   top_ids.tolist()):
+                out.logprobs[owner].append((p, TokenLogprob(float(lp), bool(g), int(tid), float(tlp))))
         return out if defer else out.resolve()
