@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from dseval.data import DatasetSpec, DataSource, read_json
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.metrics import Summary, add_macro
 from dseval.requests import GenerateRequest
 from dseval.scoring.answers import answer_after
@@ -100,9 +101,8 @@ class BBH(Task):
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         description, shots = self._prompts[doc.fields["task"]]
-        if ctx.shots > len(shots):
-            raise UserError(f"bbh's cot-prompts have {len(shots)} exemplars per task; --shots {ctx.shots} is too many")
-        prompt = ctx.as_prompt(cot_prompt(description, shots[: ctx.shots], doc.data["input"]))
+        chosen = take_shots(shots, ctx.shots, f"bbh's cot-prompts/{doc.fields['task']}.txt")
+        prompt = ctx.as_prompt(cot_prompt(description, chosen, doc.data["input"]))
         stop = () if ctx.chat else STOP
         return prompt, generate_requests(prompt, doc.id, ctx, stop, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
-from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.code_exec import CodeExecution
 from dseval.scoring.sampling import generate_requests
@@ -74,9 +74,8 @@ class CRUXEvalOutput(CodeExecution, Task):
         return f"assert f({input}) == ??"
 
     def prompt(self, code: str, input: str, output: str, shots: int) -> str:
-        if shots > len(self.shots):
-            raise UserError(f"{self.name}'s official prompt has {len(self.shots)} examples; --shots {shots} is too many")
-        blocks = [QUESTION.format(code=c, question=self.question(c, i, o)) + ANSWER.format(input=i, output=o) for c, i, o in self.shots[:shots]]
+        examples = take_shots(self.shots, shots, f"{self.name}'s official prompt")
+        blocks = [QUESTION.format(code=c, question=self.question(c, i, o)) + ANSWER.format(input=i, output=o) for c, i, o in examples]
         return BLOCK_SEPARATOR.join([self.instruction, *blocks, QUESTION.format(code=code, question=self.question(code, input, output))])
 
     def load(self, source: DataSource) -> list[Doc]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.answers import answer_after, numbers, same_number
 from dseval.scoring.sampling import generate_requests
@@ -59,9 +60,7 @@ GOLD_MARK = "####"
 
 
 def cot_prompt(question: str, shots: int) -> str:
-    if shots > len(COT_SHOTS):
-        raise UserError(f"gsm8k's chain-of-thought prompt has {len(COT_SHOTS)} exemplars; --shots {shots} is too many")
-    blocks = [SHOT.format(question=q, answer=a) for q, a in COT_SHOTS[:shots]]
+    blocks = [SHOT.format(question=q, answer=a) for q, a in take_shots(COT_SHOTS, shots, "gsm8k's chain-of-thought prompt")]
     return SHOT_SEPARATOR.join([*blocks, QUESTION.format(question=question)])
 
 

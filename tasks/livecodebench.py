@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring import io_tests
 from dseval.scoring.code_exec import CodeExecution, extract_code
@@ -69,9 +70,8 @@ def base_prompt(content: str, starter: str, shots: int) -> str:
             text += f"### Starter Code\n{sample_code}\n\n"
         return text + "### Answer\n\n" + (f"{answer}\n\n" if answer else "")
 
-    example = FUNCTIONAL_EXAMPLE if starter else STDIN_EXAMPLE
-    shot = block(example["question"], example.get("sample_code", ""), example["answer"]) if shots else ""
-    return shot + block(content, starter, "")
+    examples = take_shots([FUNCTIONAL_EXAMPLE if starter else STDIN_EXAMPLE], shots, "livecodebench's official base prompt")
+    return "".join(block(e["question"], e.get("sample_code", ""), e["answer"]) for e in examples) + block(content, starter, "")
 
 
 def chat_prompt(content: str, starter: str) -> str:
@@ -199,8 +199,6 @@ class LiveCodeBench(CodeExecution, Task):
         if ctx.chat:
             prompt = ctx.as_prompt(chat_prompt(content, starter), system=SYSTEM_MESSAGE)
             return prompt, generate_requests(prompt, doc.id, ctx, (), self.max_tokens_chat)
-        if ctx.shots > 1:
-            raise UserError(f"livecodebench's official base prompt has one worked example; --shots {ctx.shots} is too many")
         prompt = base_prompt(content, starter, ctx.shots)
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 

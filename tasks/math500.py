@@ -31,6 +31,7 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.math_answers import answers_match, extract_answer, last_boxed
 from dseval.scoring.sampling import generate_requests
@@ -63,9 +64,7 @@ CHAT_PROMPT = "{problem}\nPlease reason step by step, and put your final answer 
 
 
 def minerva_prompt(problem: str, shots: int) -> str:
-    if shots > len(MINERVA_SHOTS):
-        raise UserError(f"the Minerva prompt has {len(MINERVA_SHOTS)} exemplars; --shots {shots} is too many")
-    blocks = [SHOT.format(problem=p, solution=s) for p, s in MINERVA_SHOTS[:shots]]
+    blocks = [SHOT.format(problem=p, solution=s) for p, s in take_shots(MINERVA_SHOTS, shots, "the Minerva prompt")]
     return SHOT_SEPARATOR.join([*blocks, QUESTION.format(problem=problem)])
 
 

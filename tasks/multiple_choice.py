@@ -48,6 +48,7 @@ import jinja2
 
 from dseval.data import DatasetSpec, DataSource, read_csv, read_json, read_jsonl
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.metrics import Summary, add_macro
 from dseval.requests import LoglikelihoodRequest
 from dseval.tasks.base import Doc, PromptContext, Sample, Task, register_task
@@ -153,11 +154,9 @@ class ConfiguredMultipleChoice(Task):
                 for i, c in enumerate(item["choices"])]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[LoglikelihoodRequest]]:
-        shots = self._shots.get(doc.data["subset"], [])
-        if ctx.shots > len(shots):
-            raise UserError(f"{self.name}: subset {doc.data['subset']!r} has {len(shots)} few-shot rows; --shots {ctx.shots} is too many")
+        shots = take_shots(self._shots.get(doc.data["subset"], []), ctx.shots, f"{self.name}'s few-shot file for {doc.data['subset']!r}")
         question = self._templates["question"]
-        blocks = [_render(question, s, self._where("prompt")) + self._continuations(s)[s["answer"]] for s in shots[: ctx.shots]]
+        blocks = [_render(question, s, self._where("prompt")) + self._continuations(s)[s["answer"]] for s in shots]
         text = _render(self._templates["description"], doc.data, self._where("prompt"))
         text += self.config["prompt"].get("shot_separator", "\n\n").join([*blocks, _render(question, doc.data, self._where("prompt"))])
         prompt = ctx.as_prompt(text)
