@@ -22,9 +22,8 @@ call ``f({input})``: both without running anything that matters.
 
 from __future__ import annotations
 
-from typing import Any
 
-from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
+from dseval.data import DatasetSpec, DataSource
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.code_exec import CodeExecution
@@ -79,13 +78,7 @@ class CRUXEvalOutput(CodeExecution, Task):
         return BLOCK_SEPARATOR.join([self.instruction, *blocks, QUESTION.format(code=code, question=self.question(code, input, output))])
 
     def load(self, source: DataSource) -> list[Doc]:
-        if source.hub:
-            rows: list[dict[str, Any]] = source.hub_rows(self.dataset.hub_id, None, self.dataset.split)
-        else:
-            path = source.require_local(self.dataset)
-            rows = read_jsonl(path)
-            for number, row in enumerate(rows, 1):
-                require_fields(row, ("id", "code", "input", "output"), f"{path}:{number}")
+        rows = source.jsonl_rows(self.dataset, ("id", "code", "input", "output"))
         return [Doc(id=f"{self.name}/{row['id']}", data={"code": row["code"], "input": row["input"], "output": row["output"]},
                     target={"code": row["code"], "input": row["input"], "output": row["output"]}) for row in rows]
 

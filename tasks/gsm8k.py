@@ -22,9 +22,8 @@ fallback, ``em_strict`` only the sentence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
+from dseval.data import DatasetSpec, DataSource
 from dseval.errors import UserError
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
@@ -81,20 +80,14 @@ class GSM8K(Task):
     max_tokens_base = 512
     max_tokens_chat = 2048
 
-    def rows(self, source: DataSource) -> list[dict[str, Any]]:
-        if source.hub:
-            return source.hub_rows(self.dataset.hub_id, self.dataset.hub_config, self.dataset.split)
-        path = source.require_local(self.dataset)
-        rows = read_jsonl(path)
-        for number, row in enumerate(rows, 1):
-            require_fields(row, ("question", "answer"), f"{path}:{number}")
-            if GOLD_MARK not in row["answer"]:
-                raise UserError(f"{path}:{number}: field 'answer' has no '####' before the final answer")
-        return rows
-
     def load(self, source: DataSource) -> list[Doc]:
+        rows = source.jsonl_rows(self.dataset, ("question", "answer"))
+        for number, row in enumerate(rows, 1):
+            if GOLD_MARK not in row["answer"]:
+                where = source.local(self.dataset) or self.dataset.hub_id
+                raise UserError(f"{where}:{number}: field 'answer' has no '####' before the final answer")
         return [Doc(id=f"gsm8k/test/{i}", data={"question": row["question"]}, target=gold_answer(row["answer"]))
-                for i, row in enumerate(self.rows(source))]
+                for i, row in enumerate(rows)]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         prompt = ctx.as_prompt(cot_prompt(doc.data["question"], ctx.shots))

@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
+from dseval.data import DatasetSpec, DataSource
 from dseval.errors import UserError
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
@@ -82,13 +82,7 @@ class Math500(Task):
     fields_read: tuple[str, ...] = ("problem", "answer", "subject", "level", "unique_id")
 
     def rows(self, source: DataSource) -> list[dict[str, Any]]:
-        if source.hub:
-            return source.hub_rows(self.dataset.hub_id, self.dataset.hub_config, self.dataset.split)
-        path = source.require_local(self.dataset)
-        rows = read_jsonl(path)
-        for number, row in enumerate(rows, 1):
-            require_fields(row, self.fields_read, f"{path}:{number}")
-        return rows
+        return source.jsonl_rows(self.dataset, self.fields_read)
 
     def to_doc(self, row: dict[str, Any]) -> Doc:
         return Doc(id=row["unique_id"], data=row, target=row["answer"], fields={"level": row["level"], "subject": row["subject"]})

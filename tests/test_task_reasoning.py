@@ -129,3 +129,14 @@ def test_gsm8k_gold_answers_through_replay_score_100(tmp_path: Path, data_dir: P
     records = [{"id": f"gsm8k/test/{i}", "output": " " + row["answer"].replace("####", "The answer is") + "."} for i, row in enumerate(rows)]
     summary = replay_run(tmp_path, "gsm8k", records, data_dir)
     assert summary["n"] == 1319 and summary["metrics"]["em"] == 1.0 and summary["metrics"]["em_strict"] == 1.0
+
+
+def test_malformed_gsm8k_row_names_file_and_line(tmp_path: Path) -> None:
+    from dseval.data import DataSource
+    from dseval.errors import UserError
+    from dseval.tasks.base import get_task
+
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "q", "answer": "2"}\n')
+    with pytest.raises(UserError, match=r"gsm8k/test.jsonl:2: field 'answer' has no '####'"):
+        get_task("gsm8k").load(DataSource(tmp_path))
