@@ -72,7 +72,7 @@ def run(
     max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
 ) -> None:
     """Run TASKS (or a --suite) against a model, writing run.json, samples and summary.json to --out."""
-    from dseval.report import print_suite_table, print_summary
+    from dseval.report import print_summary
     from dseval.runner import evaluate
     from dseval.suites import load_suite
 
@@ -96,7 +96,12 @@ def run(
     if summary:  # rank 0 under torchrun
         print_summary(summary)
         if loaded:
-            print_suite_table(loaded, summary, config)
+            from dseval.layouts import get_layout
+            from dseval.leaderboard import load_board
+            from dseval.leaderboard_render import render
+
+            typer.echo(f"\n{loaded.description or loaded.name}\n")
+            typer.echo(render(load_board([out], layout=get_layout(loaded.layout) if loaded.layout else None), "md"), nl=False)
 
 
 def _key_value(arg: str) -> tuple[str, str]:

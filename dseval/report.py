@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from dseval.config import RunConfig
-    from dseval.suites import Suite
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -32,18 +28,3 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     (console or Console()).print(summary_table(summary))
-
-
-def print_suite_table(suite: Suite, summary: dict[str, Any], config: RunConfig, console: Console | None = None) -> None:
-    """The suite's rows in the layout of the report's tables: benchmark (metric), # shots,
-    the model's score x100 with one decimal."""
-    from dseval.tasks.base import all_tasks
-
-    classes = all_tasks()
-    table = Table("Benchmark (Metric)", "# Shots", summary["model"], title=suite.description or suite.name)
-    for entry in suite.tasks:
-        result = summary["tasks"][entry.name]
-        label = getattr(classes[entry.name], "display_name", entry.name)
-        shots = config.shots_for(entry.name, classes[entry.name].default_shots)
-        table.add_row(label, f"{shots}-shot", f"{100 * result['metrics'][result['headline']]:.1f}")
-    (console or Console()).print(table)

@@ -4,6 +4,7 @@ A suite is a small TOML file (``configs/suites/<name>.toml``, or any path)::
 
     description = "DeepSeek-V3 technical report, Table 3 (base models)"
     chat = false                      # base-model prompts, or the chat template for every task
+    layout = "deepseek-v3-base"       # optional: row order of `dseval leaderboard --layout`
 
     [[task]]
     name = "bbh"
@@ -13,7 +14,8 @@ A suite is a small TOML file (``configs/suites/<name>.toml``, or any path)::
     args = { since = "2024-08-01", until = "2024-11-30" }   # task options (--task-arg)
 
 ``dseval run --suite NAME --model SPEC`` turns it into one :class:`~dseval.config.RunConfig`
-(per-task shots and options), so a suite run resumes, rescored and compares like any other.
+(per-task shots and options), so a suite run resumes, rescores and compares like any other, and
+ends with the run's leaderboard in the suite's layout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dseval.errors import UserError
+from dseval.layouts import get_layout
 
 #: Where ``--suite NAME`` looks when NAME is not a file: the repository's configs/suites.
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"
@@ -42,6 +45,7 @@ class Suite:
     description: str
     chat: bool
     tasks: tuple[SuiteTask, ...]
+    layout: str | None = None
 
     def task_shots(self) -> tuple[tuple[str, int], ...]:
         return tuple((t.name, t.shots) for t in self.tasks if t.shots is not None)
@@ -91,4 +95,8 @@ def load_suite(name: str) -> Suite:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: a task is listed twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
-    return Suite(path.stem, _field(data, "description", str, str(path), ""), _field(data, "chat", bool, str(path), False), tuple(tasks))
+    layout = _field(data, "layout", str, str(path))
+    if layout is not None:
+        get_layout(layout)  # an unknown layout fails now, not after the run
+    return Suite(path.stem, _field(data, "description", str, str(path), ""), _field(data, "chat", bool, str(path), False),
+                 tuple(tasks), layout)

@@ -67,7 +67,9 @@ def cot_prompt(description: str, shots: Sequence[str], question: str) -> str:
 @register_task
 class BBH(Task):
     name = "bbh"
-    display_name = "BBH (EM)"
+    display_name = "BBH"
+    metric_label = "EM"
+    category = "English"
     version = "1"
     dataset = DatasetSpec(hub_id="lukaemon/bbh", split="test", local="bbh")
     request_type = "generate"

@@ -60,7 +60,9 @@ REJECTED = "raise AssertionError('answer rejected before execution')\n"
 @register_task
 class CRUXEvalOutput(CodeExecution, Task):
     name = "cruxeval_o"
-    display_name = "CRUXEval-O (Pass@1)"
+    display_name = "CRUXEval-O"
+    metric_label = "Pass@1"
+    category = "Code"
     version = "1"
     dataset = DatasetSpec(hub_id="cruxeval-org/cruxeval", split="test", local="cruxeval/cruxeval.jsonl")
     default_shots = 2
@@ -102,7 +104,7 @@ class CRUXEvalOutput(CodeExecution, Task):
 @register_task
 class CRUXEvalInput(CRUXEvalOutput):
     name = "cruxeval_i"
-    display_name = "CRUXEval-I (Pass@1)"
+    display_name = "CRUXEval-I"
     instruction = INPUT_INSTRUCTION
     shots = INPUT_SHOTS
 

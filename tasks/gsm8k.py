@@ -71,7 +71,9 @@ def gold_answer(solution: str) -> str:
 @register_task
 class GSM8K(Task):
     name = "gsm8k"
-    display_name = "GSM8K (EM)"
+    display_name = "GSM8K"
+    metric_label = "EM"
+    category = "Math"
     version = "1"
     dataset = DatasetSpec(hub_id="openai/gsm8k", hub_config="main", split="test", local="gsm8k/test.jsonl")
     request_type = "generate"

@@ -126,7 +126,9 @@ def parse_date(value: str, option: str) -> date:
 @register_task
 class LiveCodeBench(CodeExecution, Task):
     name = "livecodebench"
-    display_name = "LiveCodeBench-Base (Pass@1)"
+    display_name = "LiveCodeBench"
+    metric_label = "Pass@1"
+    category = "Code"
     version = "1"
     dataset = DatasetSpec(hub_id="livecodebench/code_generation_lite", split="test", local="livecodebench/livecodebench_v5.jsonl")
     default_shots = 1

@@ -8,7 +8,7 @@ lm-evaluation-harness's ``multiple_choice``: one loglikelihood request per choic
 the rendered question, and the highest-scoring choice is the model's answer::
 
     name = "my_quiz"                     # task name (dseval run my_quiz)
-    display_name = "My quiz (Acc.)"      # optional, for leaderboards
+    display_name = "My quiz"             # optional, for leaderboards (with metric_label, category)
     shots = 5                            # default few-shot count
     macro = true                         # also report the unweighted mean over subsets
 
@@ -194,7 +194,9 @@ def declare(path: Path) -> type[Task]:
                  for key, default in (("description", ""), ("question", ""), ("continuation", " {{ letter }}"))}
     attributes = {
         "name": _require(config, "name", str, str(path)),
-        "display_name": config.get("display_name", config["name"]),
+        "display_name": str(config.get("display_name", config["name"])),
+        "metric_label": str(config.get("metric_label", "Acc.")),
+        "category": str(config.get("category", "")),
         "version": str(config.get("version", "1")),
         "default_shots": int(config.get("shots", 0)),
         "dataset": DatasetSpec(hub_id=f"(config {path.name})", split="test", local=config["data"]["test"]),

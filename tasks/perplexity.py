@@ -56,7 +56,10 @@ def rates(logprob: float, n_bytes: int, n_words: int) -> dict[str, float]:
 @register_task
 class Perplexity(Task):
     name = "perplexity"
-    display_name = "Perplexity (BPB)"
+    display_name = "Perplexity"
+    metric_label = "bits per byte"
+    category = "Language modeling"
+    unit = "score"
     version = "1"
     dataset = DatasetSpec(hub_id="(a text file: --task-arg path=FILE)", split="-", local="-")
     request_type = "loglikelihood_rolling"
