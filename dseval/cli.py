@@ -50,9 +50,13 @@ def user_errors(func: F) -> F:
 @user_errors
 @model_options()
 def run(
-    tasks: Annotated[list[str], typer.Argument(help="Task names (see `dseval tasks`).")],
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     options: BackendOptions,
+    tasks: Annotated[list[str] | None, typer.Argument(help="Task names (see `dseval tasks`).")] = None,
+    suite: Annotated[str | None, typer.Option(help="Run a suite instead of TASKS: a name in configs/suites or a TOML file.")] = None,
+    task_arg: Annotated[list[str] | None, typer.Option(help="KEY=VALUE option for the tasks that take it (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only problems from this date on (YYYY-MM-DD; livecodebench).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only problems up to this date (YYYY-MM-DD; livecodebench).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted run there is resumed.")] = Path("runs/latest"),
     limit: Annotated[int | None, typer.Option(help="At most N docs per task (per subject for MMLU).")] = None,
     ids: Annotated[str | None, typer.Option(help="Only these doc ids, comma-separated.")] = None,
@@ -64,17 +68,43 @@ def run(
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
     strict: Annotated[bool, typer.Option(help="Code tasks: count passes the sandbox flagged as tampered as failures.")] = False,
 ) -> None:
-    """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
+    """Run TASKS (or a --suite) against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
     from dseval.runner import evaluate
+    from dseval.suites import load_suite
 
+    loaded = load_suite(suite) if suite else None
+    if loaded and tasks:
+        raise UserError(f"give either task names or --suite, not both (--suite {suite} runs {len(loaded.tasks)} tasks)")
+    if loaded and chat and not loaded.chat:
+        raise UserError(f"suite {loaded.name} is for base models (chat = false in its file); leave out --chat")
+    if loaded and shots is not None:
+        raise UserError(f"--shots would override the shots of suite {loaded.name}; leave it out or run tasks by name")
+    task_args = tuple(("", *_key_value(arg)) for arg in task_arg or ())
+    task_args += tuple(("", key, value) for key, value in (("since", since), ("until", until)) if value is not None)
     config = RunConfig(
-        tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
-        seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens, options=options, strict=strict,
+        tasks=tuple(t.name for t in loaded.tasks) if loaded else tuple(tasks or ()), model=model,
+        task_shots=loaded.task_shots() if loaded else (), task_args=(loaded.task_args() if loaded else ()) + task_args,
+        out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots, seed=seed, data_dir=data_dir,
+        chat=chat or bool(loaded and loaded.chat), samples=samples, max_tokens=max_tokens, options=options, strict=strict,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun
         print_summary(summary)
+        if loaded:
+            from dseval.layouts import get_layout
+            from dseval.leaderboard import load_board
+            from dseval.leaderboard_render import render
+
+            typer.echo(f"\n{loaded.description or loaded.name}\n")
+            typer.echo(render(load_board([out], layout=get_layout(loaded.layout) if loaded.layout else None), "md"), nl=False)
+
+
+def _key_value(arg: str) -> tuple[str, str]:
+    key, sep, value = arg.partition("=")
+    if not sep or not key:
+        raise UserError(f"--task-arg {arg!r}: expected KEY=VALUE")
+    return key, value
 
 
 @app.command()

@@ -35,6 +35,12 @@ class RunConfig:
     options: BackendOptions = field(default_factory=BackendOptions)
     #: Code tasks: a pass the sandbox flagged as tampered (dseval.sandbox) counts as a failure.
     strict: bool = False
+    #: Few-shot count per task, overriding the task's default (a suite's protocol); ``shots``
+    #: still wins for every task when given. Guarded on resume by each task's prompt hash.
+    task_shots: tuple[tuple[str, int], ...] = ()
+    #: Task options as (task, key, value); task "" gives the option to every task of the run
+    #: that declares it (``--task-arg``, ``--since``). Guarded by the data fingerprint.
+    task_args: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -53,6 +59,17 @@ class RunConfig:
             raise UserError(f"--max-retries must be >= 0, got {self.options.max_retries}")
         if self.options.concurrency is not None and self.options.concurrency <= 0:
             raise UserError(f"--concurrency must be positive, got {self.options.concurrency}")
+
+    def shots_for(self, task: str, default: int) -> int:
+        if self.shots is not None:
+            return self.shots
+        return dict(self.task_shots).get(task, default)
+
+    def options_for(self, task: str, declared: tuple[str, ...]) -> dict[str, str]:
+        """The options given to ``task``: its own, plus the run-wide ones it declares."""
+        given = {key: value for name, key, value in self.task_args if name == "" and key in declared}
+        given.update({key: value for name, key, value in self.task_args if name == task})
+        return given
 
     def identity(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

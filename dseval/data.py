@@ -72,6 +72,17 @@ class DataSource:
             )
         return path
 
+    def jsonl_rows(self, spec: DatasetSpec, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Rows of a JSON Lines dataset, from the Hub (the spec's id, config and split) or the
+        local file, each local row checked to have ``fields`` (the error names file:line)."""
+        if self.hub:
+            return self.hub_rows(spec.hub_id, spec.hub_config, spec.split)
+        path = self.require_local(spec)
+        rows = read_jsonl(path)
+        for number, row in enumerate(rows, 1):
+            require_fields(row, fields, f"{path}:{number}")
+        return rows
+
     def hub_rows(self, hub_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
         """Rows of a Hub dataset via `datasets` (cached by it; honours HF_DATASETS_OFFLINE).
 

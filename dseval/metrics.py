@@ -68,6 +68,14 @@ def summarize(samples: Sequence[Sample], breakdowns: Sequence[str] = ()) -> Summ
     return summary
 
 
+def add_macro(summary: Summary, samples: Sequence[Sample], metric: str, field_name: str, name: str) -> None:
+    """``summary.metrics[name]``: the unweighted mean over the groups of ``field_name`` of each
+    group's mean ``metric`` (MMLU's macro average over subjects, BBH's mean over its 27 tasks),
+    with the standard error of that mean over groups."""
+    per_group = [mean_stderr([s.metrics[metric] for s in members])[0] for members in group_by(samples, field_name).values()]
+    summary.metrics[name], summary.stderr[name] = mean_stderr(per_group)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), computed as a
     product so large n does not overflow."""

@@ -1,10 +1,11 @@
 """Typed request and response kinds: the contract between tasks and model backends.
 
-A task never calls a model per example. It turns each document into requests of one of three
-kinds (loglikelihood, generate, and chat: a generation whose prompt is a conversation), the runner hands the whole list of each kind to the backend in one call, and the
-backend answers in the same order. Keeping the kinds as small frozen dataclasses (never bare
-tuples whose meaning depends on a flag) lets a backend sort by length, share prefixes and
-batch continuously without knowing anything about the task.
+A task never calls a model per example. It turns each document into requests of one of four
+kinds (loglikelihood, rolling loglikelihood of a whole text, generate, and chat: a generation
+whose prompt is a conversation), the runner hands the whole list of each kind to the backend in
+one call, and the backend answers in the same order. Keeping the kinds as small frozen
+dataclasses (never bare tuples whose meaning depends on a flag) lets a backend sort by length,
+share prefixes and batch continuously without knowing anything about the task.
 """
 
 from __future__ import annotations
@@ -37,6 +38,29 @@ class LoglikelihoodResult:
     is_greedy: bool
     #: Tokens of context + continuation as the backend counted them; None when it cannot say.
     prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRollingRequest:
+    """Score the whole of ``text``: the sum of every token's log-probability, for perplexity
+    and bits per byte.
+
+    The first token is scored after the BOS token (a backend without one cannot score it and
+    says so in ``num_tokens``). A text longer than the model's context is scored in disjoint
+    windows of the context length, each token exactly once (lm-evaluation-harness's rolling
+    windows): a window conditions on the earlier tokens inside it only, and the last, shorter
+    window is topped up with preceding tokens that are not scored again.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRollingResult:
+    """Sum of the scored tokens' log-probabilities, and how many tokens that covers."""
+
+    logprob: float
+    num_tokens: int
 
 
 @dataclass(frozen=True)
@@ -94,5 +118,5 @@ class GenerateResult:
 
 
 #: The two request kinds a task declares (``Task.request_type``) and their request types.
-RequestType = Literal["loglikelihood", "generate"]
-Request = LoglikelihoodRequest | GenerateRequest
+RequestType = Literal["loglikelihood", "loglikelihood_rolling", "generate"]
+Request = LoglikelihoodRequest | LoglikelihoodRollingRequest | GenerateRequest

@@ -30,10 +30,10 @@ from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.records import Doc, Sample
-from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, Request
+from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest, Request
 from dseval.scoring.code_exec import CodeExecution
 from dseval.store import RunStore, SampleWriter
-from dseval.task import PromptContext, Task, get_task
+from dseval.task import PromptContext, Task, all_tasks, get_task
 
 #: Scored samples are written at least this often, so a kill loses little finished work
 #: while scorers that batch (code execution) still get batches.
@@ -94,7 +94,7 @@ def generation_settings(request: GenerateRequest) -> tuple[tuple[str, Any], ...]
 
 
 def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBackend) -> tuple[PreparedTask, int]:
-    shots = task.default_shots if config.shots is None else config.shots
+    shots = config.shots_for(task.name, task.default_shots)
     ctx = PromptContext(
         shots=shots,
         chat=config.chat,
@@ -249,15 +249,20 @@ class _Collector:
         answers = self.answers.pop(doc_index)
         sample = Sample(id=doc.id, index=doc_index, prompt=self.prepared.prompts[doc_index], target=doc.target,
                         fields=doc.fields, chat=self.prepared.chat)
-        if isinstance(self.prepared.requests[doc_index][0], LoglikelihoodRequest):
+        kind = self.prepared.requests[doc_index][0]
+        if isinstance(kind, (LoglikelihoodRequest, LoglikelihoodRollingRequest)):
             check_finite(doc, self.prepared.task.name, [a.logprob for a in answers])
+        if isinstance(kind, LoglikelihoodRequest):
             sample.loglikelihoods = [a.logprob for a in answers]
             sample.is_greedy = [a.is_greedy for a in answers]
+        elif isinstance(kind, LoglikelihoodRollingRequest):
+            sample.loglikelihoods = [a.logprob for a in answers]
+            sample.details["tokens"] = sum(a.num_tokens for a in answers)
         else:
             sample.outputs = [a.text for a in answers]
             sample.finish_reasons = [a.finish_reason for a in answers]
             sample.output_tokens = [a.num_tokens for a in answers]
-        counts = [a.prompt_tokens for a in answers]
+        counts = [getattr(a, "prompt_tokens", None) for a in answers]
         sample.prompt_tokens = counts if any(c is not None for c in counts) else None
         return sample
 
@@ -300,12 +305,24 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
             backend.chat(requests, collector.on_result)
         elif requests and isinstance(requests[0], GenerateRequest):
             backend.generate(requests, collector.on_result)
+        elif requests and isinstance(requests[0], LoglikelihoodRollingRequest):
+            backend.loglikelihood_rolling(requests, collector.on_result)
         elif requests:
             backend.loglikelihood(requests, collector.on_result)
     finally:
         collector.flush()  # whatever finished is kept, even when the backend fails
         if writer:
             writer.close()
+
+
+def build_tasks(config: RunConfig) -> list[Task]:
+    """The run's tasks with their options; a run-wide option no task declares is an error
+    (a mistyped ``--task-arg`` must not be silently ignored)."""
+    classes = {name: all_tasks().get(name) for name in config.tasks}
+    for name, key, _ in config.task_args:
+        if name == "" and not any(cls is not None and key in cls.options for cls in classes.values()):
+            raise UserError(f"--task-arg {key}: none of the tasks {', '.join(config.tasks)} has that option")
+    return [get_task(name, config.options_for(name, cls.options if cls else ())) for name, cls in classes.items()]
 
 
 def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
@@ -325,7 +342,7 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
 def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: ModelBackend | None,
               tasks: Sequence[Task] | None) -> dict[str, Any]:
     started = now()
-    tasks = list(tasks) if tasks is not None else [get_task(name) for name in config.tasks]
+    tasks = list(tasks) if tasks is not None else build_tasks(config)
     apply_scoring_options(tasks, config.strict)
     source = DataSource(config.data_dir)
     owned = backend is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -75,6 +75,14 @@ class Task(ABC):
     category: ClassVar[str] = ""
     #: "%" for scores printed x100 (accuracy, F1, pass@k), "score" for numbers printed as they are.
     unit: ClassVar[Literal["%", "score"]] = "%"
+    #: Option names a user may set with ``--task-arg KEY=VALUE`` or a suite's ``args``; they
+    #: change which docs load or how prompts are built, never how a sample is scored, so
+    #: ``dseval score`` can rebuild the task without them.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        """Apply options (keys already checked against :attr:`options`); raise
+        :class:`~dseval.errors.UserError` naming the option for a bad value."""
 
     @abstractmethod
     def load(self, source: DataSource) -> list[Doc]:
@@ -121,12 +129,19 @@ def all_tasks() -> dict[str, type[Task]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_task(name: str, **options: Any) -> Task:
-    """The registered task ``name``, built with ``options`` (the NIAH sweep passes its grid)."""
+def get_task(name: str, options: Mapping[str, str] | None = None, **init: Any) -> Task:
+    """The registered task ``name``, built with ``init`` (the NIAH sweep passes its grid) and
+    configured with the user's string ``options`` (``--task-arg``, a suite's settings)."""
     tasks = all_tasks()
     if name not in tasks:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(tasks)}")
-    return tasks[name](**options)
+    task = tasks[name](**init)
+    if options:
+        unknown = sorted(set(options) - set(task.options))
+        if unknown:
+            raise UserError(f"task {name!r} has no option {unknown[0]!r} (its options: {', '.join(task.options) or 'none'})")
+        task.configure(options)
+    return task
 
 
 def sample_seed(seed: int, doc_id: str, sample_index: int) -> int:

@@ -46,6 +46,8 @@ from dseval.requests import (
     GenerateResult,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
 )
 
 _DTYPES = {
@@ -80,6 +82,22 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible; pick an index below that")
     return device
+
+
+def rolling_windows(length: int, max_len: int, first: int) -> list[tuple[int, int, int]]:
+    """Windows ``(begin, start, end)`` that score positions ``first..length-1`` of a token
+    sequence exactly once: each window feeds ``tokens[begin:end]`` (at most ``max_len``) and
+    scores ``tokens[start:end]``. As lm-evaluation-harness's disjoint rolling windows, a full
+    window scores ``max_len - 1`` tokens after one token of context, and the last, shorter one
+    is topped up with preceding tokens to the full length."""
+    windows, start = [], first
+    while start < length:
+        end = min(start + max_len - 1, length)
+        begin = max(0, end - max_len)
+        windows.append((begin, start, end))
+        start = end
+    return windows
+
 
 
 class EngineBackend(ModelBackend):
@@ -189,6 +207,45 @@ class EngineBackend(ModelBackend):
             index.append(i)
         self.llm.score(score_reqs, lambda k, out: emit(
             index[k], LoglikelihoodResult(out.logprob, out.is_greedy, len(score_reqs[k].token_ids))))
+        return [r for r in results if r is not None]
+
+    def loglikelihood_rolling(
+        self, requests: Seq[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        """Each text as ``[BOS] + tokens`` cut into :func:`rolling_windows` of the context
+        length; a text's result is the sum over its windows. Without a BOS token the first
+        token has no context and is not scored (``num_tokens`` says how many were)."""
+        head = [self.bos_id] if self.bos_id is not None else []
+        results: list[LoglikelihoodRollingResult | None] = [None] * len(requests)
+        total = [0.0] * len(requests)
+        pending = [0] * len(requests)
+        scored = [0] * len(requests)
+        score_reqs: list[ScoreRequest] = []
+        owner: list[int] = []
+
+        def finish(i: int) -> None:
+            results[i] = LoglikelihoodRollingResult(total[i], scored[i])
+            if on_result is not None:
+                on_result(i, results[i])
+
+        for i, req in enumerate(requests):
+            tokens = head + self.tokenizer.encode(req.text, add_bos=False)
+            for begin, start, end in rolling_windows(len(tokens), self.llm.max_model_len, 1):
+                score_reqs.append(ScoreRequest(tuple(tokens[begin:end]), start - begin))
+                owner.append(i)
+                pending[i] += 1
+                scored[i] += end - start
+            if pending[i] == 0:  # empty text: nothing to score
+                finish(i)
+
+        def done(k: int, out: Any) -> None:
+            i = owner[k]
+            total[i] += out.logprob
+            pending[i] -= 1
+            if pending[i] == 0:
+                finish(i)
+
+        self.llm.score(score_reqs, done)
         return [r for r in results if r is not None]
 
     def generate_ids(

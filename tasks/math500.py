@@ -29,8 +29,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
+from dseval.data import DatasetSpec, DataSource
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.math_answers import answers_match, extract_answer, last_boxed
@@ -64,9 +65,7 @@ CHAT_PROMPT = "{problem}\nPlease reason step by step, and put your final answer 
 
 
 def minerva_prompt(problem: str, shots: int) -> str:
-    if shots > len(MINERVA_SHOTS):
-        raise UserError(f"the Minerva prompt has {len(MINERVA_SHOTS)} exemplars; --shots {shots} is too many")
-    blocks = [SHOT.format(problem=p, solution=s) for p, s in MINERVA_SHOTS[:shots]]
+    blocks = [SHOT.format(problem=p, solution=s) for p, s in take_shots(MINERVA_SHOTS, shots, "the Minerva prompt")]
     return SHOT_SEPARATOR.join([*blocks, QUESTION.format(problem=problem)])
 
 
@@ -87,13 +86,7 @@ class Math500(Task):
     fields_read: tuple[str, ...] = ("problem", "answer", "subject", "level", "unique_id")
 
     def rows(self, source: DataSource) -> list[dict[str, Any]]:
-        if source.hub:
-            return source.hub_rows(self.dataset.hub_id, self.dataset.hub_config, self.dataset.split)
-        path = source.require_local(self.dataset)
-        rows = read_jsonl(path)
-        for number, row in enumerate(rows, 1):
-            require_fields(row, self.fields_read, f"{path}:{number}")
-        return rows
+        return source.jsonl_rows(self.dataset, self.fields_read)
 
     def to_doc(self, row: dict[str, Any]) -> Doc:
         return Doc(id=row["unique_id"], data=row, target=row["answer"], fields={"level": row["level"], "subject": row["subject"]})

@@ -26,6 +26,7 @@ from typing import Any
 
 from dseval.data import DatasetSpec, DataSource, read_json, read_jsonl, require_fields
 from dseval.errors import UserError
+from dseval.prompting import take_shots
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.sandbox import Job
@@ -103,9 +104,7 @@ class MBPP(CodeExecution, Task):
         ]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
-        if ctx.shots > len(SHOT_IDS):
-            raise UserError(f"{self.name} has {len(SHOT_IDS)} prompt problems (task_ids 2-4); --shots {ctx.shots} is too many")
-        prompt = ctx.as_prompt(few_shot_prompt(self._shots[: ctx.shots], doc.data))
+        prompt = ctx.as_prompt(few_shot_prompt(take_shots(self._shots, ctx.shots, f"{self.name}'s prompt (task_ids 2-4)"), doc.data))
         return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
 
     def program(self, sample: Sample, output: str) -> Job:

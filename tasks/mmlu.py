@@ -22,7 +22,7 @@ from typing import Any
 
 from dseval.data import DataSource, DatasetSpec, read_csv
 from dseval.errors import UserError
-from dseval.metrics import Summary, group_by, mean_stderr
+from dseval.metrics import Summary, add_macro
 from dseval.records import Doc, Sample
 from dseval.requests import LoglikelihoodRequest
 from dseval.task import PromptContext, Task, register_task
@@ -142,6 +142,5 @@ class MMLU(Task):
     def summarize(self, samples: Sequence[Sample]) -> Summary:
         """Adds ``acc_macro``, the unweighted mean of the per-subject accuracies."""
         summary = super().summarize(samples)
-        per_subject = [mean_stderr([s.metrics["acc"] for s in members])[0] for members in group_by(samples, "subject").values()]
-        summary.metrics["acc_macro"], summary.stderr["acc_macro"] = mean_stderr(per_subject)
+        add_macro(summary, samples, "acc", "subject", "acc_macro")
         return summary

@@ -32,3 +32,19 @@ def load_task(name: str, data_dir: Path):
 
     task = get_task(name)
     return task, task.load(DataSource(data_dir))
+
+
+def replay_run(tmp_path: Path, task: str, records: list[dict], data_dir: Path, *extra: str) -> dict:
+    """``dseval run TASK --model replay:FILE`` in a subprocess on saved outputs; the task's
+    entry of summary.json.
+    Gold answers sent this way check the whole path: prompts, requests, scoring, aggregation."""
+    import json
+    import subprocess
+
+    replay = tmp_path / f"{task}-replay.jsonl"
+    replay.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / f"{task}-run"
+    cmd = [sys.executable, "-m", "dseval", "run", task, "--model", f"replay:{replay}", "--data-dir", str(data_dir), "--out", str(out), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "summary.json").read_text())["tasks"][task]

@@ -18,7 +18,7 @@ from dseval.backends.base import BackendOptions
 from dseval.backends.registry import load_backend
 from dseval.config import RunConfig
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.requests import GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest
 from dseval.runner import evaluate
 
 
@@ -90,6 +90,13 @@ def test_loglikelihood_sums_continuation_tokens(server: str) -> None:
     # trailing space of the context moves to the continuation; "B" is not the top token
     assert results[1].logprob == pytest.approx(char_logprob(" ") + char_logprob("B"))
     assert not results[1].is_greedy
+
+
+def test_rolling_loglikelihood_sums_the_whole_text(server: str) -> None:
+    """Every character of the text is a scored token; the one generated after it is not."""
+    (result,) = backend(server).loglikelihood_rolling([LoglikelihoodRollingRequest("Hello, world")])
+    assert result.num_tokens == 12 and result.logprob == pytest.approx(sum(map(char_logprob, "Hello, world")))
+    assert CompletionsHandler.seen[-1]["echo"] is True
 
 
 def test_generate_cuts_stop_and_reports_in_order(server: str) -> None:

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from dseval.errors import UserError
-from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import (
+    ChatRequest,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
+)
 
 R = TypeVar("R")
 OnResult = Callable[[int, R], None]
@@ -109,6 +117,13 @@ class ModelBackend(ABC):
         self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None
     ) -> list[GenerateResult]:
         """Answer every request, in order; call ``on_result`` as each finishes."""
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        """Answer every request, in order; call ``on_result`` as each finishes. Optional: a
+        backend that cannot score whole texts refuses perplexity tasks with this error."""
+        raise UserError(f"model backend {type(self).__name__} cannot score whole texts (loglikelihood_rolling)")
 
     def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         """Answer chat requests, in order. The default renders each conversation with

@@ -12,6 +12,10 @@ is ``context + continuation`` with ``echo``, and the continuation's tokens are t
 offset lies at or past the end of the context (after moving the context's trailing whitespace to
 the continuation, the same boundary rule as the built-in engine). The API key
 (``$OPENAI_API_KEY``) goes into the Authorization header only; it is cut out of every error.
+Rolling loglikelihood echoes the whole text and sums every token's prompt log-probability the
+server gives (none for the first token when it adds no BOS; ``num_tokens`` counts those scored).
+The text is sent in one piece, so a text longer than the server's context fails with the
+server's error instead of being windowed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from typing import Any, TypeVar
 
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import (
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
+)
 
 T = TypeVar("T")
 #: Per worker thread: the stop flag of the call it serves (a thread outside any call never stops).
@@ -177,6 +188,21 @@ class OpenAIBackend(ModelBackend):
         return GenerateResult(text=text, num_tokens=tokens, finish_reason=choice.get("finish_reason") or "stop",
                               prompt_tokens=usage.get("prompt_tokens"))
 
+    def _rolling_one(self, request: LoglikelihoodRollingRequest) -> LoglikelihoodRollingResult:
+        payload = {"prompt": request.text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        return self._post(payload, lambda answer: self._rolled(answer, request.text))
+
+    def _rolled(self, answer: dict[str, Any], text: str) -> LoglikelihoodRollingResult:
+        logprobs = answer["choices"][0].get("logprobs")
+        if not logprobs or "text_offset" not in logprobs:
+            raise UserError(f"{self.url}: server returned no prompt logprobs (it must support echo with logprobs)")
+        try:
+            scored = [lp for offset, lp in zip(logprobs["text_offset"], logprobs["token_logprobs"], strict=True)
+                      if offset < len(text) and lp is not None]  # not the generated token, nor an unscored first
+        except (KeyError, TypeError, ValueError) as err:
+            raise Malformed(f"logprobs do not line up ({err!r})") from None
+        return LoglikelihoodRollingResult(logprob=sum(scored), num_tokens=len(scored))
+
     def _loglikelihood_one(self, request: LoglikelihoodRequest) -> LoglikelihoodResult:
         context, continuation = split_boundary(request.context, request.continuation)
         payload = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
@@ -213,6 +239,11 @@ class OpenAIBackend(ModelBackend):
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
     ) -> list[LoglikelihoodResult]:
         return self._fan_out(requests, self._loglikelihood_one, on_result)
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        return self._fan_out(requests, self._rolling_one, on_result)
 
 
 class _Stopped(Exception):

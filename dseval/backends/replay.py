@@ -13,7 +13,15 @@ from pathlib import Path
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.data import read_jsonl
 from dseval.errors import UserError
-from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import (
+    ChatRequest,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    LoglikelihoodRollingRequest,
+    LoglikelihoodRollingResult,
+)
 
 
 class ReplayBackend(ModelBackend):
@@ -59,3 +67,8 @@ class ReplayBackend(ModelBackend):
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
     ) -> list[LoglikelihoodResult]:
         raise UserError("replay: answers generation tasks only; loglikelihood tasks (e.g. mmlu) need a model")
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[LoglikelihoodRollingRequest], on_result: OnResult[LoglikelihoodRollingResult] | None = None
+    ) -> list[LoglikelihoodRollingResult]:
+        raise UserError("replay: answers generation tasks only; perplexity tasks need a model")

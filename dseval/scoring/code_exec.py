@@ -62,7 +62,10 @@ def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, 
     ``"tampered"`` (why the pass looks forged) when the sandbox flagged the run.
     ``protections`` lists the isolation mechanisms that were in force (fewer where the
     machine lacks one, e.g. no writable cgroups)."""
-    results = Sandbox(limits=SandboxLimits(timeout_s=timeout_s)).run_all(list(jobs))
+    # CPU time is capped at least as loosely as wall time, so a long test run (LiveCodeBench's
+    # many tests per problem) ends by its timeout, not by the default CPU limit.
+    limits = SandboxLimits(timeout_s=timeout_s, cpu_s=max(timeout_s, SandboxLimits.cpu_s))
+    results = Sandbox(limits=limits).run_all(list(jobs))
     verdicts = []
     for res in results:
         verdict: dict[str, Any] = {"status": res.status, "reason": res.reason, "protections": list(res.protections)}
