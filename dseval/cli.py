@@ -65,6 +65,8 @@ def run(
     moe_comm: Annotated[str, typer.Option(help="Expert-parallel exchange: all_to_all or all_reduce.")] = "all_to_all",
     prefill_attention: Annotated[str, typer.Option(help=PREFILL_ATTENTION_HELP)] = "auto",
     max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
+    judge: Annotated[str | None, typer.Option(help="Model spec of the LLM judge for judge-scored tasks (arena_hard, "
+                                                   "alpacaeval2), e.g. openai-chat:URL#MODEL.")] = None,
 ) -> None:
     """Run TASKS against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -74,7 +76,7 @@ def run(
         tasks=tuple(tasks), model=model, out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots,
         batch_size=batch_size, seed=seed, data_dir=data_dir, chat=chat, samples=samples, max_tokens=max_tokens,
         device=device, speculative=speculative, dp=dp, tp=tp, ep=ep, moe_comm=moe_comm,
-        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens,
+        prefill_attention=prefill_attention, max_num_batched_tokens=max_num_batched_tokens, judge=judge,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

@@ -10,7 +10,7 @@ from dseval.backends.base import BackendOptions
 from dseval.errors import UserError
 
 #: Fields that decide which samples a run computes and how; a resumed run must agree on them.
-IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention")
+IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention", "judge")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class RunConfig:
     #: identity: it changes speed and peak memory, and results only as batch composition does
     #: (GEMM kernels chosen by row count round differently).
     max_num_batched_tokens: int | None = None
+    #: Model spec of the LLM judge for judge-scored tasks (Arena-Hard, AlpacaEval). Part of the
+    #: identity: a resumed run must not mix two judges' verdicts.
+    judge: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -21,6 +21,7 @@ from dseval.config import RunConfig
 from dseval.data import DataSource
 from dseval.distributed import Topology, barrier, init_process_group, share
 from dseval.errors import UserError
+from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
@@ -229,7 +230,10 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
     source = DataSource(config.data_dir)
     owned = backend is None
     backend = backend or load_backend(config.model, config.backend_options())
+    judge = None
     try:
+        if topology.is_leader:
+            judge = open_judge(config.judge, tasks, config.model, backend, config.backend_options())
         prepared = {}
         records = {}
         for task in tasks:
@@ -249,9 +253,13 @@ def evaluate(config: RunConfig, backend: ModelBackend | None = None, tasks: Sequ
                     if len(samples) != len(item.docs):  # never summarize a partial task as if whole
                         raise RuntimeError(f"{name}: {len(item.docs) - len(samples)} of {len(item.docs)} docs have no "
                                            f"sample after the run; run again with the same --out to compute them")
+                    if isinstance(item.task, JudgedTask):
+                        samples = judge_samples(item.task, samples, store, judge)
                     summaries[name] = task_summary(item.task, samples)
                 barrier(topology)
     finally:
+        if judge is not None and judge is not backend:
+            judge.close()
         if owned:
             backend.close()
     if not topology.is_leader:

@@ -129,10 +129,15 @@ def length_controlled_win_rate(
     difficulty: np.ndarray | None = None,
     gamed: GamedRows | None = None,
 ) -> LengthControlled:
-    """Fit the GLM to one model's preferences (NaN where the judge gave none) and predict."""
+    """Fit the GLM to one model's preferences (NaN where the judge gave none) and predict; NaN
+    when fewer preferences than folds were parsed (nothing to fit)."""
     preference = np.asarray(preference, dtype=float)
+    keep = ~np.isnan(preference)
+    if keep.sum() < FOLDS:
+        return LengthControlled(float("nan"), float("nan"), {}, "", float("nan"))
     delta = np.asarray(len_baseline, dtype=float) - np.asarray(len_model, dtype=float)
-    std_delta = delta / np.std(delta, ddof=1)
+    spread = np.std(delta, ddof=1)
+    std_delta = delta / spread if spread > 0 else np.zeros_like(delta)
     names = ["np.tanh(std_delta_len)"]
     features = [np.tanh(std_delta)]
     if difficulty is not None:
@@ -141,7 +146,6 @@ def length_controlled_win_rate(
     names.append("not_gamed_baseline.astype(float)")
     features.append(np.ones(len(preference)))
     x = np.stack(features, axis=1)
-    keep = ~np.isnan(preference)
     x_fit, p_fit, s_fit = x[keep], preference[keep], np.ones(int(keep.sum()))
     formula = "length_controlled_minimal" if difficulty is None else "length_controlled_noreg"
     if gamed is not None:
