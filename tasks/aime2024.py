@@ -42,7 +42,7 @@ class Aime2024(Task):
     name = "aime2024"
     display_name = "AIME 2024 (Pass@1)"
     version = "1"
-    dataset = DatasetSpec(hub_id="", split="test", local="aime2024/test.jsonl")
+    dataset = DatasetSpec(hub_id="(local only)", split="test", local="aime2024/test.jsonl")
     request_type = "generate"
     headline = "pass@1"
     max_tokens = 8192

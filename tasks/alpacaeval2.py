@@ -106,7 +106,7 @@ class AlpacaEval2(JudgedTask, Task):
     name = "alpacaeval2"
     display_name = "AlpacaEval 2.0 (LC win rate)"
     version = "1"
-    dataset = DatasetSpec(hub_id="", split="eval", local="alpacaeval/gpt4_1106_preview/model_outputs.json")
+    dataset = DatasetSpec(hub_id="(local only)", split="eval", local="alpacaeval/gpt4_1106_preview/model_outputs.json")
     request_type = "generate"
     headline = "lc_win_rate"
     breakdowns = ("dataset",)

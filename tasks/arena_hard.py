@@ -98,7 +98,7 @@ class ArenaHard(JudgedTask, Task):
     name = "arena_hard"
     display_name = "Arena-Hard"
     version = "1"
-    dataset = DatasetSpec(hub_id="", split="test", local="arena-hard/v0.1/question.jsonl")
+    dataset = DatasetSpec(hub_id="(local only)", split="test", local="arena-hard/v0.1/question.jsonl")
     request_type = "generate"
     headline = "win_rate"
     options = ("version", "baseline")
