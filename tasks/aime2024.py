@@ -40,7 +40,9 @@ def integer_answer(output: str) -> int | None:
 @register_task
 class Aime2024(Task):
     name = "aime2024"
-    display_name = "AIME 2024 (Pass@1)"
+    display_name = "AIME 2024"
+    metric_label = "Pass@1"
+    category = "Math"
     version = "1"
     dataset = DatasetSpec(hub_id="(local only)", split="test", local="aime2024/test.jsonl")
     request_type = "generate"

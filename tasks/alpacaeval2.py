@@ -104,7 +104,9 @@ def read_difficulty_csv(path: Path) -> tuple[dict[int, float], dict[int, list[tu
 @register_task
 class AlpacaEval2(JudgedTask, Task):
     name = "alpacaeval2"
-    display_name = "AlpacaEval 2.0 (LC win rate)"
+    display_name = "AlpacaEval 2.0"
+    metric_label = "LC win rate"
+    category = "English"
     version = "1"
     dataset = DatasetSpec(hub_id="(local only)", split="eval", local="alpacaeval/gpt4_1106_preview/model_outputs.json")
     request_type = "generate"

@@ -97,6 +97,7 @@ def game_results(replies: Sequence[str]) -> tuple[list[float | None], list[bool]
 class ArenaHard(JudgedTask, Task):
     name = "arena_hard"
     display_name = "Arena-Hard"
+    category = "English"
     version = "1"
     dataset = DatasetSpec(hub_id="(local only)", split="test", local="arena-hard/v0.1/question.jsonl")
     request_type = "generate"
