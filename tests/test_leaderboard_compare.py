@@ -59,7 +59,8 @@ def test_task_metadata_names_rows_like_the_report() -> None:
     assert labels["mmlu"] == "MMLU (Acc.)" and labels["drop"] == "DROP (F1)"
     assert labels["humaneval"] == "HumanEval (Pass@1)" and labels["math500"] == "MATH-500 (EM)"
     assert {name: cls.category for name, cls in tasks.items() if name != "niah"} == {
-        "drop": "English", "mmlu": "English", "humaneval": "Code", "mbpp": "Code", "mbpp_sanitized": "Code", "math": "Math", "math500": "Math"}
+        "drop": "English", "mmlu": "English", "humaneval": "Code", "mbpp": "Code", "mbpp_sanitized": "Code", "math": "Math", "math500": "Math",
+        "arena_hard": "English", "alpacaeval2": "English", "aime2024": "Math"}
     assert all(cls.unit in ("%", "score") for cls in tasks.values())
 
 
