@@ -67,6 +67,8 @@ def run(
     samples: Annotated[int, typer.Option(help="Samples per doc for generation tasks (pass@k).")] = 1,
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
     strict: Annotated[bool, typer.Option(help="Code tasks: count passes the sandbox flagged as tampered as failures.")] = False,
+    judge: Annotated[str | None, typer.Option(help="Model spec of the LLM judge for judge-scored tasks (arena_hard, "
+                                                   "alpacaeval2), e.g. openai-chat:URL#MODEL.")] = None,
 ) -> None:
     """Run TASKS (or a --suite) against a model, writing run.json, samples and summary.json to --out."""
     from dseval.report import print_summary
@@ -87,6 +89,7 @@ def run(
         task_shots=loaded.task_shots() if loaded else (), task_args=(loaded.task_args() if loaded else ()) + task_args,
         out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots, seed=seed, data_dir=data_dir,
         chat=chat or bool(loaded and loaded.chat), samples=samples, max_tokens=max_tokens, options=options, strict=strict,
+        judge=judge,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

@@ -14,7 +14,8 @@ from dseval.errors import UserError
 #: Speed knobs (batch size, prefill chunk, parallel layout) change results only as batch
 #: composition does, so they stay out and a run may resume with other values.
 IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention",
-                   "strict")
+                   "strict",
+                   "judge")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class RunConfig:
     #: Task options as (task, key, value); task "" gives the option to every task of the run
     #: that declares it (``--task-arg``, ``--since``). Guarded by the data fingerprint.
     task_args: tuple[tuple[str, str, str], ...] = ()
+    #: Model spec of the LLM judge for judge-scored tasks (Arena-Hard, AlpacaEval). Part of the
+    #: identity: a resumed run must not mix two judges' verdicts.
+    judge: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -176,3 +176,24 @@ def require_fields(row: dict[str, Any], fields: tuple[str, ...], where: str) -> 
     missing = [name for name in fields if name not in row]
     if missing:
         raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def local_rows(source: DataSource, spec: DatasetSpec, fields: tuple[str, ...], relative: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a file that only exists in the reference layout under ``--data-dir`` (no Hub copy
+    has the same fields), each checked for ``fields``: JSON Lines, or one JSON array (.json)."""
+    if source.root is None:
+        raise UserError(f"{relative or spec.local} has no Hub copy in its reference layout: pass --data-dir DIR "
+                        "(a folder laid out like shared/data)")
+    path = source.require_local(spec, relative)
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise UserError(f"{path}: expected a JSON array of objects")
+    else:
+        rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        require_fields(row, fields, f"{path}:{number}")
+    return rows

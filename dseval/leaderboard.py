@@ -118,7 +118,8 @@ def load_column(path: Path, label: str | None = None) -> Column:
                 continue  # a partial summary of a task with no samples yet: an empty cell
             raise UserError(f"{path}: task {task} has no value for its headline metric {metric!r}")
         record = run.get("tasks", {}).get(task, {})
-        scale = 100.0 if task_meta(task, entry).unit == "%" else 1.0
+        # a reference file says how its numbers are stored (85.5 as printed); a run's are fractions
+        scale = 100.0 if entry.get("unit", task_meta(task, entry).unit) == "%" else 1.0
         stderr = entry.get("stderr", {}).get(metric)
         cells[task] = Cell(
             value=scale * entry["metrics"][metric], stderr=None if stderr is None else scale * stderr,

@@ -26,6 +26,7 @@ from dseval.config import RunConfig
 from dseval.data import DataSource
 from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
+from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
@@ -350,7 +351,10 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
         # before loading: a changed checkpoint is refused without reading its weights first
         check_fingerprint(store, existing.get("model_fingerprint"), checkpoint_fingerprint(Path(config.model)))
     backend = backend or load_backend(config.model, config.options)
+    judge = None
     try:
+        if topology.is_leader:
+            judge = open_judge(config.judge, tasks, config.model, backend, config.options)
         prepared = {}
         records = {}
         for task in tasks:
@@ -370,9 +374,13 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
                 barrier(topology)
                 if topology.is_leader:
                     samples = store.finalize(name)
+                    if isinstance(item.task, JudgedTask):
+                        samples = judge_samples(item.task, samples, store, judge)
                     summaries[name] = task_summary(item.task, samples, len(item.docs), config.limit)
                 barrier(topology)
     finally:
+        if judge is not None and judge is not backend:
+            judge.close()
         if owned:
             backend.close()
     if not topology.is_leader:

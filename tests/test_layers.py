@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"dseval": "dseval", "engine": "dseval.engine", "tasks": "dseval.tasks", "kernels": "dseval.kernels"}
 #: What a task plugin may import: the contracts, data access and the shared scorers.
 PUBLIC_API = ("dseval.task", "dseval.records", "dseval.requests", "dseval.data", "dseval.errors", "dseval.metrics",
-              "dseval.scoring", "dseval.sandbox", "dseval.prompting")
+              "dseval.scoring", "dseval.sandbox", "dseval.prompting", "dseval.judging")
 # Issue 18's engine restructure (another branch) moves the harness adapter out of engine/ and
 # breaks its file cycles; until it lands these two fail.
 ENGINE_IMPORTS_PENDING = pytest.mark.xfail(strict=False, reason="engine/ still imports dseval (backend.py, errors)")

@@ -61,7 +61,8 @@ def test_task_metadata_names_rows_like_the_report() -> None:
     assert {name: cls.category for name, cls in tasks.items() if name != "niah"} == {
         "drop": "English", "mmlu": "English", "humaneval": "Code", "mbpp": "Code", "mbpp_sanitized": "Code", "math": "Math", "math500": "Math",
         "bbh": "English", "gsm8k": "Math", "cruxeval_i": "Code", "cruxeval_o": "Code", "livecodebench": "Code",
-        "mmlu_declared": "English", "perplexity": "Language modeling"}
+        "mmlu_declared": "English", "perplexity": "Language modeling",
+        "arena_hard": "English", "alpacaeval2": "English", "aime2024": "Math"}
     assert labels["bbh"] == "BBH (EM)" and labels["gsm8k"] == "GSM8K (EM)" and labels["cruxeval_o"] == "CRUXEval-O (Pass@1)"
     assert all(cls.unit in ("%", "score") for cls in tasks.values())
 

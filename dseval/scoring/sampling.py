@@ -6,7 +6,11 @@ task asks for several samples per doc are defined here once instead of in each t
 
 from __future__ import annotations
 
-from dseval.requests import GenerateRequest
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dseval.requests import ChatRequest, GenerateRequest
 from dseval.task import PromptContext, sample_seed
 
 #: Sampling settings for ``--samples N`` with N > 1. The run configuration has no temperature
@@ -16,27 +20,47 @@ MULTI_SAMPLE_TEMPERATURE = 0.8
 MULTI_SAMPLE_TOP_P = 0.95
 
 
-def generate_requests(
-    prompt: str, doc_id: str, ctx: PromptContext, stop: tuple[str, ...], max_tokens: int
-) -> list[GenerateRequest]:
-    """``ctx.samples`` requests for ``prompt``; ``ctx.max_tokens`` overrides the task default.
+@dataclass(frozen=True)
+class SamplingProtocol:
+    """A task's own sampling protocol from its reference (AIME 2024 in the DeepSeek-V3 report:
+    16 samples at temperature 0.7), used when the run does not ask for ``--samples N > 1``."""
+
+    samples: int
+    temperature: float
+    top_p: float = 1.0
+
+
+def _draws(doc_id: str, ctx: PromptContext, max_tokens: int, protocol: SamplingProtocol | None) -> list[dict[str, Any]]:
+    """The sampling fields of each request drawn for one doc.
 
     Seeds come from :func:`sample_seed` so a doc draws the same samples whatever batch or
     order it runs in, and ``doc_id``/``sample_index`` let ``replay:`` answer by id.
     """
     budget = ctx.max_tokens or max_tokens
-    if ctx.samples == 1:
-        return [GenerateRequest(prompt=prompt, stop=stop, max_tokens=budget, seed=sample_seed(ctx.seed, doc_id, 0), doc_id=doc_id)]
+    if ctx.samples > 1:
+        n, temperature, top_p = ctx.samples, MULTI_SAMPLE_TEMPERATURE, MULTI_SAMPLE_TOP_P
+    elif protocol is not None:
+        n, temperature, top_p = protocol.samples, protocol.temperature, protocol.top_p
+    else:
+        n, temperature, top_p = 1, 0.0, 1.0
     return [
-        GenerateRequest(
-            prompt=prompt,
-            stop=stop,
-            max_tokens=budget,
-            temperature=MULTI_SAMPLE_TEMPERATURE,
-            top_p=MULTI_SAMPLE_TOP_P,
-            seed=sample_seed(ctx.seed, doc_id, i),
-            doc_id=doc_id,
-            sample_index=i,
-        )
-        for i in range(ctx.samples)
+        {"max_tokens": budget, "temperature": temperature, "top_p": top_p, "seed": sample_seed(ctx.seed, doc_id, i),
+         "doc_id": doc_id, "sample_index": i}
+        for i in range(n)
     ]
+
+
+def generate_requests(
+    prompt: str, doc_id: str, ctx: PromptContext, stop: tuple[str, ...], max_tokens: int
+) -> list[GenerateRequest]:
+    """``ctx.samples`` requests for ``prompt`` (greedy for one); ``ctx.max_tokens`` overrides
+    the task default."""
+    return [GenerateRequest(prompt=prompt, stop=stop, **draw) for draw in _draws(doc_id, ctx, max_tokens, None)]
+
+
+def chat_requests(
+    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int, protocol: SamplingProtocol | None = None
+) -> list[ChatRequest]:
+    """The chat counterpart of :func:`generate_requests`: one conversation, drawn as the run or
+    the task's ``protocol`` says."""
+    return [ChatRequest(messages=tuple(messages), **draw) for draw in _draws(doc_id, ctx, max_tokens, protocol)]
