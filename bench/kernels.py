@@ -561,8 +561,8 @@ def sweep_focus() -> None:
 
 SMS = 132  # H200 multiprocessors; the grids aim at whole waves of programs on them
 # The GEMMs of one W3 decode step: (N, K, how many a 3-layer step runs). Per layer
-# (engine/mla.py) q_a, kv_a (q_b after the q_a norm), o_proj; the dense first layer's MLP
-# (engine/moe.py MLP) runs gate and up as two GEMMs, then down. The last three are not in
+# (engine/model/mla.py) q_a, kv_a (q_b after the q_a norm), o_proj; the dense first layer's MLP
+# (engine/model/moe.py MLP) runs gate and up as two GEMMs, then down. The last three are not in
 # a one-GPU step (count 0): tensor-parallel shards and an MLP of the MoE's size, to check
 # the fallback rule on shapes outside the table.
 DECODE_GEMMS: dict[str, tuple[int, int, int]] = {
@@ -965,12 +965,13 @@ def bench_prefill_attention(sweep: bool) -> None:
     small = inputs(512, 2048)
     exact = mp.mla_prefill_attention_torch(*(x.double() for x in small), 0.1)
     check("prefill attention fp8 vs float64 (t=512 S=2048)", rel(mla_prefill_attention_fp8(*small, 0.1), exact), 8e-2)
-    mp.set_prefill_backend("split_cudnn")
-    check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1), exact), 1e-2)
+    cudnn = mp.resolve_prefill_attention("split_cudnn", torch.device("cuda"), torch.bfloat16, NOPE + ROPE, VDIM)
+    check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1, cudnn), exact),
+          1e-2)
     # offsets of the transposed values (head x 128 x S) pass 2^31 beyond 128K rows at 128 heads
     far = inputs(512, 139264)
     check("prefill attention fp8 vs cudnn past 2^31 offsets (t=512 S=139264)",
-          rel(mla_prefill_attention_fp8(*far, 0.1), mp.mla_prefill_attention(*far, 0.1)), 8e-2)
+          rel(mla_prefill_attention_fp8(*far, 0.1), mp.mla_prefill_attention(*far, 0.1, cudnn)), 8e-2)
     del small, exact, far
     cands = [Fp8AttentionConfig()]
     if sweep:  # at the 128K shape only
@@ -982,8 +983,8 @@ def bench_prefill_attention(sweep: bool) -> None:
         args = inputs(t, s)
         fl = HEADS * (NOPE + ROPE + VDIM) * 2 * (t * (s - t) + t * t / 2)
         shape = f"t={t} S={s} H={HEADS}"
-        ref = mp.mla_prefill_attention(*args, 0.1)  # split_cudnn
-        record("prefill attn cudnn bf16", shape, bench(lambda: mp.mla_prefill_attention(*args, 0.1), quick=True),
+        ref = mp.mla_prefill_attention(*args, 0.1, cudnn)
+        record("prefill attn cudnn bf16", shape, bench(lambda: mp.mla_prefill_attention(*args, 0.1, cudnn), quick=True),
                flops=fl, flop_ceil=BF16_CEIL)
         for i, c in enumerate(cands if s == 131072 else cands[:1]):
             try:
@@ -1004,7 +1005,6 @@ def bench_prefill_attention(sweep: bool) -> None:
                              "us": ev.device_time_total})
         del args, ref
         torch.cuda.empty_cache()
-    mp.set_prefill_backend("auto")
 
 
 def profile_kernels() -> None:

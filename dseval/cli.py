@@ -110,7 +110,7 @@ def list_tasks() -> None:
 @user_errors
 def models() -> None:
     """List model spec kinds and the built-in engine presets."""
-    from dseval.engine.presets import list_presets
+    from dseval.engine.api import list_presets
 
     table = Table("spec", "what it is")
     for name, description in list_presets():
@@ -210,7 +210,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Batch generation, one JSON line per prompt (prompt, token ids, output)."""
-    from dseval.engine.entrypoints import generate_file
+    from dseval.backends.engine_entrypoints import generate_file
 
     options = BackendOptions(batch_size=batch_size, device=device, seed=seed)
     generate_file(model, input_file, output_file, max_new_tokens, temperature, chat, options)
@@ -225,7 +225,7 @@ def chat(
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
 ) -> None:
     """Interactive chat with the chat template (/clear resets, /exit quits)."""
-    from dseval.engine.entrypoints import chat_loop
+    from dseval.backends.engine_entrypoints import chat_loop
 
     chat_loop(model, BackendOptions(device=device), max_new_tokens, temperature)
 

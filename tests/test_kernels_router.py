@@ -16,7 +16,7 @@ from torch import nn
 
 triton = pytest.importorskip("triton")
 
-from dseval.engine.moe import Router
+from dseval.engine.model.moe import Router
 from dseval.kernels.router import group_topk, group_topk_supported
 from engine_fixtures import v3_style_config
 

@@ -114,5 +114,5 @@ def load_backend(spec: str, options: BackendOptions) -> ModelBackend:
 
 
 register_backend("replay", "dseval.backends.replay:ReplayBackend.from_spec", "answers generation requests from a JSONL file of {id, output}")
-register_backend("engine", "dseval.engine.backend:EngineBackend.from_spec", "built-in DeepSeek-V3 engine: a checkpoint folder or a preset name (tiny)")
+register_backend("engine", "dseval.backends.engine:EngineBackend.from_spec", "built-in DeepSeek-V3 engine: a checkpoint folder or a preset name (tiny)")
 register_backend("openai", "dseval.backends.openai_api:OpenAIBackend.from_spec", "an OpenAI-compatible completions endpoint (vLLM, SGLang, ...): openai:URL#MODEL")

@@ -22,22 +22,25 @@ the shared context once for all of a question's choices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from dseval.engine.llm import (
+
+from dseval.backends.base import BackendOptions, ModelBackend, OnResult
+from dseval.engine.api import (
     LLM,
     EngineConfig,
+    EngineError,
+    PREFILL_BACKENDS,
     GenerationOutput,
+    ParallelContext,
+    SamplingParams,
     ScoreRequest,
     default_device,
 )
-from dseval.engine.parallel import ParallelContext
-from dseval.engine.sequence import SamplingParams
-
-from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.errors import UserError
 from dseval.requests import (
     GenerateRequest,
@@ -53,6 +56,16 @@ _DTYPES = {
 }
 
 
+@contextmanager
+def user_errors(context: str = "") -> Iterator[None]:
+    """The engine's bad-input errors as the harness's :class:`UserError` (one line, exit 2),
+    prefixed with ``context``; anything else stays a bug with its traceback."""
+    try:
+        yield
+    except EngineError as e:
+        raise UserError(f"{context}{e}") from None
+
+
 def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """The compute dtype: as named, else float32 on CPU (bf16 matmuls are slow and inexact
     there) and bfloat16 on GPU (the checkpoint's own precision)."""
@@ -62,10 +75,6 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
         return _DTYPES[name.lower()]
     except KeyError:
         raise UserError(f"option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}") from None
-
-
-#: Prefill token budget per step on GPUs (the chunk size of chunked prefill).
-GPU_PREFILL_TOKENS = 16384
 
 
 class EngineBackend(ModelBackend):
@@ -92,26 +101,18 @@ class EngineBackend(ModelBackend):
         dtype = parse_dtype(options.dtype, device)
         if options.batch_size < 1:
             raise UserError(f"option 'batch_size' must be >= 1, got {options.batch_size}")
-        from dseval.kernels.mla_prefill import PREFILL_BACKENDS
-
         if options.prefill_attention not in PREFILL_BACKENDS:
             raise UserError(f"--prefill-attention must be one of {', '.join(PREFILL_BACKENDS)}, "
                             f"got {options.prefill_attention!r}")
-        try:
-            # CPUs keep the engine's small default chunk; on GPUs larger chunks re-expand the
-            # cached context fewer times (bench/README.md, "128K prefill": 3.62 s in 16K chunks,
-            # 3.48 s in 64K with FP8 attention) but need more activation memory.
-            budget = options.max_num_batched_tokens or (
-                GPU_PREFILL_TOKENS if device.type == "cuda" else EngineConfig.max_num_batched_tokens)
-            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative, max_num_batched_tokens=budget,
+        with user_errors():
+            ec = EngineConfig(max_num_seqs=options.batch_size, speculative=options.speculative,
+                              max_num_batched_tokens=options.max_num_batched_tokens,
                               prefill_attention=options.prefill_attention)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        # --tp/--ep/--moe-comm: docs/parallelism.md
-        parallel = ParallelContext.from_options(options.tp, options.ep, options.moe_comm)  # type: ignore[arg-type]
-        llm = LLM(arg, ec, device=device, dtype=dtype, parallel=parallel)
+            # --tp/--ep/--moe-comm: docs/parallelism.md
+            parallel = ParallelContext.from_options(options.tp, options.ep, options.moe_comm)  # type: ignore[arg-type]
+            llm = LLM(arg, ec, device=device, dtype=dtype, parallel=parallel)
         if ec.prefill_attention == "fp8":  # checked on every device, so a CPU trial run catches it too
-            from dseval.kernels.mla_prefill_fp8 import check_head_dims
+            from dseval.kernels.mla_prefill_fp8 import check_head_dims  # lazy: loads Triton
 
             c = llm.config
             try:
@@ -177,7 +178,8 @@ class EngineBackend(ModelBackend):
                 continue
             score_reqs.append(ScoreRequest(tuple(tokens), start))
             index.append(i)
-        self.llm.score(score_reqs, lambda k, out: emit(index[k], LoglikelihoodResult(out.logprob, out.is_greedy)))
+        with user_errors():
+            self.llm.score(score_reqs, lambda k, out: emit(index[k], LoglikelihoodResult(out.logprob, out.is_greedy)))
         return [r for r in results if r is not None]
 
     def generate_ids(
@@ -194,19 +196,18 @@ class EngineBackend(ModelBackend):
             if len(ids) > keep:  # drop the oldest prompt tokens, keeping a leading BOS
                 ids = ids[:1] + ids[len(ids) - keep + 1 :] if ids[0] == self.bos_id else ids[-keep:]
             fitted.append(ids)
-        return self.llm.generate(fitted, list(params), on_finish)
+        with user_errors():
+            return self.llm.generate(fitted, list(params), on_finish)
 
     def generate(
         self, requests: Seq[GenerateRequest], on_result: OnResult[GenerateResult] | None = None
     ) -> list[GenerateResult]:
-        try:
+        with user_errors("generate request: "):
             params = [
                 SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=r.seed,
                                max_tokens=r.max_tokens, stop=tuple(r.stop))
                 for r in requests
             ]
-        except UserError as e:
-            raise UserError(f"generate request: {e}") from None
         prompts = [self.encode_prompt(r.prompt) for r in requests]
         results: list[GenerateResult | None] = [None] * len(requests)
 

@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from dseval.engine.backend import EngineBackend
-from dseval.engine.llm import GenerationOutput
-from dseval.engine.sequence import SamplingParams
-
 from dseval.backends.base import BackendOptions
+from dseval.backends.engine import EngineBackend, user_errors
+from dseval.engine.api import GenerationOutput, SamplingParams
 from dseval.errors import UserError
 
 
@@ -63,7 +61,8 @@ def generate_file(
     if max_new_tokens < 1:
         raise UserError(f"option 'max_new_tokens' must be >= 1, got {max_new_tokens}")
     prompts = read_prompts(input_file)
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
+    with user_errors():
+        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
     backend = EngineBackend.from_spec(model_spec.removeprefix("engine:"), options)
     try:
         texts = [backend.apply_chat_template([{"role": "user", "content": p}]) if chat else p for p in prompts]
@@ -101,9 +100,10 @@ def chat_loop(model_spec: str, options: BackendOptions, max_new_tokens: int, tem
         raise UserError(f"option 'max_new_tokens' must be >= 1, got {max_new_tokens}")
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    with user_errors():
+        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
     backend = EngineBackend.from_spec(model_spec.removeprefix("engine:"), options)
     messages: list[dict[str, str]] = []
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=options.seed)
     try:
         while True:
             stdout.write(">>> ")

@@ -6,8 +6,8 @@ the shards, or a single ``model.safetensors``. Tensors are read one at a time th
 Official FP8 releases (DeepSeek-V3 §3.3.2) store linear weights as e4m3 with a float32
 ``<name>_scale_inv`` per 128x128 block.
 
-:func:`validate_checkpoint` checks names, shapes and dtypes from the shard headers alone before
-any data is read, and every failure names the tensor and the file.
+Every failure names the tensor and the file. What the model expects of the checkpoint is checked
+in :mod:`dseval.engine.loading.validation`.
 """
 
 from __future__ import annotations
@@ -21,19 +21,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import CheckpointError, ConfigError, ModelConfig
-from .fp8_blocks import FP8_DTYPE, dequantize_blockwise, scale_shape
-
-__all__ = [
-    "SCALE_SUFFIX",
-    "CheckpointError",
-    "CheckpointReader",
-    "ConfigError",
-    "ExpectedTensor",
-    "TensorInfo",
-    "expected_tensors",
-    "validate_checkpoint",
-]
+from dseval.engine.errors import CheckpointError
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.fp8_blocks import FP8_DTYPE, dequantize_blockwise
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -44,7 +34,6 @@ _ST_DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -55,16 +44,6 @@ class TensorInfo:
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype | str  # a str when safetensors reports a dtype torch lacks
-
-
-@dataclass(frozen=True)
-class ExpectedTensor:
-    """What the model needs under one name. ``linear``: may be FP8 with a block-scale partner."""
-
-    name: str
-    shape: tuple[int, ...]
-    linear: bool = False
-    optional: bool = False
 
 
 class CheckpointReader:
@@ -188,68 +167,3 @@ class CheckpointReader:
 
     def close(self) -> None:
         self._handles.clear()
-
-
-def expected_tensors(model: torch.nn.Module) -> dict[str, ExpectedTensor]:
-    """Every tensor the model needs, by checkpoint name (works on a meta-device model)."""
-    from .linear import (
-        Linear,  # local: keeps this module importable without the model stack
-    )
-
-    out: dict[str, ExpectedTensor] = {}
-    linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Linear)}
-    for name, p in model.named_parameters():
-        out[name] = ExpectedTensor(name, tuple(p.shape), linear=name in linear_weights)
-    cfg = getattr(model, "config", None)
-    if cfg is not None and cfg.tie_word_embeddings and "lm_head.weight" in out:
-        shape = out["lm_head.weight"].shape
-        out["lm_head.weight"] = ExpectedTensor("lm_head.weight", shape, linear=True, optional=True)
-    return out
-
-
-_CONFIG_HINT = "; config.json contradicts the weights (check hidden_size, head dims, ranks, vocab_size, expert sizes)"
-
-
-def validate_checkpoint(reader: CheckpointReader, expected: dict[str, ExpectedTensor]) -> None:
-    """Check names, shapes and dtypes against what the model needs, from headers only."""
-    cfg = reader.config
-    index = reader.path / INDEX_NAME
-    where = index if index.exists() else reader.path / SINGLE_NAME
-    for name, exp in expected.items():
-        if name not in reader.infos and not exp.optional:
-            raise CheckpointError(f"{where}: required tensor '{name}' is missing (shape {list(exp.shape)} expected; "
-                                  f"or config.json describes another architecture)")
-    for name, info in reader.infos.items():
-        if name.endswith(SCALE_SUFFIX):
-            base = name[: -len(SCALE_SUFFIX)]
-            if base not in expected or not expected[base].linear:
-                raise CheckpointError(f"{info.file}: unexpected tensor '{name}' (no FP8 linear weight '{base}')")
-            continue
-        exp = expected.get(name)
-        if exp is None:
-            raise CheckpointError(f"{info.file}: unexpected tensor '{name}' (not part of this architecture"
-                                  f"{_CONFIG_HINT})")
-        if info.shape != exp.shape:
-            raise CheckpointError(f"{info.file}: tensor '{name}' has shape {list(info.shape)}, expected "
-                                  f"{list(exp.shape)}{_CONFIG_HINT}")
-        if info.dtype == FP8_DTYPE:
-            if not exp.linear:
-                raise CheckpointError(
-                    f"{info.file}: tensor '{name}' is float8_e4m3fn but only linear weights may be FP8")
-            if cfg.quantization is None:
-                raise CheckpointError(
-                    f"{info.file}: tensor '{name}' is FP8 but config.json has no fp8 quantization_config")
-            scale = reader.infos.get(name + SCALE_SUFFIX)
-            if scale is None:
-                raise CheckpointError(f"{info.file}: FP8 tensor '{name}' has no '{name}{SCALE_SUFFIX}' block scales")
-            want = scale_shape((exp.shape[0], exp.shape[1]), cfg.quantization.weight_block_size)
-            if scale.shape != want:
-                raise CheckpointError(f"{scale.file}: tensor '{scale.name}' has shape {list(scale.shape)}, expected "
-                                      f"{list(want)} for weight_block_size {list(cfg.quantization.weight_block_size)}")
-            if scale.dtype != torch.float32:
-                raise CheckpointError(f"{scale.file}: tensor '{scale.name}' has dtype {scale.dtype}, expected float32")
-        elif info.dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{info.file}: tensor '{name}' has dtype {info.dtype}, expected one of "
-                                  f"bfloat16/float16/float32" + (" or float8_e4m3fn" if exp.linear else ""))
-        elif name + SCALE_SUFFIX in reader.infos:
-            raise CheckpointError(f"{info.file}: tensor '{name}' has block scales but is {info.dtype}, not FP8")

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import INDEX_NAME, SCALE_SUFFIX
-from .config import Fp8Quantization, ModelConfig
-from .fp8_blocks import quantize_blockwise
+from dseval.engine.loading.checkpoint import INDEX_NAME, SCALE_SUFFIX
+from dseval.engine.loading.validation import expected_tensors
+from dseval.engine.model.config import Fp8Quantization, ModelConfig
+from dseval.engine.model.fp8_blocks import quantize_blockwise
+from dseval.engine.model.model import DeepseekV3ForCausalLM
 
 # Kept in high precision by the official FP8 release: embeddings, output heads, router, norms.
 _NEVER_FP8 = ("lm_head.weight", "shared_head.head.weight", "eh_proj.weight", "mlp.gate.weight")
@@ -31,9 +34,6 @@ def default_tokenizer_dir() -> Path:
 
 
 def _linear_weight_names(config: ModelConfig) -> set[str]:
-    from .checkpoint import expected_tensors
-    from .model import DeepseekV3ForCausalLM
-
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
     return {n for n, e in expected_tensors(model).items() if e.linear}
@@ -87,8 +87,6 @@ def write_checkpoint(
 
 
 def _with_quant(config: ModelConfig, quant: Fp8Quantization | None) -> ModelConfig:
-    from dataclasses import replace
-
     return replace(config, quantization=quant)
 
 

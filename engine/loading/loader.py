@@ -21,26 +21,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import (
-    SCALE_SUFFIX,
-    CheckpointError,
-    CheckpointReader,
-    expected_tensors,
-    validate_checkpoint,
-)
-from .config import ModelConfig
-from .linear import Linear
-from .model import DeepseekV3ForCausalLM
-from .moe import Router
-from .parallel import ParallelContext
-from .sharding import (
-    dequantize_shard,
-    is_fp8,
-    read_fp8_shard,
-    read_shard,
-    require_aligned,
-)
-from .tokenizer import Tokenizer
+from dseval.engine.errors import CheckpointError, ConfigError
+from dseval.engine.loading.checkpoint import SCALE_SUFFIX, CheckpointReader
+from dseval.engine.loading.presets import PRESETS, ensure_preset
+from dseval.engine.loading.shard_reader import dequantize_shard, is_fp8, read_fp8_shard, read_shard, require_aligned
+from dseval.engine.loading.tokenizer import Tokenizer
+from dseval.engine.loading.validation import expected_tensors, validate_checkpoint
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.linear import Linear
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.model.moe import Router
+from dseval.engine.parallel.context import ParallelContext
 
 Fp8Mode = Literal["auto", "keep", "dequantize"]
 
@@ -73,9 +64,7 @@ def keep_fp8_weights(mode: Fp8Mode, device: torch.device) -> bool:
 
 
 def resolve_checkpoint_dir(path_or_preset: str) -> Path:
-    """A preset name (see :func:`dseval.engine.presets.list_presets`) or a directory."""
-    from .presets import PRESETS, ensure_preset
-
+    """A preset name (see :func:`dseval.engine.loading.presets.list_presets`) or a directory."""
     if path_or_preset in PRESETS and not Path(path_or_preset).exists():
         return ensure_preset(path_or_preset)
     p = Path(path_or_preset).expanduser()
@@ -143,7 +132,7 @@ def load_model(
         model = full if parallel.is_single else DeepseekV3ForCausalLM(config, parallel)
     validate_checkpoint(reader, expected_tensors(full))
     if fp8_weights not in ("auto", "keep", "dequantize"):
-        raise ValueError(f"fp8_weights must be auto, keep or dequantize, not {fp8_weights!r}")
+        raise ConfigError(f"fp8_weights must be auto, keep or dequantize, not {fp8_weights!r}")
     keep = keep_fp8_weights(fp8_weights, device)
     try:
         load_weights(model, reader, device, dtype, keep)

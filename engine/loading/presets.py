@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ModelConfig, RopeScaling
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.yarn import RopeScaling
 
 _TINY_VERSION = "1"  # bump when the recipe changes so stale caches are rebuilt
 
@@ -61,8 +62,9 @@ def cache_root() -> Path:
 
 def ensure_preset(name: str) -> Path:
     """Directory of preset ``name``, generating it (atomically) if absent or stale."""
-    from .checkpoint_writer import write_checkpoint
-    from .random_init import random_state_dict
+    # Deferred: listing presets (`dseval models`) should not load torch and the model stack.
+    from dseval.engine.loading.checkpoint_writer import write_checkpoint
+    from dseval.engine.loading.random_init import random_state_dict
 
     preset = PRESETS[name]
     target = cache_root() / "presets" / name

@@ -10,17 +10,22 @@ from __future__ import annotations
 import zlib
 
 import torch
+from torch import nn
 
-from .config import ModelConfig
-from .parallel import LayoutError, ParallelContext
-from .sharding import TensorShard
+from dseval.engine.errors import LayoutError
+from dseval.engine.loading.validation import expected_tensors
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.fp8_blocks import FP8_DTYPE, scale_shape
+from dseval.engine.model.linear import Linear
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.model.moe import Router
+from dseval.engine.model.vocab_parallel import VocabParallelEmbedding, VocabParallelHead
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.parallel.sharding import TensorShard
 
 
 def random_state_dict(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Checkpoint-named float32 tensors for every parameter the model needs, from ``seed``."""
-    from .checkpoint import expected_tensors
-    from .model import DeepseekV3ForCausalLM
-
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -60,7 +65,7 @@ def _local_part(full: torch.Tensor, shard: TensorShard | None, length: int | Non
 
 
 def random_fp8_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
-                     seed: int = 0, parallel: ParallelContext = ParallelContext()) -> torch.nn.Module:  # noqa: B008
+                     seed: int = 0, parallel: ParallelContext = ParallelContext()) -> DeepseekV3ForCausalLM:  # noqa: B008
     """A :class:`DeepseekV3ForCausalLM` with random weights drawn straight on ``device``: every
     linear except the output head as e4m3 with float32 128x128 block scales (the layout of the
     official FP8 release), head/embeddings/norms in ``dtype``, router in float32.
@@ -72,14 +77,6 @@ def random_fp8_model(config: ModelConfig, device: torch.device | str, dtype: tor
     rank's part of ``parallel``: every TP/EP layout holds the same model, so a sharded run can be
     checked against a single GPU's.
     """
-    from torch import nn
-
-    from .fp8_blocks import FP8_DTYPE, scale_shape
-    from .linear import Linear
-    from .model import DeepseekV3ForCausalLM
-    from .moe import Router
-    from .vocab_parallel import VocabParallelEmbedding, VocabParallelHead
-
     dev = torch.device(device)
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config, parallel)

@@ -12,7 +12,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .config import CheckpointError
+from dseval.engine.errors import CheckpointError
 
 
 def _token_text(value: Any) -> str | None:

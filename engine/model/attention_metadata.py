@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dseval.kernels.mla_prefill import PrefillAttention
+
 
 @dataclass
 class AttentionMetadata:
@@ -23,6 +25,8 @@ class AttentionMetadata:
     # one per attention layer (main layers then MTP layers): [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
     kv_caches: list[torch.Tensor]
     absorbed: bool  # weight-absorbed (latent-space) attention form; the runner sets it for decode steps
+    #: Which CUDA kernel computes prefill attention; resolved once when the engine starts.
+    prefill: PrefillAttention = PrefillAttention()  # noqa: RUF009 (frozen)
 
     @property
     def num_seqs(self) -> int:

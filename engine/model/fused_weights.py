@@ -1,6 +1,6 @@
 """Stacked routed-expert weights for :func:`dseval.kernels.fused_moe`, prepared once after loading.
 
-Why: the reference :meth:`dseval.engine.moe.MoE.routed` loops over experts in Python with a
+Why: the reference :meth:`dseval.engine.model.moe.MoE.routed` loops over experts in Python with a
 host sync per step, which a CUDA graph cannot capture and which launches up to 256 small GEMMs.
 The fused kernel wants every expert's weights in one tensor, ``w13 [E, 2I, H]`` (gate rows then
 up rows) and ``w2 [E, H, I]`` with their 128x128 block scales. Stacking copies each expert
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .linear import Linear
-from .moe import MLP, MoE
+from dseval.engine.model.linear import Linear
+from dseval.engine.model.moe import MLP, MoE
 
 
 @dataclass

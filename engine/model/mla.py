@@ -26,14 +26,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention_metadata import AttentionMetadata
-from .config import ModelConfig
-from .linear import ColumnParallelLinear, Linear, RowParallelLinear
-from .mla_absorbed import absorbed_decode, mla_prefill_attention, one_query_per_sequence
-from .norm import RMSNorm
-from .parallel import ParallelContext
-from .rope import RotaryEmbedding, softmax_scale
-from .sharding import local_size
+from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.linear import ColumnParallelLinear, Linear, RowParallelLinear
+from dseval.engine.model.mla_absorbed import absorbed_decode, one_query_per_sequence
+from dseval.engine.model.norm import RMSNorm
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.model.rope import RotaryEmbedding, softmax_scale
+from dseval.engine.parallel.sharding import local_size
+from dseval.kernels.mla_prefill import mla_prefill_attention
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
@@ -125,13 +126,15 @@ class MLAttention(nn.Module):
         return self.o_proj(out.reshape(T, self.n_heads * self.v_dim))
 
 
-def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch.Tensor,
+              meta: AttentionMetadata) -> torch.Tensor:
     """One sequence's queries [t, H, *] (its last t positions) over its cached rows [S, C+rope]:
-    per-head K/V up-projected from the latents, fused causal attention -> [t, H, v]."""
+    per-head K/V up-projected from the latents, fused causal attention (the kernel ``meta``
+    names) -> [t, H, v]."""
     latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
     kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [S, H, nope+v]
     k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
-    return mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale)
+    return mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale, meta.prefill)
 
 
 def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,
@@ -142,12 +145,13 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
     position i). Scores and softmax are float32.
     """
     if one_query_per_sequence(q_nope, meta, kv_cache):  # plain decode: one fused kernels.mla_decode call
-        return absorbed_decode(attn, q_nope, q_pe, meta, kv_cache)
+        w_uk, w_uv = attn._kv_b(q_nope.dtype)  # [H, nope, C], [H, v, C]
+        return absorbed_decode(q_nope, q_pe, w_uk, w_uv, attn.scale, meta, kv_cache)
     dtype = q_nope.dtype
     ctx = meta.context_lens.tolist()
     cu = meta.cu_seqlens_q.tolist()
     if cu == [0, q_nope.shape[0]] and not meta.absorbed:  # one prompt's chunk: no copy into `out`
-        return _expanded(attn, q_nope, q_pe, _gather_context(kv_cache, meta.block_tables[0], ctx[0]).to(dtype))
+        return _expanded(attn, q_nope, q_pe, _gather_context(kv_cache, meta.block_tables[0], ctx[0]).to(dtype), meta)
     out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_dim)
     w_uk, w_uv = attn._kv_b(dtype) if meta.absorbed else (None, None)
     for b in range(len(ctx)):
@@ -157,7 +161,7 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
         rows = _gather_context(kv_cache, meta.block_tables[b], ctx[b]).to(dtype)  # [S, C+rope]
         qn, qp = q_nope[s:e], q_pe[s:e]  # [t, H, nope], [t, H, rope]
         if not meta.absorbed:
-            out[s:e] = _expanded(attn, qn, qp, rows)
+            out[s:e] = _expanded(attn, qn, qp, rows, meta)
             continue
         latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [S, C], [S, rope]
         # absorbed: attention in the latent space, W_UK folded into the query and W_UV into the output

@@ -1,6 +1,6 @@
-"""Fused MLA attention paths: absorbed decode through :func:`dseval.kernels.mla_decode` (DeepSeek-V2 §2.1.2).
+"""Fused MLA decode: absorbed attention through :func:`dseval.kernels.mla_decode` (DeepSeek-V2 §2.1.2).
 
-Why a separate module: :func:`dseval.engine.mla.paged_mla` is the readable reference (a Python
+Why a separate module: :func:`dseval.engine.model.mla.paged_mla` is the readable reference (a Python
 loop over sequences with ``.tolist()`` host syncs), which can neither be captured in a CUDA
 graph nor stream a 32K context at bandwidth. When every sequence of a step brings exactly one
 new token (plain decode), attention is one ``mla_decode`` call over the paged latent cache:
@@ -9,20 +9,15 @@ through the block tables, and W_UV maps the latent output back to per-head value
 picks Triton on CUDA and its float32 torch reference elsewhere, so this one path serves both.
 Rows with ``context_lens == 0`` (CUDA-graph batch padding) come out as zeros.
 
-Prefill (expanded form) goes through :func:`dseval.kernels.mla_prefill_attention`, re-exported
-here behind a lazy import for the same reason.
+The functions take the absorbed weights and the softmax scale, not the attention module, so
+this module sits below :mod:`dseval.engine.model.mla`, which calls it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from .attention_metadata import AttentionMetadata
-
-if TYPE_CHECKING:
-    from .mla import MLAttention
+from dseval.engine.model.attention_metadata import AttentionMetadata
 
 
 def one_query_per_sequence(q_nope: torch.Tensor, meta: AttentionMetadata, kv_cache: torch.Tensor) -> bool:
@@ -37,20 +32,13 @@ def one_query_per_sequence(q_nope: torch.Tensor, meta: AttentionMetadata, kv_cac
     )
 
 
-def absorbed_decode(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
-                    kv_cache: torch.Tensor) -> torch.Tensor:
-    """q_nope [B, H, nope], q_pe [B, H, rope] (rotated) -> [B, H, v_head_dim]; no host sync."""
+def absorbed_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor,
+                    scale: float, meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
+    """q_nope [B, H, nope], q_pe [B, H, rope] (rotated), kv_b split per head into w_uk
+    [H, nope, C] and w_uv [H, v, C] -> [B, H, v_head_dim]; no host sync."""
     from dseval.kernels.mla_decode import mla_decode  # lazy: keeps Triton out of CPU-only imports
 
-    w_uk, w_uv = attn._kv_b(q_nope.dtype)  # [H, nope, C], [H, v, C]
     q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [H,B,nope]@[H,nope,C] -> [B, H, C]
-    o_lat = mla_decode(q_lat, q_pe.contiguous(), kv_cache, meta.block_tables, meta.context_lens, attn.scale)
+    o_lat = mla_decode(q_lat, q_pe.contiguous(), kv_cache, meta.block_tables, meta.context_lens, scale)
     return torch.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [H,B,C]@[H,C,v] -> [B, H, v]
 
-
-def mla_prefill_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, k_nope: torch.Tensor, k_pe: torch.Tensor,
-                          v: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """Causal attention of the last t context positions: see :mod:`dseval.kernels.mla_prefill`."""
-    from dseval.kernels.mla_prefill import mla_prefill_attention as kernel
-
-    return kernel(q_nope, q_pe, k_nope, k_pe, v, sm_scale)

@@ -17,15 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention_metadata import AttentionMetadata
-from .config import ModelConfig
-from .linear import Linear
-from .mla import MLAttention
-from .moe import MLP, MoE
-from .norm import RMSNorm
-from .parallel import ParallelContext
-from .rope import RotaryEmbedding
-from .vocab_parallel import VocabParallelEmbedding, VocabParallelHead
+from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.linear import Linear
+from dseval.engine.model.mla import MLAttention
+from dseval.engine.model.moe import MLP, MoE
+from dseval.engine.model.norm import RMSNorm
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.model.rope import RotaryEmbedding
+from dseval.engine.model.vocab_parallel import VocabParallelEmbedding, VocabParallelHead
 
 
 class DecoderLayer(nn.Module):
@@ -91,7 +91,7 @@ class DeepseekV3Model(nn.Module):
 
 
 class DeepseekV3ForCausalLM(nn.Module):
-    """The engine's model; see the runtime contract in :mod:`dseval.engine.attention_metadata`."""
+    """The engine's model; see the runtime contract in :mod:`dseval.engine.model.attention_metadata`."""
 
     def __init__(
         self, config: ModelConfig, parallel: ParallelContext = ParallelContext()  # noqa: B008 (frozen, immutable)

@@ -11,11 +11,11 @@ Routing, per token:
   when ``norm_topk_prob``, times ``routed_scaling_factor``.
 Output = Σ weight·expert(x) + shared_experts(x).
 
-Parallel layouts (see :mod:`dseval.engine.parallel`): under plain TP every expert and the shared
+Parallel layouts (see :mod:`dseval.engine.parallel.context`): under plain TP every expert and the shared
 experts are sliced like a dense MLP and one all-reduce sums routed + shared partial outputs;
 under EP each rank holds whole experts ``[r·E/W, (r+1)·E/W)`` (``experts`` is keyed by the
 checkpoint index, so only owned ones exist) and router + shared experts are replicated; how
-tokens reach the experts is in :mod:`dseval.engine.expert_parallel`.
+tokens reach the experts is in :mod:`dseval.engine.parallel.expert_parallel`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .collectives import all_reduce
-from .config import ModelConfig
-from .linear import ColumnParallelLinear, RowParallelLinear
-from .parallel import ParallelContext
-from .sharding import local_size
+from dseval.engine.parallel.collectives import all_reduce
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.linear import ColumnParallelLinear, RowParallelLinear
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.parallel.expert_parallel import moe_all_to_all
+from dseval.engine.parallel.sharding import local_size
 
 _SINGLE = ParallelContext()  # the layout of a replicated module
 
@@ -111,6 +112,7 @@ class MoE(nn.Module):
         self.n_experts = config.n_routed_experts
         block = config.quantization.weight_block_size if config.quantization else (128, 128)
         self.gate = Router(config)
+        self.top_k = config.num_experts_per_tok
         per_rank = local_size(self.n_experts, parallel.ep_size, "n_routed_experts")
         self.first_expert = parallel.ep_rank * per_rank
         self.experts_per_rank = per_rank
@@ -125,6 +127,14 @@ class MoE(nn.Module):
                 reduce=False)
             if config.n_shared_experts > 0 else None
         )
+
+    @property
+    def has_shared_experts(self) -> bool:
+        return self.shared_experts is not None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k] int64)."""
+        return self.gate(x)
 
     def expert_rows(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         """Row i of ``x`` through expert ``expert_ids[i]`` (all owned by this rank): [n, hidden]."""
@@ -170,8 +180,6 @@ class MoE(nn.Module):
         # Dispatch sizes its buffers from counts read on the host, which a CUDA graph cannot
         # capture: captured decode steps take the (numerically equivalent) all-reduce scheme.
         if p.ep and p.moe_comm == "all_to_all" and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            from .expert_parallel import moe_all_to_all
-
             return moe_all_to_all(self, x)
         weights, ids = self.gate(x)
         fused = getattr(self, "fused_experts", None)

@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .config import ModelConfig, RopeScaling, yarn_mscale
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.yarn import RopeScaling, yarn_mscale
 
 
 def _yarn_inv_freq(dim: int, base: float, rs: RopeScaling) -> torch.Tensor:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .collectives import all_gather_last, all_reduce
-from .linear import ColumnParallelLinear
-from .parallel import ParallelContext
-from .sharding import TensorShard, local_size
+from dseval.engine.parallel.collectives import all_gather_last, all_reduce
+from dseval.engine.model.linear import ColumnParallelLinear
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.parallel.sharding import TensorShard, local_size
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .parallel import ParallelContext
+from dseval.engine.parallel.context import ParallelContext
 
 
 def all_reduce(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:

@@ -17,20 +17,16 @@ pair) and so that nothing depends on import-time environment variables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from dseval.errors import UserError
+import torch
+import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from .one_shot_all_reduce import OneShotAllReduce
+from dseval.engine.errors import LayoutError
+from dseval.engine.parallel.one_shot_all_reduce import OneShotAllReduce
 
 MoeComm = Literal["all_to_all", "all_reduce"]
 MOE_COMMS: tuple[str, ...] = ("all_to_all", "all_reduce")
-
-
-class LayoutError(UserError, ValueError):
-    """A parallel layout the model cannot be split into (heads, vocabulary or experts do not
-    divide); a UserError so ``dseval run --tp 3`` reports it instead of a traceback."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class ParallelContext:
     tp: bool = False
     ep: bool = False
     moe_comm: MoeComm = "all_to_all"
-    #: small all-reduces over NVLink without NCCL (engine/one_shot_all_reduce.py); None: NCCL/gloo
+    #: small all-reduces over NVLink without NCCL (engine/parallel/one_shot_all_reduce.py); None: NCCL/gloo
     one_shot: OneShotAllReduce | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,8 +91,6 @@ class ParallelContext:
         """
         if tp == 1 and ep == 1:
             return cls(moe_comm=moe_comm)
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             raise RuntimeError(f"--tp {tp} --ep {ep} need torch.distributed (launch with torchrun)")
         size = max(tp, ep)
@@ -113,10 +107,6 @@ class ParallelContext:
                 mine = group
         one_shot = None
         if one_shot_all_reduce and dist.get_backend(mine) == "nccl":
-            import torch
-
-            from .one_shot_all_reduce import OneShotAllReduce
-
             one_shot = OneShotAllReduce.create(mine, torch.device("cuda", torch.cuda.current_device()))
         return cls(rank=rank % size, world_size=size, group=mine, tp=tp > 1, ep=ep > 1, moe_comm=moe_comm,
                    one_shot=one_shot)

@@ -20,14 +20,36 @@ routing (4 of 8 expert groups, which are ranks under EP8) it is sent at most 4 t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .collectives import all_gather_rows, all_to_all_rows, exchange_counts
+from dseval.engine.parallel.collectives import all_gather_rows, all_to_all_rows, exchange_counts
+from dseval.engine.parallel.context import ParallelContext
 
-if TYPE_CHECKING:
-    from .moe import MoE
+
+class ExpertLayer(Protocol):
+    """What dispatch needs of a MoE layer (:class:`dseval.engine.model.moe.MoE` is one): its
+    layout, how many experts each rank holds, the router, and its experts and shared experts."""
+
+    parallel: ParallelContext
+    experts_per_rank: int
+    top_k: int
+
+    @property
+    def has_shared_experts(self) -> bool: ...
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [t, hidden] -> (weights [t, k] float32, expert ids [t, k])."""
+        ...
+
+    def expert_rows(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """Row i of ``x`` through expert ``expert_ids[i]`` (owned by this rank)."""
+        ...
+
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts on ``x``, float32."""
+        ...
 
 
 def token_shares(num_tokens: int, world: int) -> list[int]:
@@ -36,14 +58,14 @@ def token_shares(num_tokens: int, world: int) -> list[int]:
     return [base + (r < extra) for r in range(world)]
 
 
-def moe_all_to_all(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+def moe_all_to_all(moe: ExpertLayer, x: torch.Tensor) -> torch.Tensor:
     """The MoE layer's output for all of ``x`` [T, hidden], computed with token dispatch."""
     ctx = moe.parallel
     shares = token_shares(x.shape[0], ctx.world_size)
     start = sum(shares[: ctx.rank])
     xl = x[start : start + shares[ctx.rank]]  # this rank's share of the tokens
-    t, k = xl.shape[0], moe.gate.config.num_experts_per_tok
-    weights, ids = moe.gate(xl)  # [t, k]
+    t, k = xl.shape[0], moe.top_k
+    weights, ids = moe.route(xl)  # [t, k]
     # One row per (token, destination rank), grouped by destination: key = dest·t + token.
     dest = ids // moe.experts_per_rank
     keys, pair_row = torch.unique(dest * t + torch.arange(t, device=x.device)[:, None], return_inverse=True)
@@ -63,12 +85,12 @@ def moe_all_to_all(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     y_back = all_to_all_rows(weighted_rows(moe, x_in, e_in, w_in), recv_n, send_n, ctx)  # in our row order
     out = torch.zeros(t, xl.shape[1], dtype=torch.float32, device=x.device)
     out.index_add_(0, row_token, y_back.float())
-    if moe.shared_experts is not None:
+    if moe.has_shared_experts:
         out += moe.shared_output(xl)
     return all_gather_rows(out.to(x.dtype), shares, ctx)
 
 
-def weighted_rows(moe: MoE, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_rows(moe: ExpertLayer, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Row i -> Σ_j weights[i, j]·expert_{experts[i, j]}(x_i) over the slots with an expert (>= 0)."""
     row, slot = (experts >= 0).nonzero(as_tuple=True)
     y = moe.expert_rows(x[row], experts[row, slot])

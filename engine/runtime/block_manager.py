@@ -18,7 +18,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from dseval.engine.sequence import Sequence
+from dseval.engine.runtime.sequence import Sequence
 
 BlockHash = bytes
 

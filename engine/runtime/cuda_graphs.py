@@ -5,8 +5,9 @@ overhead (~5-40 us each from Python) exceeds the time the GPU needs to stream th
 batch 1 (bench/README.md). A captured graph replays all of them with one launch.
 
 A graph is valid only for the tensor addresses and shapes it was captured with. The model
-runner therefore feeds decode steps through persistent buffers (``ModelRunner._dec_*``) and
-pads the batch up to the next *bucket* in ``batch_sizes``; padded rows carry token 0 at
+runner therefore feeds decode steps through persistent buffers
+(:class:`dseval.engine.runtime.decode_buffers.DecodeBuffers`) and pads the batch up to the next
+*bucket* in ``batch_sizes``; padded rows carry token 0 at
 position 0, a context length of 0 (the attention kernel writes zeros for them) and a cache
 slot in a scratch block that no sequence owns. Graphs are keyed by (bucket, block-table width)
 and captured lazily on first use, after eager warm-up runs that compile the Triton kernels and

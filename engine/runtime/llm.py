@@ -1,9 +1,7 @@
 """The engine: requests in, finished outputs out, through schedule -> run -> postprocess steps.
 
 ``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP
-speculator) and owns only the step loop and the end-of-request rules: EOS, stop token ids,
-stop strings (checked on the decoded text, cut before the stop string), the token limit and
-the model's context length. Generation and scoring (loglikelihood) are the same machinery:
+speculator, end-of-request rules) and owns only the step loop. Generation and scoring (loglikelihood) are the same machinery:
 a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
 ``logprob_start`` are scored during prefill, so scoring shares batching, chunking and the
 prefix cache with generation.
@@ -20,126 +18,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import torch
-from dseval.engine.block_manager import BlockManager
-from dseval.engine.collectives import min_over_ranks
-from dseval.engine.model_runner import ModelRunner, StepOutput, TokenFeed
-from dseval.engine.parallel import ParallelContext
-from dseval.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from dseval.engine.sequence import SamplingParams, Sequence, SequenceStatus
-from dseval.engine.speculative import MtpSpeculator, parse_speculative
 
-if TYPE_CHECKING:
-    from dseval.engine.config import ModelConfig
-    from dseval.engine.model import DeepseekV3ForCausalLM
-    from dseval.engine.tokenizer import Tokenizer
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Runtime knobs; model architecture lives in the model's own config."""
-
-    block_size: int = 16
-    #: KV-cache blocks; None sizes the cache from free device memory (GPU) or ``cpu_kv_cache_gib``.
-    num_kv_blocks: int | None = None
-    kv_cache_memory_fraction: float = 0.85
-    cpu_kv_cache_gib: float = 0.25
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    chunked_prefill: bool = True
-    enable_prefix_cache: bool = True
-    #: ``"mtp"`` for speculative decoding with the model's MTP module, else None.
-    speculative: str | None = None
-    #: Context limit; None uses the model's ``max_position_embeddings``.
-    max_model_len: int | None = None
-    #: Replay plain decode steps from CUDA graphs (CUDA devices only; ignored elsewhere).
-    cuda_graphs: bool = True
-    #: Batch buckets decode steps are padded to for graph replay (None: the runner's default).
-    graph_batch_sizes: tuple[int, ...] | None = None
-    #: Stack routed experts once for ``dseval.kernels.fused_moe`` (bf16 compute only: the
-    #: kernel's contract); off keeps the per-expert reference loop.
-    fused_moe: bool = True
-    #: CUDA prefill attention (``dseval.kernels.mla_prefill.PREFILL_BACKENDS``); process-wide.
-    prefill_attention: str = "auto"
-    #: Overlap scheduling: plan and launch decode step N+1 (fed step N's tokens on the device)
-    #: before the host reads step N's tokens, so the GPU does not idle while the host
-    #: schedules and postprocesses. Same outputs either way; off only for comparisons.
-    overlap_schedule: bool = True
-
-    def __post_init__(self) -> None:
-        if self.block_size < 1:
-            raise ValueError(f"engine field 'block_size' must be >= 1, got {self.block_size}")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"engine field '{name}' must be >= 1, got {getattr(self, name)}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise ValueError(f"engine field 'num_kv_blocks' must be >= 1, got {self.num_kv_blocks}")
-        if not 0 < self.kv_cache_memory_fraction <= 1:
-            raise ValueError(f"engine field 'kv_cache_memory_fraction' must be in (0, 1], got {self.kv_cache_memory_fraction}")
-        parse_speculative(self.speculative)
-        # prefill_attention is checked by kernels.mla_prefill.set_prefill_backend when the engine
-        # starts: importing dseval.kernels here would load Triton whenever this module is imported.
-
-
-@dataclass
-class GenerationOutput:
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    #: "stop" (EOS, stop token or stop string) or "length" (max_tokens or context length).
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """Score ``token_ids[continuation_start:]`` given the tokens before them."""
-
-    token_ids: tuple[int, ...]
-    continuation_start: int
-
-
-@dataclass
-class ScoreOutput:
-    logprob: float
-    is_greedy: bool
-    token_logprobs: list[float]
-
-
-@dataclass
-class EngineStats:
-    prefill_steps: int = 0
-    decode_steps: int = 0
-    #: Prompt tokens pushed through the model (prefix-cache hits excluded).
-    prefill_tokens: int = 0
-    #: Prompt tokens taken from the prefix cache instead.
-    prefix_hit_tokens: int = 0
-    generated_tokens: int = 0
-    #: Decode steps launched before the host had read the previous step's tokens.
-    overlapped_steps: int = 0
-    preemptions: int = 0
-    draft_proposed: int = 0
-    draft_accepted: int = 0
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
-
-
-@dataclass
-class InflightStep:
-    """A launched step whose sampled tokens the host has not applied yet."""
-
-    batch: ScheduledBatch
-    out: StepOutput
-    #: Tokens per sequence when known at launch (speculative decoding resolves at once).
-    new_tokens: list[list[int]] | None = None
-    #: Sequences holding a placeholder for this step's token (the next step was planned).
-    reserved: list[Sequence] = field(default_factory=list)
+from dseval.engine.errors import RequestError
+from dseval.engine.loading.loader import load_model
+from dseval.engine.loading.tokenizer import Tokenizer
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.fused_weights import prepare_fused_moe
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.parallel.collectives import min_over_ranks
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.runtime.block_manager import BlockManager
+from dseval.engine.runtime.engine_config import EngineConfig, default_prefill_tokens, parse_speculative
+from dseval.engine.runtime.model_runner import ModelRunner
+from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
+from dseval.engine.runtime.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from dseval.engine.runtime.sequence import SamplingParams, Sequence, SequenceStatus
+from dseval.engine.runtime.speculative import MtpSpeculator
+from dseval.engine.runtime.step import InflightStep, TokenFeed
+from dseval.engine.runtime.stopping import StopRules
+from dseval.kernels.mla_prefill import resolve_prefill_attention
 
 
 def default_device() -> torch.device:
@@ -150,7 +49,7 @@ class LLM:
     """A loaded model plus its serving runtime.
 
     ``LLM("tiny")`` or ``LLM("/path/to/checkpoint")`` loads through
-    :func:`dseval.engine.loader.load_model`; ``LLM.from_model(model, config, tokenizer)`` wraps
+    :func:`dseval.engine.loading.loader.load_model`; ``LLM.from_model(model, config, tokenizer)`` wraps
     an already built model (tests).
     """
 
@@ -162,8 +61,6 @@ class LLM:
         dtype: torch.dtype | None = None,
         parallel: ParallelContext = ParallelContext(),  # noqa: B008 (frozen) - this rank's TP/EP shard
     ) -> None:
-        from dseval.engine.loader import load_model
-
         dev = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -194,29 +91,22 @@ class LLM:
         self.device, self.dtype = device, dtype
         self.max_model_len = ec.max_model_len or int(config.max_position_embeddings)
         spec = parse_speculative(ec.speculative)
-        from dseval.kernels.mla_prefill import set_prefill_backend
-
-        set_prefill_backend(ec.prefill_attention)
+        prefill = resolve_prefill_attention(ec.prefill_attention, device, dtype, config.qk_head_dim, config.v_head_dim)
         if ec.fused_moe and dtype == torch.bfloat16 and self.device.type == "cuda":
-            from dseval.engine.fused_weights import prepare_fused_moe
-
             prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
         num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
         self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
         self.scheduler = Scheduler(
-            SchedulerConfig(ec.max_num_seqs, ec.max_num_batched_tokens, ec.chunked_prefill), self.block_manager
+            SchedulerConfig(ec.max_num_seqs, ec.max_num_batched_tokens or default_prefill_tokens(device),
+                            ec.chunked_prefill), self.block_manager
         )
         self.runner = ModelRunner(
             model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=ec.max_num_seqs,
             max_model_len=self.max_model_len, device=device, dtype=dtype,
-            cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes,
+            cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes, prefill_attention=prefill,
         )
         self.speculator = MtpSpeculator(self.runner) if spec == "mtp" else None
-        eos = config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None:
-            eos_ids.add(int(tokenizer.eos_id))
-        self.eos_token_ids = frozenset(eos_ids)
+        self.stopping = StopRules.for_model(config, tokenizer, self.max_model_len)
         self.stats = EngineStats()
         self._inflight: InflightStep | None = None
 
@@ -247,13 +137,13 @@ class LLM:
             params = SamplingParams()
         plist = [params] * len(prompts_token_ids) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(prompts_token_ids):
-            raise ValueError(f"{len(prompts_token_ids)} prompts but {len(plist)} sampling params")
+            raise RequestError(f"{len(prompts_token_ids)} prompts but {len(plist)} sampling params")
         if self.tokenizer is None and any(p.stop for p in plist):
-            raise ValueError("stop strings need a tokenizer")
+            raise RequestError("stop strings need a tokenizer")
         seqs = []
         for i, (ids, p) in enumerate(zip(prompts_token_ids, plist)):
             if len(ids) >= self.max_model_len:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens; the context limit is {self.max_model_len}")
+                raise RequestError(f"prompt {i} has {len(ids)} tokens; the context limit is {self.max_model_len}")
             seqs.append(Sequence(list(ids), p, request_index=i))
         results: list[GenerationOutput | None] = [None] * len(seqs)
 
@@ -278,10 +168,10 @@ class LLM:
         seqs = []
         for i, r in enumerate(requests):
             if not 1 <= r.continuation_start < len(r.token_ids):
-                raise ValueError(f"score request {i}: continuation_start {r.continuation_start} must be in "
+                raise RequestError(f"score request {i}: continuation_start {r.continuation_start} must be in "
                                  f"[1, {len(r.token_ids)}) (at least one context and one continuation token)")
             if len(r.token_ids) > self.max_model_len:
-                raise ValueError(f"score request {i} has {len(r.token_ids)} tokens; the context limit is {self.max_model_len}")
+                raise RequestError(f"score request {i} has {len(r.token_ids)} tokens; the context limit is {self.max_model_len}")
             seqs.append(Sequence(list(r.token_ids), SamplingParams(max_tokens=0),
                                  logprob_start=r.continuation_start, request_index=i))
         results: list[ScoreOutput | None] = [None] * len(seqs)
@@ -395,7 +285,8 @@ class LLM:
                 seq.prompt_logprobs[p] = (lp, g)
             is_done = False
             for tok in new:
-                is_done = self._append(seq, tok)
+                self.stats.generated_tokens += 1
+                is_done = self.stopping.append(seq, tok)
                 if is_done:
                     break
             seq.num_computed_tokens = min(seq.num_computed_tokens, len(seq))
@@ -407,33 +298,3 @@ class LLM:
                 self.scheduler.finish(seq)
                 finished.append(seq)
         return finished
-
-    def _append(self, seq: Sequence, tok: int) -> bool:
-        """Append one generated token; decide whether the request is complete."""
-        seq.token_ids.append(tok)
-        self.stats.generated_tokens += 1
-        p = seq.params
-        if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
-            seq.finish_reason = "stop"
-            self._set_text(seq, seq.output_token_ids[:-1])
-            return True
-        if p.stop and self.tokenizer is not None:  # generate() refuses stop strings without one
-            # A stop string completed by this token lies in the last few tokens' text; only
-            # then is the whole output decoded (keeps long generations linear, not quadratic).
-            # Byte-level tokens may carry a quarter of a character, hence 4 tokens per char.
-            window = 4 * max(len(s) for s in p.stop) + 4
-            tail = self.tokenizer.decode(seq.output_token_ids[-window:])
-            if any(s in tail for s in p.stop):
-                text = self.tokenizer.decode(seq.output_token_ids)
-                cut = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    seq.finish_reason, seq.output_text = "stop", text[:cut]
-                    return True
-        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
-            seq.finish_reason = "length"
-            self._set_text(seq, seq.output_token_ids)
-            return True
-        return False
-
-    def _set_text(self, seq: Sequence, ids: list[int]) -> None:
-        seq.output_text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""

@@ -17,7 +17,7 @@ import functools
 from collections.abc import Sequence as Seq
 
 import torch
-from dseval.engine.sequence import SamplingParams
+from dseval.engine.runtime.sequence import SamplingParams
 
 _MASK32 = 0xFFFFFFFF
 # Multipliers below 2**31 keep every product of a 32-bit value inside signed int64, so the

@@ -18,23 +18,20 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from dseval.engine.block_manager import BlockManager
-from dseval.engine.sequence import Sequence, SequenceStatus
+from dseval.engine.errors import RequestError
+from dseval.engine.runtime.block_manager import BlockManager
+from dseval.engine.runtime.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = 64
-    #: Token budget of one prefill step (sum of the chunks of all its sequences).
-    max_num_batched_tokens: int = 4096
-    #: Split prompts longer than the remaining budget across steps.
-    chunked_prefill: bool = True
+    """The scheduler's share of :class:`EngineConfig` (defaults and validation live there)."""
 
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1:
-            raise ValueError(f"scheduler field 'max_num_seqs' must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError(f"scheduler field 'max_num_batched_tokens' must be >= 1, got {self.max_num_batched_tokens}")
+    max_num_seqs: int
+    #: Token budget of one prefill step (sum of the chunks of all its sequences).
+    max_num_batched_tokens: int
+    #: Split prompts longer than the remaining budget across steps.
+    chunked_prefill: bool
 
 
 @dataclass
@@ -65,7 +62,7 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         cache_tokens = self.block_manager.num_blocks * self.block_manager.block_size
         if len(seq) + seq.params.max_tokens + 1 > cache_tokens:
-            raise ValueError(
+            raise RequestError(
                 f"request of {len(seq)} prompt tokens + max_tokens {seq.params.max_tokens} cannot fit "
                 f"the KV cache of {cache_tokens} tokens; raise the engine's 'num_kv_blocks'"
             )
@@ -102,12 +99,7 @@ class Scheduler:
             chunk = self._chunk(len(seq) - seq.num_computed_tokens, budget, bool(batch))
             if chunk == 0:
                 continue
-            while not bm.can_allocate(seq, seq.num_computed_tokens + chunk):
-                victim = self._newer_victim(seq)
-                if victim is None:
-                    break
-                self._preempt(victim)
-            if not bm.can_allocate(seq, seq.num_computed_tokens + chunk):
+            if not self._make_room(seq, seq.num_computed_tokens + chunk):
                 continue
             bm.ensure_slots(seq, seq.num_computed_tokens + chunk)
             batch.seqs.append(seq)
@@ -166,12 +158,7 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING or seq.in_prefill:
                 continue  # preempted earlier in this loop, or still waiting for prefill room
             num_new = 1 if seq.draft_token is None else 2
-            while not bm.can_allocate(seq, seq.num_computed_tokens + num_new):
-                victim = self._newer_victim(seq)
-                if victim is None:
-                    break
-                self._preempt(victim)
-            if not bm.can_allocate(seq, seq.num_computed_tokens + num_new):
+            if not self._make_room(seq, seq.num_computed_tokens + num_new):
                 if seq.draft_token is not None:
                     seq.draft_token = None  # drop the draft before giving up the sequence
                     num_new = 1
@@ -206,6 +193,15 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(1)
         return batch
+
+    def _make_room(self, seq: Sequence, num_tokens: int) -> bool:
+        """Preempt newer sequences until ``seq`` has room for ``num_tokens`` tokens; whether it now has."""
+        while not self.block_manager.can_allocate(seq, num_tokens):
+            victim = self._newer_victim(seq)
+            if victim is None:
+                return False
+            self._preempt(victim)
+        return True
 
     def _newer_victim(self, seq: Sequence) -> Sequence | None:
         """The most recently admitted running sequence if it was admitted after ``seq``:

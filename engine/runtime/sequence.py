@@ -13,7 +13,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
-from dseval.errors import UserError
+from dseval.engine.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class SamplingParams:
     """How to pick the next tokens of one request, and when to stop.
 
     ``temperature`` 0 is greedy decoding. Sampling randomness is derived from ``seed`` and the
-    index of the generated token only (see :mod:`dseval.engine.sampler`), so the same seed
+    index of the generated token only (see :mod:`dseval.engine.runtime.sampler`), so the same seed
     gives the same tokens whatever else shares the batch and across preemption.
     ``max_tokens`` 0 means "prefill only" (scoring).
     """
@@ -38,15 +38,15 @@ class SamplingParams:
     def __post_init__(self) -> None:
         # Errors name the field: these come straight from task configs and CLI flags.
         if self.temperature < 0:
-            raise UserError(f"sampling field 'temperature' must be >= 0, got {self.temperature}")
+            raise ConfigError(f"sampling field 'temperature' must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"sampling field 'top_p' must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"sampling field 'top_p' must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise UserError(f"sampling field 'top_k' must be >= 0 (0 = off), got {self.top_k}")
+            raise ConfigError(f"sampling field 'top_k' must be >= 0 (0 = off), got {self.top_k}")
         if self.max_tokens < 0:
-            raise UserError(f"sampling field 'max_tokens' must be >= 0, got {self.max_tokens}")
+            raise ConfigError(f"sampling field 'max_tokens' must be >= 0, got {self.max_tokens}")
         if any(not s for s in self.stop):
-            raise UserError("sampling field 'stop' must not contain an empty string")
+            raise ConfigError("sampling field 'stop' must not contain an empty string")
 
     @property
     def greedy(self) -> bool:

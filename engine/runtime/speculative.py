@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from dseval.engine.model_runner import ModelRunner, RowSpec, StepOutput
-from dseval.engine.scheduler import ScheduledBatch
-from dseval.engine.sequence import Sequence
+
+from dseval.engine.errors import ConfigError
+from dseval.engine.runtime.model_runner import ModelRunner
+from dseval.engine.runtime.scheduler import ScheduledBatch
+from dseval.engine.runtime.sequence import Sequence
+from dseval.engine.runtime.step import RowSpec, StepOutput
 
 
 @dataclass
@@ -36,22 +39,13 @@ class SpecStats:
         return self.accepted / self.proposed if self.proposed else 0.0
 
 
-def parse_speculative(spec: str | None) -> str | None:
-    """Validate the ``--speculative`` option; only ``mtp`` exists."""
-    if spec in (None, "", "none"):
-        return None
-    if spec != "mtp":
-        raise ValueError(f"option 'speculative' must be 'mtp' or unset, got {spec!r}")
-    return spec
-
-
 class MtpSpeculator:
     """Accepts drafts after a verify step and proposes the next ones with the MTP module."""
 
     def __init__(self, runner: ModelRunner) -> None:
         cfg = runner.config
         if getattr(cfg, "num_nextn_predict_layers", 0) < 1:
-            raise ValueError("speculative 'mtp' needs a model with num_nextn_predict_layers >= 1")
+            raise ConfigError("speculative 'mtp' needs a model with num_nextn_predict_layers >= 1")
         self.runner = runner
         self.stats = SpecStats()
 
