@@ -1,5 +1,5 @@
 """kernels.router (Triton interpreter) against the engine's step-by-step routing
-(``engine.moe.Router`` on CPU, which follows DeepSeek-V2/V3 and is itself checked against
+(``engine.model.moe.Router`` on CPU, which follows DeepSeek-V2/V3 and is itself checked against
 transformers in test_engine_model.py): same experts in the same order, same weights."""
 
 from __future__ import annotations

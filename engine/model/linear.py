@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dseval.engine.parallel.collectives import all_reduce
 from dseval.engine.model.fp8_blocks import FP8_DTYPE, dequantize_blockwise
+from dseval.engine.parallel.collectives import all_reduce
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.parallel.sharding import TensorShard, local_size
 

@@ -31,8 +31,8 @@ from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.linear import ColumnParallelLinear, Linear, RowParallelLinear
 from dseval.engine.model.mla_absorbed import absorbed_decode, one_query_per_sequence
 from dseval.engine.model.norm import RMSNorm
-from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.model.rope import RotaryEmbedding, softmax_scale
+from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.parallel.sharding import local_size
 from dseval.kernels.mla_prefill import mla_prefill_attention
 

@@ -23,9 +23,9 @@ from dseval.engine.model.linear import Linear
 from dseval.engine.model.mla import MLAttention
 from dseval.engine.model.moe import MLP, MoE
 from dseval.engine.model.norm import RMSNorm
-from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.model.rope import RotaryEmbedding
 from dseval.engine.model.vocab_parallel import VocabParallelEmbedding, VocabParallelHead
+from dseval.engine.parallel.context import ParallelContext
 
 
 class DecoderLayer(nn.Module):

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dseval.engine.parallel.collectives import all_reduce
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.linear import ColumnParallelLinear, RowParallelLinear
+from dseval.engine.parallel.collectives import all_reduce
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.parallel.expert_parallel import moe_all_to_all
 from dseval.engine.parallel.sharding import local_size
@@ -156,7 +156,7 @@ class MoE(nn.Module):
     def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Σ over this rank's experts of weight·expert(x), float32 [T, hidden]; experts owned
         elsewhere contribute zero here."""
-        fused = getattr(self, "fused_experts", None)  # set by engine.fused_weights.prepare_fused_moe
+        fused = getattr(self, "fused_experts", None)  # set by engine.model.fused_weights.prepare_fused_moe
         if fused is not None:
             return fused(x, weights, ids)
         out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dseval.engine.parallel.collectives import all_gather_last, all_reduce
 from dseval.engine.model.linear import ColumnParallelLinear
+from dseval.engine.parallel.collectives import all_gather_last, all_reduce
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.parallel.sharding import TensorShard, local_size
 

@@ -17,6 +17,7 @@ import functools
 from collections.abc import Sequence as Seq
 
 import torch
+
 from dseval.engine.runtime.sequence import SamplingParams
 
 _MASK32 = 0xFFFFFFFF
