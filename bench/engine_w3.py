@@ -356,7 +356,8 @@ def use_prefill_backend(llm: Any, name: str) -> None:
     from dseval.kernels.mla_prefill import resolve_prefill_attention
 
     c = llm.config
-    llm.runner.prefill_attention = resolve_prefill_attention(name, llm.device, llm.dtype, c.qk_head_dim, c.v_head_dim)
+    llm.runner.prefill_attention = resolve_prefill_attention(name, llm.device, llm.dtype, c.qk_nope_head_dim,
+                                                             c.qk_rope_head_dim, c.v_head_dim)
 
 
 def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> dict[str, Any]:
@@ -375,7 +376,7 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
     ref = None
     for name in mp.PREFILL_BACKENDS[1:]:  # the explicit ones; "auto" is split_cudnn or causal_bias
         try:
-            attention = mp.resolve_prefill_attention(name, device, torch.bfloat16, nope + rope, vd)
+            attention = mp.resolve_prefill_attention(name, device, torch.bfloat16, nope, rope, vd)
             out = mp.mla_prefill_attention(*args, 0.1, attention)
             sync()
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

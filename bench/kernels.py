@@ -965,7 +965,7 @@ def bench_prefill_attention(sweep: bool) -> None:
     small = inputs(512, 2048)
     exact = mp.mla_prefill_attention_torch(*(x.double() for x in small), 0.1)
     check("prefill attention fp8 vs float64 (t=512 S=2048)", rel(mla_prefill_attention_fp8(*small, 0.1), exact), 8e-2)
-    cudnn = mp.resolve_prefill_attention("split_cudnn", torch.device("cuda"), torch.bfloat16, NOPE + ROPE, VDIM)
+    cudnn = mp.resolve_prefill_attention("split_cudnn", torch.device("cuda"), torch.bfloat16, NOPE, ROPE, VDIM)
     check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1, cudnn), exact),
           1e-2)
     # offsets of the transposed values (head x 128 x S) pass 2^31 beyond 128K rows at 128 heads

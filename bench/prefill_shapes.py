@@ -41,7 +41,7 @@ def timed_call(args: tuple[torch.Tensor, ...], attention: Any) -> float:
 def run_backend(backend: str, lengths: list[int]) -> dict:
     from dseval.kernels import mla_prefill as mp
 
-    attention = mp.resolve_prefill_attention(backend, torch.device("cuda"), torch.bfloat16, NOPE + ROPE, V_DIM)
+    attention = mp.resolve_prefill_attention(backend, torch.device("cuda"), torch.bfloat16, NOPE, ROPE, V_DIM)
     g = torch.Generator(device="cuda").manual_seed(0)
     first, second = [], []
     for n in lengths:

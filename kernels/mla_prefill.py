@@ -59,14 +59,14 @@ class PrefillAttention:
             raise ValueError(f"prefill attention backend must be one of {PREFILL_BACKENDS[1:]}, got {self.backend!r}")
 
 
-def resolve_prefill_attention(name: str, device: torch.device, dtype: torch.dtype, qk_head_dim: int,
-                              v_head_dim: int) -> PrefillAttention:
+def resolve_prefill_attention(name: str, device: torch.device, dtype: torch.dtype, nope: int, rope: int,
+                              v_dim: int) -> PrefillAttention:
     """The backend ``name`` stands for on ``device``, decided once before serving.
 
-    ``auto`` and ``split_cudnn`` try cuDNN on a small problem with the model's head sizes and
-    ``dtype``: v at its own size if cuDNN takes it (no padding copy, a third fewer PV FLOPs),
-    else padded; ``auto`` takes ``causal_bias`` when cuDNN refuses both. Off CUDA every backend
-    runs the float32 reference, so nothing is tried.
+    ``auto`` and ``split_cudnn`` run :func:`mla_prefill_attention` with cuDNN on a small problem
+    of the model's head sizes and ``dtype``: v at its own size if cuDNN takes it (no padding
+    copy, a third fewer PV FLOPs), else padded; ``auto`` takes ``causal_bias`` when cuDNN
+    refuses both. Off CUDA every backend runs the float32 reference, so nothing is tried.
     """
     if name not in PREFILL_BACKENDS:
         raise ValueError(f"prefill attention backend must be one of {PREFILL_BACKENDS}, got {name!r}")
@@ -75,11 +75,11 @@ def resolve_prefill_attention(name: str, device: torch.device, dtype: torch.dtyp
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return PrefillAttention("split_cudnn" if name == "split_cudnn" else "causal_bias")
     t, s, h = 64, 128, 2  # t < s: both halves of the split (unmasked and square causal) run
-    q, k = (torch.zeros(1, h, n, qk_head_dim, device=device, dtype=dtype) for n in (t, s))
+    probe = [torch.zeros(*shape, device=device, dtype=dtype)
+             for shape in ((t, h, nope), (t, h, rope), (s, h, nope), (s, rope), (s, h, v_dim))]
     for pad_v in (False, True):
-        v = torch.zeros(1, h, s, qk_head_dim if pad_v else v_head_dim, device=device, dtype=dtype)
         try:
-            _split_attention(q, k, v, 1.0, "split_cudnn")
+            mla_prefill_attention(*probe, 1.0, PrefillAttention("split_cudnn", pad_v=pad_v))
             return PrefillAttention("split_cudnn", pad_v=pad_v)
         except RuntimeError:
             continue

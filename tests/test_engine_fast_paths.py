@@ -306,8 +306,8 @@ def test_prefill_backend_is_validated_and_resolved_once() -> None:
     with pytest.raises(ValueError, match="prefill attention backend"):
         PrefillAttention("auto")  # a resolved choice is never auto
     cpu = torch.device("cpu")
-    assert resolve_prefill_attention("auto", cpu, torch.bfloat16, 192, 128) == PrefillAttention("causal_bias")
-    assert resolve_prefill_attention("fp8", cpu, torch.bfloat16, 192, 128) == PrefillAttention("fp8")
+    assert resolve_prefill_attention("auto", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("causal_bias")
+    assert resolve_prefill_attention("fp8", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("fp8")
     runner = _meta_runner(PrefillAttention("split_flash"))
     seqs = [Sequence([5, 6, 7], SamplingParams())]
     seqs[0].block_table = [0]

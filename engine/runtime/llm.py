@@ -91,7 +91,8 @@ class LLM:
         self.device, self.dtype = device, dtype
         self.max_model_len = ec.max_model_len or int(config.max_position_embeddings)
         spec = parse_speculative(ec.speculative)
-        prefill = resolve_prefill_attention(ec.prefill_attention, device, dtype, config.qk_head_dim, config.v_head_dim)
+        prefill = resolve_prefill_attention(ec.prefill_attention, device, dtype, config.qk_nope_head_dim,
+                                            config.qk_rope_head_dim, config.v_head_dim)
         if ec.fused_moe and dtype == torch.bfloat16 and self.device.type == "cuda":
             prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
         num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
