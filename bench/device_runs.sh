@@ -10,11 +10,11 @@
 #   dp:     eval throughput alone, one GPU against two data-parallel replicas.
 #   tpep:   one GPU against TP2 attention + EP2 experts on the same two ranks (both exchanges)
 #           and TP2 alone, decode at batch 1 and 32 and eval throughput, with the logits check.
-#   fp8:    the FP8 prefill-attention kernel against bf16 cuDNN at W3 shapes (config sweep, checks
-#           against float64), then the 128K prefill with each attention backend.
-#   prefill: every kernel check at real sizes, the MoE and prefill-GEMM sections, then the 128K
-#           prefill with each attention backend and a kernel profile of the FP8-attention one
-#           (the run behind results/bench/engine_w3_prefill.json).
+#   fp8:    the FP8 prefill-attention kernel against bf16 cuDNN at W3 shapes, then its config
+#           sweep, then the 128K prefill with each attention backend.
+#   prefill: every kernel check at real sizes, the MoE and prefill-GEMM sections, the MoE prefill
+#           configs, then the 128K prefill with each attention backend and a kernel profile of
+#           the FP8-attention one.
 #   chunks: every kernel check at real sizes, then the 128K prefill at token budgets of 16K, 32K
 #           and 64K per step (FP8 and bf16 attention; a kernel profile of the 16K FP8 one).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
@@ -79,19 +79,25 @@ elif [ "$what" = tpep ]; then
     --out "$out/x2_tp2ep2_allreduce.json" 2>&1 | tee "$out/x2_tp2ep2_allreduce.log"
   par "${common[@]}" --tp 2 --skip check e2e --out "$out/x2_tp2_tpep.json" 2>&1 | tee "$out/x2_tp2_tpep.log"
 elif [ "$what" = fp8 ]; then
-  CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/kernels.py --only prefill_attn --sweep \
-    --out "$out/kernels_prefill_attn.json" 2>&1 | tee "$out/kernels_prefill_attn.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/kernel_bench.py --only prefill_attn \
+    --out "$out/kernel_bench_prefill_attn.json" 2>&1 | tee "$out/kernel_bench_prefill_attn.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 100 python3 bench/kernel_sweep.py --only prefill_attn \
+    --out "$out/kernel_sweep_prefill_attn.json" 2>&1 | tee "$out/kernel_sweep_prefill_attn.log"
   CUDA_VISIBLE_DEVICES=0 timeout 280 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
     --skip check decode e2e "${extra[@]}" --out "$out/engine_w3_prefill_fp8.json" 2>&1 | tee "$out/engine_w3_prefill_fp8.log"
 elif [ "$what" = prefill ]; then
-  CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/kernels.py --check --only moe moe_prefill gemm_prefill \
-    --out "$out/kernels_prefill.json" 2>&1 | tee "$out/kernels_prefill.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 100 python3 bench/kernel_checks.py --out "$out/kernel_checks.json" 2>&1 \
+    | tee "$out/kernel_checks.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/kernel_bench.py --only moe gemm_prefill \
+    --out "$out/kernel_bench_prefill.json" 2>&1 | tee "$out/kernel_bench_prefill.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/kernel_sweep.py --only moe_prefill \
+    --out "$out/kernel_sweep_moe_prefill.json" 2>&1 | tee "$out/kernel_sweep_moe_prefill.log"
   CUDA_VISIBLE_DEVICES=0 timeout 250 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \
     --skip decode e2e --profile-prefill fp8 "${extra[@]}" --out "$out/engine_w3_prefill.json" 2>&1 \
     | tee "$out/engine_w3_prefill.log"
 elif [ "$what" = chunks ]; then
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/kernels.py --check --no-bench \
-    --out "$out/kernels_check.json" > "$out/chunks.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/kernel_checks.py \
+    --out "$out/kernel_checks.json" > "$out/chunks.log" 2>&1
   for c in 16384 32768 65536; do
     prof=(); [ "$c" = 16384 ] && prof=(--profile-prefill fp8)
     CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/engine_w3.py --no-hf --batches 1 --prompts 256 \

@@ -6,8 +6,8 @@ extrapolates to the full model: 3 dense + 58 MoE layers, counting each extra den
 MoE layer (at these batch sizes a dense layer reads 0.40 GB of FP8 MLP weights, about what the
 ~9 experts one token touches read; at B >= 32 MoE layers read more, so this errs slow).
 
-    python bench/extrapolate_layers.py results/bench/x2/x2_tp2ep2_layers{4,12,20}.json \
-        [--out results/bench/x2/extrapolation_61_layers.json]
+    python bench/extrapolate_layers.py results/bench/x2_tp2ep2_layers{4,12,20}.json \
+        [--out results/bench/extrapolation_61_layers.json]
 
 Prints one table (per batch: ms per MoE layer for the full step and the graph replay, the fitted
 intercept, and the 61-layer step time and tok/s) and writes it as JSON.

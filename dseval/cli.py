@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dseval.backends.base import BackendOptions, backend_kinds
@@ -36,7 +37,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -124,17 +125,26 @@ def models() -> None:
 @app.command()
 @user_errors
 def leaderboard(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or their summary.json).")],
-    fmt: Annotated[str, typer.Option("--format", help="md, csv, html or latex.")] = "md",
+    runs: Annotated[list[Path], typer.Argument(help="Run folders or reference files (results/reference/*.json).")],
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, html (one page, chart embedded) or latex.")] = "md",
     name: Annotated[list[str] | None, typer.Option(help="Column name per run, in order (default: the model spec).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Rows and groups of a published table: deepseek-v3-base or deepseek-v3-chat.")] = None,
+    stderr: Annotated[bool, typer.Option(help="Print ± standard errors where runs have them.")] = False,
+    chart: Annotated[Path | None, typer.Option(help="Also write a grouped bar chart PNG (benchmark x model).")] = None,
 ) -> None:
-    """A table like the DeepSeek-V3 report's: benchmarks as rows, models as columns, best in bold."""
-    from dseval.leaderboard import render, score_frame
+    """A table like the DeepSeek-V3 report's: benchmarks by category as rows, models as columns, best in bold;
+    rows whose runs differ (version, shots, prompts, docs) are flagged, limited runs marked."""
+    from dseval.layouts import get_layout
+    from dseval.leaderboard import load_board
+    from dseval.leaderboard_render import chart_png, render
 
-    text = render(score_frame(runs, name), fmt)  # type: ignore[arg-type]
+    board = load_board(runs, name, get_layout(layout) if layout else None)
+    text = render(board, fmt, stderr)  # type: ignore[arg-type]
+    if chart:
+        chart.write_bytes(chart_png(board))
     if output:
-        output.write_text(text)
+        output.write_text(text, encoding="utf-8")
     else:
         typer.echo(text, nl=False)
 
@@ -142,23 +152,49 @@ def leaderboard(
 @app.command()
 @user_errors
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="Baseline run folder.")],
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder (e.g. results/baselines/NAME).")],
     new: Annotated[Path, typer.Argument(help="New run folder.")],
-    z: Annotated[float, typer.Option(help="Flag drops more than this many standard errors.")] = 1.96,
-    min_drop: Annotated[float, typer.Option(help="...and at least this many points (x100).")] = 0.0,
+    tolerances: Annotated[Path | None, typer.Option(help="TOML or JSON: alpha, per-task tolerance/floor in points.")] = None,
+    exact: Annotated[bool, typer.Option(help="Tolerance 0: per-sample outputs and loglikelihoods must be identical.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+    junit: Annotated[Path | None, typer.Option(help="Also write the report as JUnit XML here.")] = None,
 ) -> None:
-    """Regression check: exit 1 when a task's headline metric dropped beyond chance."""
-    from dseval.compare import compare_runs
+    """Regression gate: exit 1 when a task dropped beyond chance, is missing or under its floor; 2 when the
+    runs are not comparable (task version, prompts, data, shots, generation settings, engine numerics)."""
+    import json
 
-    results = compare_runs(baseline, new, z, min_drop)
-    table = Table("task", "metric", "baseline", "new", "diff", "z", "test", "verdict")
-    for r in results:
-        verdict = "[bold red]DROP[/]" if r.regression else "ok"
-        test = f"paired n={r.paired_n}" if r.paired_n else "summaries"
-        table.add_row(r.task, r.metric, f"{100 * r.baseline:.2f}", f"{100 * r.new:.2f}", f"{100 * r.diff:+.2f}", f"{r.z:.2f}", test, verdict)
-    Console().print(table)
-    if any(r.regression for r in results):
-        raise typer.Exit(1)
+    from dseval.compare import compare_runs
+    from dseval.gate_output import summary_line, table, write_junit
+    from dseval.gate_settings import GateSettings
+
+    settings = GateSettings.from_file(tolerances, exact) if tolerances else GateSettings(exact=exact)
+    report = compare_runs(baseline, new, settings)
+    if junit:
+        write_junit(report, junit)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        Console(width=200).print(table(report))
+        Console().print(summary_line(report), highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+baseline_app = typer.Typer(help="Pinned baselines for `dseval compare` (results/baselines/).", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("update")
+@user_errors
+def baseline_update(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    name: Annotated[str | None, typer.Option(help="Baseline name (default: the run folder's name).")] = None,
+    root: Annotated[Path, typer.Option(help="Folder of baselines.")] = Path("results/baselines"),
+) -> None:
+    """Copy a run's run.json, summary.json and per-doc records (digests instead of prompts, golds and
+    outputs: no benchmark text) into ROOT/NAME, replacing what was there."""
+    from dseval.baseline import update_baseline
+
+    typer.echo(f"baseline written: {update_baseline(run_dir, name, root)}")
 
 
 @app.command()
@@ -228,6 +264,38 @@ def chat(
     from dseval.backends.engine_entrypoints import chat_loop
 
     chat_loop(model, BackendOptions(device=device), max_new_tokens, temperature)
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL.")],
+    host: Annotated[str, typer.Option(help="Address to bind; the default takes no connections from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(help="The name clients send as `model` (default: --model).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a "
+                                                  "bearer token; unset: no key.")] = "DSEVAL_API_KEY",
+    max_request_bytes: Annotated[int, typer.Option(help="Larger request bodies are refused (413).")] = 8 * 1024 * 1024,
+    batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 32,
+    seed: Annotated[int, typer.Option(help="Engine seed.")] = 1234,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help=PREFILL_CHUNK_HELP)] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health)."""
+    import os
+
+    import uvicorn
+
+    from dseval.backends.base import load_backend
+    from dseval.serve import Server
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    options = BackendOptions(batch_size=batch_size, seed=seed, device=device, max_num_batched_tokens=max_num_batched_tokens)
+    backend = load_backend(model, options)
+    server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes)
+    Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
+    uvicorn.run(server.app(), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Typed request and response kinds: the contract between tasks and model backends.
 
-A task never calls a model per example. It turns each document into requests of one of two
-kinds, the runner hands the whole list of each kind to the backend in one call, and the
+A task never calls a model per example. It turns each document into requests of one of three
+kinds (loglikelihood, generate, and chat: a generation whose prompt is a conversation), the runner hands the whole list of each kind to the backend in one call, and the
 backend answers in the same order. Keeping the kinds as small frozen dataclasses (never bare
 tuples whose meaning depends on a flag) lets a backend sort by length, share prefixes and
 batch continuously without knowing anything about the task.
@@ -9,7 +9,7 @@ batch continuously without knowing anything about the task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,25 @@ class GenerateRequest:
     # outputs (``replay:``) use it, the engine ignores it.
     doc_id: str = ""
     sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class ChatRequest(GenerateRequest):
+    """Generate the assistant's next turn of ``messages`` (``{"role", "content"}`` dicts, in
+    order; system first where there is one). ``prompt`` is unused: the backend renders the
+    conversation itself (the built-in engine with the checkpoint's chat template, an
+    ``openai-chat:`` server with its own), so a chat run works through any backend and
+    ``replay:`` answers it by id. The sampling fields mean what they mean for
+    :class:`GenerateRequest`.
+    """
+
+    prompt: str = ""
+    messages: tuple[dict[str, str], ...] = ()
+
+    def rendered(self, prompt: str) -> GenerateRequest:
+        """The plain generate request for this conversation rendered as ``prompt``."""
+        settings = {f.name: getattr(self, f.name) for f in fields(GenerateRequest)}
+        return GenerateRequest(**{**settings, "prompt": prompt})
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dseval.errors import UserError
 from dseval.metrics import Summary
 from dseval.progress import make_progress
 from dseval.provenance import content_hash, git_commit, package_versions
-from dseval.requests import GenerateRequest, LoglikelihoodRequest
+from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from dseval.store import RunStore, SampleWriter
 from dseval.tasks.base import Doc, PromptContext, Request, Sample, Task, get_task
 
@@ -203,7 +203,9 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
     collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
     requests = collector.flat_requests()
     try:
-        if requests and isinstance(requests[0], GenerateRequest):
+        if requests and isinstance(requests[0], ChatRequest):
+            backend.chat(requests, collector.on_result)
+        elif requests and isinstance(requests[0], GenerateRequest):
             backend.generate(requests, collector.on_result)
         elif requests:
             backend.loglikelihood(requests, collector.on_result)

@@ -30,8 +30,8 @@ from dseval.engine.loading.tokenizer import Tokenizer
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.parallel.context import ParallelContext
-from dseval.engine.runtime.engine_config import EngineConfig
-from dseval.engine.runtime.llm import LLM, default_device
+from dseval.engine.runtime.engine_config import EngineConfig, default_device
+from dseval.engine.runtime.llm import LLM
 from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
 from dseval.engine.runtime.sequence import SamplingParams
 from dseval.kernels.mla_prefill import PREFILL_BACKENDS

@@ -126,6 +126,14 @@ class Task(ABC):
     headline: ClassVar[str]
     #: Sample fields that get a per-value breakdown of every metric in the summary.
     breakdowns: ClassVar[tuple[str, ...]] = ()
+    #: How report tables name the benchmark and its metric ("DROP" and "F1" make "DROP (F1)"), so
+    #: a leaderboard row reads like the DeepSeek-V3 report's and not like a task id.
+    display_name: ClassVar[str] = ""
+    metric_label: ClassVar[str] = ""
+    #: The report's grouping of rows: English, Code, Math or Chinese (other tasks name their own).
+    category: ClassVar[str] = ""
+    #: "%" for scores printed x100 (accuracy, F1, pass@k), "score" for numbers printed as they are.
+    unit: ClassVar[Literal["%", "score"]] = "%"
 
     @abstractmethod
     def load(self, source: DataSource) -> list[Doc]:

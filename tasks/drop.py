@@ -83,6 +83,9 @@ def extract_answer(output: str, chat: bool) -> str:
 @register_task
 class Drop(Task):
     name = "drop"
+    display_name = "DROP"
+    metric_label = "F1"
+    category = "English"
     version = "1"
     # simple-evals' packaging is not on the Hub (ucinlp/drop is the original format, other ids)
     dataset = DatasetSpec(hub_id="simple-evals drop_v0_dev (local only)", split="dev", local="drop/drop_v0_dev.jsonl.gz")

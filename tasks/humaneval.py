@@ -58,6 +58,9 @@ def build_program(solution: str, test: str, entry_point: str) -> str:
 @register_task
 class HumanEval(CodeExecution, Task):
     name = "humaneval"
+    display_name = "HumanEval"
+    metric_label = "Pass@1"
+    category = "Code"
     version = "1"
     dataset = DatasetSpec(hub_id="openai_humaneval", split="test", local="humaneval/HumanEval.jsonl.gz")
     default_shots = 0

@@ -72,6 +72,9 @@ def minerva_prompt(problem: str, shots: int) -> str:
 @register_task
 class Math500(Task):
     name = "math500"
+    display_name = "MATH-500"
+    metric_label = "EM"
+    category = "Math"
     version = "1"
     dataset = DatasetSpec(hub_id="HuggingFaceH4/MATH-500", split="test", local="math500/test.jsonl")
     request_type = "generate"
@@ -121,6 +124,7 @@ class Math500(Task):
 @register_task
 class Math(Math500):
     name = "math"
+    display_name = "MATH"
     dataset = DatasetSpec(hub_id="EleutherAI/hendrycks_math", split="test", local="math/test.jsonl")
     fields_read = ("problem", "solution", "level", "type", "idx")
 

@@ -56,6 +56,9 @@ def build_program(code: str, setup: str, tests: list[str]) -> str:
 @register_task
 class MBPP(CodeExecution, Task):
     name = "mbpp"
+    display_name = "MBPP"
+    metric_label = "Pass@1"
+    category = "Code"
     version = "1"
     dataset = DatasetSpec(hub_id="google-research-datasets/mbpp", hub_config="full", split="test", local="mbpp/mbpp.jsonl")
     default_shots = 3
@@ -103,6 +106,7 @@ class MBPP(CodeExecution, Task):
 @register_task
 class MBPPSanitized(MBPP):
     name = "mbpp_sanitized"
+    display_name = "MBPP-sanitized"
     dataset = DatasetSpec(hub_id="google-research-datasets/mbpp", hub_config="sanitized", split="test", local="mbpp/sanitized-mbpp.json")
     fields_read = ("task_id", "prompt", "code", "test_list", "test_imports")
 

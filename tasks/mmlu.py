@@ -76,6 +76,9 @@ def few_shot_prompt(subject: str, shots: Sequence[dict[str, Any]], query: dict[s
 @register_task
 class MMLU(Task):
     name = "mmlu"
+    display_name = "MMLU"
+    metric_label = "Acc."
+    category = "English"
     version = "1"
     dataset = DatasetSpec(hub_id="cais/mmlu", hub_config="all", split="test", local="mmlu")
     request_type = "loglikelihood"

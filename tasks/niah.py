@@ -43,6 +43,9 @@ def parse_length(text: str) -> int:
 @register_task
 class NeedleInAHaystack(Task):
     name = "niah"
+    display_name = "Needle in a haystack"
+    metric_label = "Acc."
+    category = "Long context"
     version = "1"
     dataset = DatasetSpec(hub_id="ucinlp/drop", split="validation", local="drop/drop_v0_dev.jsonl.gz")
     request_type = "generate"

@@ -1,12 +1,16 @@
 """The device benchmarks' own logic, on CPU: the W3 script's cross-layout check under torchrun
-(gloo) and the per-layer extrapolation from committed runs. Timings are not checked here (they
-exist only on the GPU, bench/README.md); what is checked is that a sharded W3 build holds the
-single-process model and that the quoted extrapolation follows from the committed JSON."""
+(gloo), the per-layer extrapolation from committed runs, the README's tables against the
+committed JSON, and the kernel scripts' command lines. Timings are not checked here (they exist
+only on the GPU, bench/README.md); what is checked is that a sharded W3 build holds the
+single-process model, that every quoted table follows from the committed JSON, and that the
+commands the README and bench/device_runs.sh give exist."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "bench"
+KERNEL_SCRIPTS = ("kernel_checks", "kernel_bench", "kernel_sweep")
 TINY = ["--tiny", "--layers", "3", "--batches", "1", "--prompts", "64", "--new-tokens", "2", "--prefill-len", "0",
         "--no-hf", "--skip", "decode", "e2e"]
 
@@ -42,15 +48,87 @@ def test_w3_tp2_build_matches_the_single_process_model(tmp_path: Path) -> None:
 
 
 def test_extrapolation_follows_from_the_committed_layer_runs(tmp_path: Path) -> None:
-    runs = [ROOT / "results" / "bench" / "x2" / f"x2_tp2ep2_layers{n}.json" for n in (4, 12, 20)]
+    runs = [RESULTS / f"x2_tp2ep2_layers{n}.json" for n in (4, 12, 20)]
     out = tmp_path / "extrapolation.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "extrapolate_layers.py"), *map(str, runs), "--out", str(out)],
                    check=True, capture_output=True)
     mine = json.loads(out.read_text())["rows"]
-    committed = json.loads((ROOT / "results" / "bench" / "x2" / "extrapolation_61_layers.json").read_text())["rows"]
+    committed = json.loads((RESULTS / "extrapolation_61_layers.json").read_text())["rows"]
     assert [r["batch"] for r in mine] == [1, 8, 32, 128]
     for a, b in zip(mine, committed):
         assert a["full_61_layer_tok_s"] == pytest.approx(b["full_61_layer_tok_s"], rel=1e-9)
         # the fit reproduces the measured points it came from to within a few percent
         for layers, ms in a["points"]:
             assert a["intercept_ms"] + a["ms_per_moe_layer_step"] * (layers - 1) == pytest.approx(ms, rel=0.05)
+
+
+def _report(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), *map(str, args)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT)
+
+
+def test_readme_tables_are_generated_from_the_committed_json() -> None:
+    done = _report("--check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_report_rewrites_a_drifted_table_and_flags_stale_json(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    readme = tmp_path / "README.md"
+    text = (ROOT / "bench" / "README.md").read_text()
+    # a hand-edited number in a generated table is drift
+    drifted = text.replace("| 64K | 2 | 3.48 s |", "| 64K | 2 | 3.10 s |")
+    assert drifted != text
+    readme.write_text(drifted)
+    done = _report("--check", "--readme", readme, "--results", results)
+    assert done.returncode == 1 and "differ from the JSON" in done.stderr
+    # a new run replaces its JSON: the rewritten table shows the new number
+    chunk = results / "engine_w3_prefill_chunk65536.json"
+    run = json.loads(chunk.read_text())
+    for r in run["prefill_runs"]:
+        if r["attention_backend"] == "fp8":
+            r["seconds"] = 3.21
+    chunk.write_text(json.dumps(run))
+    assert _report("--readme", readme, "--results", results).returncode == 0
+    assert "| 64K | 2 | 3.21 s |" in readme.read_text()
+    assert _report("--check", "--readme", readme, "--results", results).returncode == 0
+    # a JSON that no table reads is an old run left behind
+    (results / "engine_w3_old.json").write_text("{}")
+    done = _report("--check", "--readme", readme, "--results", results)
+    assert done.returncode == 1 and "engine_w3_old.json feeds no table" in done.stderr
+
+
+def _sections(script: str) -> set[str]:
+    """The --only choices a kernel script accepts, read from its --help."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--help"], capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"\{([\w,]+)\}", done.stdout)
+    return set(found.group(1).split(",")) if found else set()
+
+
+def test_kernel_commands_in_readme_and_device_runs_exist() -> None:
+    texts = [(ROOT / "bench" / name).read_text() for name in ("README.md", "device_runs.sh")]
+    scripts = {m for t in texts for m in re.findall(r"bench/(\w+)\.py", t)}
+    assert {"kernel_checks", "kernel_bench", "kernel_sweep", "engine_w3", "report"} <= scripts
+    for script in scripts:
+        assert (ROOT / "bench" / f"{script}.py").is_file(), script
+    sections = {s: _sections(s) for s in KERNEL_SCRIPTS}
+    assert sections["kernel_checks"] == set()  # one job: all checks
+    assert {"gemm_decode", "rope", "prefill_attn"} <= sections["kernel_bench"]
+    assert {"gemm_tune", "mla_tune", "moe_prefill"} <= sections["kernel_sweep"]
+    for text in texts:
+        for script, only in re.findall(r"bench/(kernel_\w+)\.py[^\n]*?--only ((?:\w+ ?)+)", text):
+            assert set(only.split()) <= sections[script], (script, only)
+
+
+@pytest.mark.parametrize("script", KERNEL_SCRIPTS)
+def test_kernel_scripts_refuse_to_run_without_a_gpu(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = ["--only", "gemm_tune"] if script == "kernel_sweep" else []
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *args, "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and f"bench/{script}.py needs a CUDA GPU" in done.stderr
+    assert not out.exists()

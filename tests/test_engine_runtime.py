@@ -232,7 +232,7 @@ def test_sampler_follows_the_softmax_distribution():
     short = apply_top_k_top_p(wide, k, p, candidates=300)
     assert torch.equal(torch.isinf(full), torch.isinf(short))
     assert 1 <= int(torch.isfinite(full[1]).sum()) <= 7
-    lp, greedy = token_logprobs(logits, torch.tensor([1]))
+    lp, greedy, _, _ = token_logprobs(logits, torch.tensor([1]))
     assert abs(float(lp) - float(logits.log_softmax(-1)[0, 1])) < 1e-6 and not bool(greedy)
 
 
@@ -374,6 +374,10 @@ def test_loglikelihood_matches_full_log_softmax_and_shares_the_context(tiny):
         assert out.logprob == pytest.approx(sum(want), abs=1e-4)
         greedy = all(int(logp[p - 1].argmax()) == ids[p] for p in range(req.continuation_start, len(ids)))
         assert out.is_greedy == greedy
+        tops = [int(logp[p - 1].argmax()) for p in range(req.continuation_start, len(ids))]
+        assert [t.top_id for t in out.tokens] == tops
+        assert [t.top_logprob for t in out.tokens] == pytest.approx([float(logp[p - 1].max()) for p in
+                                                                      range(req.continuation_start, len(ids))], abs=1e-4)
     # The context (38 tokens; cacheable: the 9 full blocks inside its first 37) is prefilled once.
     hit = 9 * 4
     total = sum(len(r.token_ids) for r in reqs)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 R = TypeVar("R")
 OnResult = Callable[[int, R], None]
@@ -45,6 +45,19 @@ class BackendOptions:
     max_num_batched_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class PromptToken:
+    """One token of a scored prompt, as an OpenAI-style server echoes it: its text, where it
+    starts in the prompt, its log-probability given the tokens before it (None for the first,
+    which has nothing before it), and the most likely token at its position."""
+
+    text: str
+    offset: int
+    logprob: float | None
+    top_text: str | None
+    top_logprob: float | None
+
+
 class ModelBackend(ABC):
     """A model that answers loglikelihood and generation requests in batches."""
 
@@ -63,10 +76,22 @@ class ModelBackend(ABC):
     ) -> list[GenerateResult]:
         """Answer every request, in order; call ``on_result`` as each finishes."""
 
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
+        """Answer chat requests, in order. The default renders each conversation with
+        :meth:`apply_chat_template` and generates; backends that take messages (a chat API)
+        or answer by id (``replay:``) override it."""
+        return self.generate([r.rendered(self.apply_chat_template(list(r.messages))) for r in requests], on_result)
+
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         """Render a conversation into the exact prompt string the model sees, ending where the
         assistant's answer begins. Backends without a chat template refuse chat-mode tasks."""
         raise UserError(f"model backend {type(self).__name__} has no chat template; run without --chat")
+
+    def prompt_logprobs(self, prompt: str, completion: str = "") -> list[PromptToken]:
+        """Every token of ``prompt`` and then of ``completion`` (the text generated after it)
+        with its log-probability: what ``dseval serve`` answers to ``echo`` with ``logprobs``.
+        Backends that cannot see token probabilities refuse."""
+        raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
 
     def close(self) -> None:
         """Release devices, worker processes or connections."""
@@ -116,3 +141,4 @@ def load_backend(spec: str, options: BackendOptions) -> ModelBackend:
 register_backend("replay", "dseval.backends.replay:ReplayBackend.from_spec", "answers generation requests from a JSONL file of {id, output}")
 register_backend("engine", "dseval.backends.engine:EngineBackend.from_spec", "built-in DeepSeek-V3 engine: a checkpoint folder or a preset name (tiny)")
 register_backend("openai", "dseval.backends.openai_api:OpenAIBackend.from_spec", "an OpenAI-compatible completions endpoint (vLLM, SGLang, ...): openai:URL#MODEL")
+register_backend("openai-chat", "dseval.backends.openai_chat:OpenAIChatBackend.from_spec", "an OpenAI-compatible chat endpoint (chat tasks, judges): openai-chat:URL[#MODEL]")

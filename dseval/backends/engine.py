@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dseval.backends.base import BackendOptions, ModelBackend, OnResult
+from dseval.backends.base import BackendOptions, ModelBackend, OnResult, PromptToken
 from dseval.engine.api import (
     LLM,
     EngineConfig,
@@ -222,6 +222,30 @@ class EngineBackend(ModelBackend):
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages)
+
+    def prompt_logprobs(self, prompt: str, completion: str = "") -> list[PromptToken]:
+        """The prompt's tokens after the leading BOS (added as for every engine request, and
+        echoed as the first token with no log-probability), then the completion's, encoded
+        on their own as generation produced them (encoded together, a completion's first
+        token could merge with the prompt's last)."""
+        ids, spans = self.tokenizer.encode_with_offsets(prompt)
+        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids, spans = [self.bos_id] + ids, [(0, 0)] + spans
+        if completion:
+            more, more_spans = self.tokenizer.encode_with_offsets(completion)
+            ids, spans = ids + more, spans + [(a + len(prompt), b + len(prompt)) for a, b in more_spans]
+        prompt += completion
+        if len(ids) > self.llm.max_model_len:
+            raise UserError(f"prompt of {len(ids)} tokens exceeds the context limit of {self.llm.max_model_len}")
+        first = PromptToken(prompt[spans[0][0]:spans[0][1]], spans[0][0], None, None, None)
+        if len(ids) < 2:
+            return [first]
+        with user_errors():
+            (scored,) = self.llm.score([ScoreRequest(tuple(ids), 1)])
+        return [first] + [
+            PromptToken(prompt[a:b], a, t.logprob, self.tokenizer.decode([t.top_id]), t.top_logprob)
+            for (a, b), t in zip(spans[1:], scored.tokens, strict=True)
+        ]
 
     def close(self) -> None:
         del self.llm

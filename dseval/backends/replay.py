@@ -1,4 +1,4 @@
-"""``replay:PATH``: answer generation requests from saved outputs.
+"""``replay:PATH``: answer generation and chat requests from saved outputs.
 
 Lets saved or third-party generations be scored exactly like live ones. PATH is JSON Lines of
 ``{"id": ..., "output": ...}``; a previous run's samples.jsonl works as is (its ``output`` is a
@@ -13,7 +13,7 @@ from pathlib import Path
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.data import read_jsonl
 from dseval.errors import UserError
-from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 
 class ReplayBackend(ModelBackend):
@@ -48,6 +48,10 @@ class ReplayBackend(ModelBackend):
             if on_result:
                 on_result(index, result)
         return results
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
+        """Saved answers are looked up by doc id, whatever the prompt was."""
+        return self.generate(requests, on_result)
 
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None

@@ -19,6 +19,11 @@ GPU_PREFILL_TOKENS = 16384
 CPU_PREFILL_TOKENS = 2048
 
 
+def default_device() -> torch.device:
+    """The first GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def default_prefill_tokens(device: torch.device) -> int:
     """The token budget per step when ``max_num_batched_tokens`` is unset."""
     return GPU_PREFILL_TOKENS if device.type == "cuda" else CPU_PREFILL_TOKENS

@@ -30,7 +30,7 @@ from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.parallel.collectives import min_over_ranks
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.runtime.block_manager import BlockManager
-from dseval.engine.runtime.engine_config import EngineConfig, default_prefill_tokens, parse_speculative
+from dseval.engine.runtime.engine_config import EngineConfig, default_device, default_prefill_tokens, parse_speculative
 from dseval.engine.runtime.model_runner import ModelRunner
 from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
 from dseval.engine.runtime.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -39,10 +39,6 @@ from dseval.engine.runtime.speculative import MtpSpeculator
 from dseval.engine.runtime.step import InflightStep, TokenFeed
 from dseval.engine.runtime.stopping import StopRules
 from dseval.kernels.mla_prefill import resolve_prefill_attention
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class LLM:
@@ -181,7 +177,7 @@ class LLM:
             assert seq.logprob_start is not None
             pos = range(seq.logprob_start, seq.num_prompt_tokens)
             lps = [seq.prompt_logprobs[p] for p in pos]
-            out = ScoreOutput(sum(lp for lp, _ in lps), all(g for _, g in lps), [lp for lp, _ in lps])
+            out = ScoreOutput(sum(t.logprob for t in lps), all(t.is_greedy for t in lps), lps)
             results[seq.request_index] = out
             if on_finish is not None:
                 on_finish(seq.request_index, out)
@@ -282,8 +278,8 @@ class LLM:
             # Prefill: the whole chunk is now in the cache. Decode: the fed token, plus the
             # draft row when it was accepted (then len(new) == 2).
             seq.num_computed_tokens += n if batch.is_prefill else len(new)
-            for p, lp, g in lps:
-                seq.prompt_logprobs[p] = (lp, g)
+            for p, scored in lps:
+                seq.prompt_logprobs[p] = scored
             is_done = False
             for tok in new:
                 self.stats.generated_tokens += 1

@@ -32,7 +32,7 @@ from dseval.engine.runtime.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout
 from dseval.engine.runtime.sampler import Sampler, token_logprobs
 from dseval.engine.runtime.scheduler import ScheduledBatch
-from dseval.engine.runtime.sequence import SamplingParams
+from dseval.engine.runtime.sequence import SamplingParams, TokenLogprob
 from dseval.engine.runtime.step import RowSpec, SampledTokens, StepInputs, StepOutput, TokenFeed
 from dseval.kernels.mla_prefill import PrefillAttention
 
@@ -246,7 +246,8 @@ class ModelRunner:
             b = a + self.logprob_rows_per_pass
             idx = torch.tensor(lp_rows[a:b], dtype=torch.int64).to(dev, non_blocking=True)
             targets = torch.tensor(lp_targets[a:b], dtype=torch.int64).to(dev, non_blocking=True)
-            lps, greedy = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
-            for (owner, p), lp, g in zip(lp_owner[a:b], lps.tolist(), greedy.tolist()):
-                out.logprobs[owner].append((p, float(lp), bool(g)))
+            lps, greedy, top_lps, top_ids = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
+            for (owner, p), lp, g, tlp, tid in zip(lp_owner[a:b], lps.tolist(), greedy.tolist(), top_lps.tolist(),
+                                                   top_ids.tolist()):
+                out.logprobs[owner].append((p, TokenLogprob(float(lp), bool(g), int(tid), float(tlp))))
         return out if defer else out.resolve()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dseval.engine.runtime.sequence import TokenLogprob
+
 
 @dataclass
 class GenerationOutput:
@@ -28,7 +30,12 @@ class ScoreRequest:
 class ScoreOutput:
     logprob: float
     is_greedy: bool
-    token_logprobs: list[float]
+    #: One per continuation token, in order.
+    tokens: list[TokenLogprob]
+
+    @property
+    def token_logprobs(self) -> list[float]:
+        return [t.logprob for t in self.tokens]
 
 
 @dataclass

@@ -163,10 +163,13 @@ class Sampler:
         return torch.where(is_greedy, greedy, sampled)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of ``targets`` under each row of ``logits`` and whether each target is
-    the row's argmax (the greedy choice), both ``[N]``."""
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probability of ``targets`` under each row of ``logits``, whether each target is the
+    row's argmax (the greedy choice), and the row's top log-probability and token, all ``[N]``
+    (an OpenAI-style server reports the top token beside each prompt token)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     chosen = logp.gather(-1, targets[:, None]).squeeze(-1)
+    top_logprob, top_id = logp.max(dim=-1)
     # ">= max" rather than "== argmax": a target tied for the maximum is a greedy choice.
-    return chosen, chosen >= logp.max(dim=-1).values
+    return chosen, chosen >= top_logprob, top_logprob, top_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dseval.engine.errors import ConfigError
 
@@ -53,6 +54,16 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+class TokenLogprob(NamedTuple):
+    """A scored prompt token: its log-probability, whether it was the greedy choice, and the
+    position's top token with its log-probability."""
+
+    logprob: float
+    is_greedy: bool
+    top_id: int
+    top_logprob: float
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -92,8 +103,8 @@ class Sequence:
     #: Leading blocks of ``block_table`` already registered in the prefix cache (hashed).
     num_hashed_blocks: int = 0
     num_prompt_tokens: int = 0
-    #: Per scored position: (log-prob of the actual token, whether it was the argmax).
-    prompt_logprobs: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    #: Per scored position: the actual token's log-prob, and the position's top token.
+    prompt_logprobs: dict[int, TokenLogprob] = field(default_factory=dict)
     #: Speculative decoding: the MTP draft for the token after the last one, if any.
     draft_token: int | None = None
     finish_reason: str | None = None

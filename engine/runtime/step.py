@@ -14,7 +14,7 @@ import torch
 
 from dseval.engine.model.attention_metadata import AttentionMetadata
 from dseval.engine.runtime.scheduler import ScheduledBatch
-from dseval.engine.runtime.sequence import Sequence
+from dseval.engine.runtime.sequence import Sequence, TokenLogprob
 
 
 @dataclass
@@ -77,8 +77,8 @@ class StepOutput:
     #: Tokens picked at the sampled rows of each sequence (empty where nothing was sampled);
     #: filled by :meth:`resolve`.
     sampled: list[list[int]] = field(default_factory=list)
-    #: (position of the scored token, its log-prob, whether it was the argmax) per sequence.
-    logprobs: list[list[tuple[int, float, bool]]] = field(default_factory=list)
+    #: (position of the scored token, its log-prob and the row's top token) per sequence.
+    logprobs: list[list[tuple[int, TokenLogprob]]] = field(default_factory=list)
     #: The sampled tokens in row order, and the sequence (batch index) each row belongs to.
     tokens: SampledTokens | None = None
     token_owner: list[int] = field(default_factory=list)

@@ -1,0 +1,86 @@
+"""``openai-chat:URL[#MODEL]``: an OpenAI-compatible chat-completions server.
+
+For chat tasks and judges against servers that only expose ``/v1/chat/completions`` (or whose
+chat template should be theirs): each :class:`~dseval.requests.ChatRequest` is sent as its list
+of messages, with the request's sampling settings. Without ``#MODEL`` the server's first model
+in ``/v1/models`` is used. Loglikelihood and plain-prompt requests need ``openai:`` instead.
+Connection handling (concurrency, retries, the API key from ``$OPENAI_API_KEY``) is the
+completions backend's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from dseval.backends.base import BackendOptions, OnResult
+from dseval.backends.openai_api import OpenAIBackend
+from dseval.errors import UserError
+from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+
+
+class OpenAIChatBackend(OpenAIBackend):
+    def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None) -> None:
+        super().__init__(base_url, model, concurrency, api_key)
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.description = f"OpenAI-compatible chat endpoint {base_url} ({model})"
+
+    @classmethod
+    def from_spec(cls, arg: str, options: BackendOptions) -> OpenAIChatBackend:
+        url, _, model = arg.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"openai-chat spec needs URL[#MODEL], e.g. openai-chat:http://127.0.0.1:8000/v1; got {arg!r}")
+        key = os.environ.get("OPENAI_API_KEY")
+        return cls(url, model or first_model(url, key), options.batch_size, key)
+
+    def _chat_one(self, request: ChatRequest) -> GenerateResult:
+        payload: dict[str, Any] = {
+            "messages": [dict(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+        }
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.top_k:
+            payload["top_k"] = request.top_k
+        body = self._post(payload)
+        try:
+            choice = body["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise UserError(f"{self.url}: answer has no choices[0].message.content: {json.dumps(body)[:200]}") from None
+        for stop in request.stop:  # servers differ on whether they cut; cut here too
+            cut = text.find(stop)
+            text = text if cut < 0 else text[:cut]
+        usage = body.get("usage") or {}
+        return GenerateResult(text=text, num_tokens=int(usage.get("completion_tokens") or 0),
+                              finish_reason=choice.get("finish_reason") or "stop")
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
+        return self._fan_out(requests, self._chat_one, on_result)
+
+    def generate(self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
+        raise UserError("openai-chat: answers chat requests only; run the task with --chat, or use openai:URL#MODEL")
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
+    ) -> list[LoglikelihoodResult]:
+        raise UserError("openai-chat: a chat endpoint gives no prompt log-probabilities; use openai:URL#MODEL")
+
+
+def first_model(base_url: str, api_key: str | None) -> str:
+    """The first model a server lists, for specs that name none."""
+    request = urllib.request.Request(base_url.rstrip("/") + "/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["data"][0]["id"]
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        raise UserError(f"openai-chat: no model named in the spec and {base_url}/models did not list one ({err}); "
+                        "add #MODEL") from None
