@@ -167,6 +167,13 @@ def mla_inputs(b: int, h: int, ctx: int, bs: int) -> tuple[list[torch.Tensor], t
     return caches, bt, cl, qn, qp, nbytes, flops
 
 
+def cudnn_prefill_attention() -> Any:
+    """The engine's cuDNN prefill attention at W3's head sizes (v unpadded where cuDNN takes it)."""
+    from dseval.kernels.mla_prefill import resolve_prefill_attention
+
+    return resolve_prefill_attention("split_cudnn", torch.device("cuda"), torch.bfloat16, NOPE, ROPE, VDIM)
+
+
 def prefill_attention_inputs(g: torch.Generator, t: int, s: int) -> tuple[torch.Tensor, ...]:
     """W3 prefill attention operands for T queries over S keys: q_nope, q_pe, k_nope, k_pe, v."""
     def r(*shape: int) -> torch.Tensor:

@@ -19,7 +19,7 @@
 #           and 64K per step (FP8 and bf16 attention; a kernel profile of the 16K FP8 one).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
-#           kernel (engine/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
+#           kernel (engine/parallel/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
 #           batch 1 and 32.
 #   profile: kernel profiles of a TP2 decode step at batch 1 and an EP2 one at batch 32 (where
 #           the sharded layouts lose time), and TP2 with NCCL's low-latency protocol.

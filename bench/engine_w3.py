@@ -67,7 +67,7 @@ W3_CONFIG = ROOT / "configs" / "models" / "w3.json"
 
 # ---------------------------------------------------------------------------------------- setup
 def w3_config(layers: int, tiny: bool) -> Any:
-    from dseval.engine.config import ModelConfig
+    from dseval.engine.model.config import ModelConfig
 
     cfg = ModelConfig.from_json_file(W3_CONFIG)
     cfg = dataclasses.replace(cfg, num_hidden_layers=layers)
@@ -112,7 +112,7 @@ def barrier() -> None:
 def init_layout(args: argparse.Namespace) -> tuple[Any, int, int]:
     """(this rank's ParallelContext, data-parallel rank, data-parallel size): ``dseval run``'s
     layout under torchrun (replicas of max(tp, ep) consecutive ranks), a single process otherwise."""
-    from dseval.engine.parallel import ParallelContext
+    from dseval.engine.parallel.context import ParallelContext
 
     from dseval.distributed import Topology, init_process_group
 
@@ -175,8 +175,8 @@ def step_floor_bytes(cfg: Any, batch: int, context: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------- dseval
 def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device, parallel: Any) -> Any:
-    from dseval.engine.llm import LLM, EngineConfig
-    from dseval.engine.random_init import random_fp8_model
+    from dseval.engine.api import LLM, EngineConfig
+    from dseval.engine.loading.random_init import random_fp8_model
 
     t0 = time.perf_counter()
     model = random_fp8_model(cfg, device, torch.bfloat16, seed=0, parallel=parallel)
@@ -201,8 +201,8 @@ def build_llm(cfg: Any, args: argparse.Namespace, device: torch.device, parallel
 def fake_prefilled(llm: Any, batch: int, prompt: int, new_tokens: int, gen: torch.Generator) -> list[Any]:
     """``batch`` running sequences whose ``prompt - 1`` first tokens count as cached (the cache
     holds random latents), so the next engine step is a decode step at context ``prompt``."""
-    from dseval.engine.block_manager import PrefixLookup
-    from dseval.engine.sequence import SamplingParams, Sequence, SequenceStatus
+    from dseval.engine.runtime.block_manager import PrefixLookup
+    from dseval.engine.runtime.sequence import SamplingParams, Sequence, SequenceStatus
 
     seqs = []
     vocab = llm.config.vocab_size
@@ -323,7 +323,7 @@ def profile_prefill(llm: Any, length: int) -> dict[str, Any]:
 
 
 def run_e2e(llm: Any, batch: int, prompt: int, args: argparse.Namespace) -> dict[str, Any]:
-    from dseval.engine.sequence import SamplingParams
+    from dseval.engine.runtime.sequence import SamplingParams
 
     gen = torch.Generator().manual_seed(7 + batch)
     prompts = [torch.randint(2, llm.config.vocab_size, (prompt,), generator=gen).tolist() for _ in range(batch)]
@@ -350,6 +350,16 @@ def prefill_flops(cfg: Any, n: int) -> float:
     return 2 * active * n + attn + expand
 
 
+def use_prefill_backend(llm: Any, name: str) -> None:
+    """Switch a loaded engine's prefill attention (what ``EngineConfig.prefill_attention``
+    chooses at start-up) without rebuilding the model."""
+    from dseval.kernels.mla_prefill import resolve_prefill_attention
+
+    c = llm.config
+    llm.runner.prefill_attention = resolve_prefill_attention(name, llm.device, llm.dtype, c.qk_nope_head_dim,
+                                                             c.qk_rope_head_dim, c.v_head_dim)
+
+
 def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> dict[str, Any]:
     """One chunk's attention (t queries at the end of s keys, all heads) per backend."""
     from dseval.kernels import mla_prefill as mp
@@ -366,13 +376,13 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
     ref = None
     for name in mp.PREFILL_BACKENDS[1:]:  # the explicit ones; "auto" is split_cudnn or causal_bias
         try:
-            mp.set_prefill_backend(name)
-            out = mp.mla_prefill_attention(*args, 0.1)
+            attention = mp.resolve_prefill_attention(name, device, torch.bfloat16, nope, rope, vd)
+            out = mp.mla_prefill_attention(*args, 0.1, attention)
             sync()
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
             for _ in range(3):
-                out = mp.mla_prefill_attention(*args, 0.1)
+                out = mp.mla_prefill_attention(*args, 0.1, attention)
             e1.record()
             sync()
             ms = e0.elapsed_time(e1) / 3
@@ -383,7 +393,6 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
             res[name] = {"error": repr(e)[:300]}
         say(f"prefill attention {name}: {res[name]}")
         free_memory()
-    mp.set_prefill_backend("auto")
     ok = {k: v["ms"] for k, v in res.items() if isinstance(v, dict) and "ms" in v and k != "fp8"
           and v["rel_vs_causal_bias"] < 2e-2}
     res["best"] = min(ok, key=ok.get) if ok else "causal_bias"
@@ -391,7 +400,7 @@ def bench_prefill_attention(cfg: Any, t: int, s: int, device: torch.device) -> d
 
 
 def run_prefill(llm: Any, length: int) -> dict[str, Any]:
-    from dseval.engine.sequence import SamplingParams
+    from dseval.engine.runtime.sequence import SamplingParams
 
     gen = torch.Generator().manual_seed(3)
     prompt = torch.randint(2, llm.config.vocab_size, (length,), generator=gen).tolist()
@@ -414,9 +423,9 @@ def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)
     """Graph-replayed decode vs expanded prefill of the same tokens; fused vs reference MoE.
     Also returns, for cross-layout checks, the graph-replayed decode logits (float32 [3, vocab])
     and :func:`module_probes`."""
-    from dseval.engine.model_runner import RowSpec
-    from dseval.engine.moe import MoE
-    from dseval.engine.sequence import SamplingParams, Sequence
+    from dseval.engine.runtime.step import RowSpec
+    from dseval.engine.model.moe import MoE
+    from dseval.engine.runtime.sequence import SamplingParams, Sequence
 
     out: dict[str, Any] = {}
     runner, model, bs = llm.runner, llm.model, llm.engine_config.block_size
@@ -446,7 +455,7 @@ def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)
             hidden = model(inp.input_ids, inp.positions, inp.meta)
         dec_logits = model.compute_logits(hidden)
         # same step through the reference attention loop (eager): isolates mla_decode + graph
-        import dseval.engine.mla as mla_mod
+        import dseval.engine.model.mla as mla_mod
 
         keep_fn = mla_mod.one_query_per_sequence
         mla_mod.one_query_per_sequence = lambda *a: False
@@ -457,7 +466,7 @@ def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)
             mla_mod.one_query_per_sequence = keep_fn
         out["graph_decode_vs_loop_rel"] = ((dec_logits - loop_logits).norm() / loop_logits.norm()).item()
         # one layer's attention alone, same cache and queries: kernels.mla_decode vs the loop
-        from dseval.engine.mla import paged_mla
+        from dseval.engine.model.mla import paged_mla
 
         attn = model.model.layers[0].self_attn
         n_seq = len(lens)
@@ -518,7 +527,7 @@ def run_checks(llm: Any, cfg: Any, lengths: tuple[int, ...] = (300, 77, 1030)
         out["mla_rope_vs_torch_max_abs"] = max((qa.float() - qb.float()).abs().max().item(),
                                                (caches[0].float() - caches[1].float()).abs().max().item())
         # the sampler's two-pass greedy argmax vs torch's, ties included, at the real vocabulary
-        from dseval.engine.sampler import argmax_rows
+        from dseval.engine.runtime.sampler import argmax_rows
 
         lg = torch.randn(33, cfg.vocab_size, device=llm.device).round(decimals=1)  # many near-ties
         lg[1, 3] = lg[1, -1] = 99.0
@@ -542,7 +551,7 @@ def module_probes(llm: Any, cfg: Any, dec_rows: list[Any]) -> dict[str, torch.Te
     """One fixed input through layer 0's attention (decode form, graph-free) and dense MLP and
     layer 1's MoE: outputs every layout must reproduce up to its own reduction order. Unlike
     whole-model logits they carry no amplification through random layers or expert flips."""
-    from dseval.engine.moe import MoE
+    from dseval.engine.model.moe import MoE
 
     model, runner = llm.model, llm.runner
     g = torch.Generator(device=llm.device).manual_seed(23)
@@ -579,7 +588,7 @@ def compare_checks(mine: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
 def run_eval(llm: Any, args: argparse.Namespace, dp_rank: int, dp_size: int) -> dict[str, Any]:
     """Eval throughput: ``--eval-requests`` random prompts, this replica's contiguous share,
     through ``LLM.generate``; wall time from a common barrier to the slowest replica's end."""
-    from dseval.engine.sequence import SamplingParams
+    from dseval.engine.runtime.sequence import SamplingParams
 
     n, prompt = args.eval_requests, min(args.prompts)
     gen = torch.Generator().manual_seed(17)
@@ -844,8 +853,6 @@ def main(argv: list[str] | None = None) -> int:
             report.error("eval", e)
         report.save()
     if "prefill" not in args.skip and args.prefill_len and not late():
-        from dseval.kernels.mla_prefill import set_prefill_backend
-
         best = "causal_bias"
         if device.type == "cuda":
             try:
@@ -863,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             if late():
                 break
             try:
-                set_prefill_backend(backend)
+                use_prefill_backend(llm, backend)
                 if backend == "fp8":  # compile its kernels outside the timing
                     run_prefill(llm, min(2 * args.chunk, args.prefill_len))
                 r = run_prefill(llm, args.prefill_len)
@@ -881,13 +888,13 @@ def main(argv: list[str] | None = None) -> int:
             if late():
                 break
             try:
-                set_prefill_backend(backend)
+                use_prefill_backend(llm, backend)
                 report.data.setdefault("prefill_profile", {})[backend] = profile_prefill(llm, args.prefill_len)
             except Exception as e:  # noqa: BLE001
                 release(llm)
                 report.error(f"prefill profile {backend}", e)
             report.save()
-        set_prefill_backend("auto")
+        use_prefill_backend(llm, "auto")
     # tear down: graphs hold private memory pools until destroyed
     if llm.runner.graphs is not None:
         for step in llm.runner.graphs.graphs.values():

@@ -22,9 +22,9 @@ from dataclasses import replace
 
 import torch
 import torch.distributed as dist
-from dseval.engine.config import ModelConfig
-from dseval.engine.moe import MoE
-from dseval.engine.parallel import ParallelContext
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.moe import MoE
+from dseval.engine.parallel.context import ParallelContext
 
 
 def v3_moe_config(small: bool) -> ModelConfig:

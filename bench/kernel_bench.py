@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import (BF16_CEIL, HEADS, HID, KVLORA, LINEARS, MOE_I, N_EXP, NOPE, ROOT, ROPE, TOPK, K, bench, bench_graph,
+from common import (cudnn_prefill_attention, BF16_CEIL, HEADS, HID, KVLORA, LINEARS, MOE_I, N_EXP, NOPE, ROOT, ROPE, TOPK, K, bench, bench_graph,
                     copies, json_writer, linear_bytes, mla_inputs, moe_flops, moe_fp8_weights,
                     prefill_attention_flops, prefill_attention_inputs, print_summary, rand_linear, record,
                     record_profile, rel, require_gpu, routed_tokens, run_sections)
@@ -153,29 +153,26 @@ def bench_prefill_attention() -> None:
 
     g = torch.Generator(device="cuda").manual_seed(0)
     c = Fp8AttentionConfig()
-    mp.set_prefill_backend("split_cudnn")
-    try:
-        t = 16384
-        for s in (16384, 65536, 131072):
-            args = prefill_attention_inputs(g, t, s)
-            fl = prefill_attention_flops(t, s)
-            shape = f"t={t} S={s} H={HEADS}"
-            ref = mp.mla_prefill_attention(*args, 0.1)
-            record("prefill attn cudnn bf16", shape, bench(lambda: mp.mla_prefill_attention(*args, 0.1), quick=True),
-                   flops=fl, flop_ceil=BF16_CEIL)
-            err = rel(mla_prefill_attention_fp8(*args, 0.1), ref)
-            sec = bench(lambda: mla_prefill_attention_fp8(*args, 0.1), quick=True)
-            record("prefill attn fp8", shape, sec, flops=fl,
-                   cfg=f"bm={c.block_m} bn={c.block_n} w={c.num_warps} st={c.num_stages}", rel_vs_cudnn=err)
-            if s == 131072:
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    mla_prefill_attention_fp8(*args, 0.1)
-                    torch.cuda.synchronize()
-                record_profile(f"prefill fp8 {shape}", prof, top=6)
-            del args, ref
-            torch.cuda.empty_cache()
-    finally:
-        mp.set_prefill_backend("auto")
+    cudnn = cudnn_prefill_attention()
+    t = 16384
+    for s in (16384, 65536, 131072):
+        args = prefill_attention_inputs(g, t, s)
+        fl = prefill_attention_flops(t, s)
+        shape = f"t={t} S={s} H={HEADS}"
+        ref = mp.mla_prefill_attention(*args, 0.1, cudnn)
+        record("prefill attn cudnn bf16", shape, bench(lambda: mp.mla_prefill_attention(*args, 0.1, cudnn), quick=True),
+               flops=fl, flop_ceil=BF16_CEIL)
+        err = rel(mla_prefill_attention_fp8(*args, 0.1), ref)
+        sec = bench(lambda: mla_prefill_attention_fp8(*args, 0.1), quick=True)
+        record("prefill attn fp8", shape, sec, flops=fl,
+               cfg=f"bm={c.block_m} bn={c.block_n} w={c.num_warps} st={c.num_stages}", rel_vs_cudnn=err)
+        if s == 131072:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                mla_prefill_attention_fp8(*args, 0.1)
+                torch.cuda.synchronize()
+            record_profile(f"prefill fp8 {shape}", prof, top=6)
+        del args, ref
+        torch.cuda.empty_cache()
 
 
 def profile_kernels() -> None:

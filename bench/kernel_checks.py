@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common import (CHECKS, HID, KVLORA, LINEARS, ROOT, ROPE, K, check, failed_checks, json_writer, moe_fp8_weights,
+from common import (cudnn_prefill_attention, CHECKS, HID, KVLORA, LINEARS, ROOT, ROPE, K, check, failed_checks, json_writer, moe_fp8_weights,
                     prefill_attention_inputs, print_summary, rand_fp8, rand_linear, rand_scales, rel, require_gpu,
                     routed_tokens)
 
@@ -135,15 +135,12 @@ def check_prefill_attention() -> None:
     small = prefill_attention_inputs(g, 512, 2048)
     exact = mp.mla_prefill_attention_torch(*(x.double() for x in small), 0.1)
     check("prefill attention fp8 vs float64 (t=512 S=2048)", rel(mla_prefill_attention_fp8(*small, 0.1), exact), 8e-2)
-    mp.set_prefill_backend("split_cudnn")
-    try:
-        check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1), exact),
-              1e-2)
-        far = prefill_attention_inputs(g, 512, 139264)
-        check("prefill attention fp8 vs cudnn past 2^31 offsets (t=512 S=139264)",
-              rel(mla_prefill_attention_fp8(*far, 0.1), mp.mla_prefill_attention(*far, 0.1)), 8e-2)
-    finally:
-        mp.set_prefill_backend("auto")
+    cudnn = cudnn_prefill_attention()
+    check("prefill attention cudnn vs float64 (t=512 S=2048)", rel(mp.mla_prefill_attention(*small, 0.1, cudnn), exact),
+          1e-2)
+    far = prefill_attention_inputs(g, 512, 139264)
+    check("prefill attention fp8 vs cudnn past 2^31 offsets (t=512 S=139264)",
+          rel(mla_prefill_attention_fp8(*far, 0.1), mp.mla_prefill_attention(*far, 0.1, cudnn)), 8e-2)
 
 
 GROUPS = (check_quant_and_codes, check_linears, probe_scaled_mm_traps, check_moe, check_mla_decode, check_norm,

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from common import (BF16_CEIL, DENSE_I, HEADS, HID, KVLORA, LINEARS, MOE_I, NOPE, QLORA, ROOT, ROPE, VDIM,
+from common import (cudnn_prefill_attention, BF16_CEIL, DENSE_I, HEADS, HID, KVLORA, LINEARS, MOE_I, NOPE, QLORA, ROOT, ROPE, VDIM,
                     K, ROWS, bench, bench_graph, check, copies, json_writer, linear_bytes, mla_inputs, moe_flops,
                     moe_fp8_weights, prefill_attention_flops, prefill_attention_inputs, print_summary, rand_linear,
                     record, record_profile, rel, require_gpu, routed_tokens, run_sections)
@@ -41,8 +41,8 @@ from common import (BF16_CEIL, DENSE_I, HEADS, HID, KVLORA, LINEARS, MOE_I, NOPE
 
 SMS = 132  # H200 multiprocessors; the grids aim at whole waves of programs on them
 # The GEMMs of one W3 decode step: (N, K, how many a 3-layer step runs). Per layer
-# (engine/mla.py) q_a, kv_a (q_b after the q_a norm), o_proj; the dense first layer's MLP
-# (engine/moe.py MLP) runs gate and up as two GEMMs, then down. The last three are not in
+# (engine/model/mla.py) q_a, kv_a (q_b after the q_a norm), o_proj; the dense first layer's MLP
+# (engine/model/moe.py MLP) runs gate and up as two GEMMs, then down. The last three are not in
 # a one-GPU step (count 0): tensor-parallel shards and an MLP of the MoE's size, to check
 # the fallback rule on shapes outside the table.
 DECODE_GEMMS: dict[str, tuple[int, int, int]] = {
@@ -466,11 +466,7 @@ def sweep_prefill_attention() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     t, s = 16384, 131072
     args = prefill_attention_inputs(g, t, s)
-    mp.set_prefill_backend("split_cudnn")
-    try:
-        ref = mp.mla_prefill_attention(*args, 0.1)
-    finally:
-        mp.set_prefill_backend("auto")
+    ref = mp.mla_prefill_attention(*args, 0.1, cudnn_prefill_attention())
     cands = [Fp8AttentionConfig()] + [Fp8AttentionConfig(bm, bn, w, st) for bm, bn, w, st in (
         (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 3),
         (64, 64, 4, 4))]

@@ -20,19 +20,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 HEADS, NOPE, ROPE, V_DIM = 128, 128, 64, 128
 
 
-def timed_call(args: tuple[torch.Tensor, ...]) -> float:
+def timed_call(args: tuple[torch.Tensor, ...], attention: Any) -> float:
     """Host-clock seconds of one prefill-attention call on ``args``, synchronised both ends."""
     from dseval.kernels.mla_prefill import mla_prefill_attention
 
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    mla_prefill_attention(*args, NOPE ** -0.5)
+    mla_prefill_attention(*args, NOPE ** -0.5, attention)
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 
@@ -40,7 +41,7 @@ def timed_call(args: tuple[torch.Tensor, ...]) -> float:
 def run_backend(backend: str, lengths: list[int]) -> dict:
     from dseval.kernels import mla_prefill as mp
 
-    mp.set_prefill_backend(backend)
+    attention = mp.resolve_prefill_attention(backend, torch.device("cuda"), torch.bfloat16, NOPE, ROPE, V_DIM)
     g = torch.Generator(device="cuda").manual_seed(0)
     first, second = [], []
     for n in lengths:
@@ -48,8 +49,8 @@ def run_backend(backend: str, lengths: list[int]) -> dict:
             return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16)
 
         args = (r(n, HEADS, NOPE), r(n, HEADS, ROPE), r(n, HEADS, NOPE), r(n, ROPE), r(n, HEADS, V_DIM))
-        first.append(timed_call(args))
-        second.append(timed_call(args))
+        first.append(timed_call(args, attention))
+        second.append(timed_call(args, attention))
     overhead = [a - b for a, b in zip(first, second)]
     return {"backend": backend, "lengths": lengths, "first_s": first, "second_s": second,
             "median_first_ms": 1e3 * statistics.median(first), "median_second_ms": 1e3 * statistics.median(second),

@@ -143,7 +143,7 @@ def list_tasks() -> None:
 @user_errors
 def models() -> None:
     """List model spec kinds and the built-in engine presets."""
-    from dseval.engine.presets import list_presets
+    from dseval.engine.api import list_presets
 
     table = Table("spec", "what it is")
     for name, description in list_presets():
@@ -275,7 +275,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Batch generation, one JSON line per prompt (prompt, token ids, output)."""
-    from dseval.engine.entrypoints import generate_file
+    from dseval.backends.engine_entrypoints import generate_file
 
     topology = start_one_replica(options, "generate")
     if not topology.is_leader:  # tensor/expert-parallel peers compute the same lines: rank 0 writes them
@@ -294,7 +294,7 @@ def chat(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Interactive chat with the chat template (/clear resets, /exit quits)."""
-    from dseval.engine.entrypoints import chat_loop
+    from dseval.backends.engine_entrypoints import chat_loop
 
     topology = start_one_replica(options, "chat")
     # Under torchrun rank 0 reads the terminal and every rank gets its lines; rank 0 answers.

@@ -16,9 +16,11 @@ The flash kernels want one head size for q, k and v, so v is zero-padded to nope
 the padding sliced off the output (zeros add nothing to the weighted sum); cuDNN is first
 asked to take v as it is (128 wide), and v is padded only if it refuses.
 
-Backends (``set_prefill_backend``; the engine's ``EngineConfig.prefill_attention``):
-* ``auto`` (default): ``split_cudnn``, falling back to ``causal_bias`` for good if cuDNN
-  attention refuses the call (older cuDNN, other GPUs);
+Backends (the engine's ``EngineConfig.prefill_attention``): the caller names one and passes
+it with every call, as a :class:`PrefillAttention`; nothing here is process-wide state.
+* ``auto`` (default): :func:`resolve_prefill_attention` runs ``split_cudnn`` once on a small
+  problem of the model's head sizes when the engine starts, and chooses ``causal_bias``
+  if cuDNN attention refuses it (older cuDNN, other GPUs);
 * ``causal_bias``: one SDPA call with ``causal_lower_right`` (FlashAttention-2);
 * ``split_flash`` / ``split_cudnn``: the chunk attends to the older context without a mask and
   to itself with an ordinary (square) causal mask, two calls merged through their log-sum-exp;
@@ -32,23 +34,56 @@ Backends (``set_prefill_backend``; the engine's ``EngineConfig.prefill_attention
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
-__all__ = ["PREFILL_BACKENDS", "mla_prefill_attention", "mla_prefill_attention_torch", "set_prefill_backend"]
+__all__ = ["PREFILL_BACKENDS", "PrefillAttention", "mla_prefill_attention", "mla_prefill_attention_torch",
+           "resolve_prefill_attention"]
 
 PREFILL_BACKENDS = ("auto", "causal_bias", "split_flash", "split_cudnn", "fp8")
-_backend = "auto"
-#: Whether cuDNN accepted v with its own head size (None: not tried yet; False: pad v).
-_cudnn_v_unpadded: bool | None = None
 
 
-def set_prefill_backend(name: str) -> None:
-    """Choose the CUDA attention of :func:`mla_prefill_attention` (see the module docstring)."""
-    global _backend
+@dataclass(frozen=True)
+class PrefillAttention:
+    """A resolved CUDA prefill attention: the backend (never ``auto``) and, for ``split_cudnn``,
+    whether v must be zero-padded to the key's head size (cuDNN builds that refuse unequal sizes)."""
+
+    backend: str = "causal_bias"
+    pad_v: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in PREFILL_BACKENDS[1:]:
+            raise ValueError(f"prefill attention backend must be one of {PREFILL_BACKENDS[1:]}, got {self.backend!r}")
+
+
+def resolve_prefill_attention(name: str, device: torch.device, dtype: torch.dtype, nope: int, rope: int,
+                              v_dim: int) -> PrefillAttention:
+    """The backend ``name`` stands for on ``device``, decided once before serving.
+
+    ``auto`` and ``split_cudnn`` run :func:`mla_prefill_attention` with cuDNN on a small problem
+    of the model's head sizes and ``dtype``: v at its own size if cuDNN takes it (no padding
+    copy, a third fewer PV FLOPs), else padded; ``auto`` takes ``causal_bias`` when cuDNN
+    refuses both. Off CUDA every backend runs the float32 reference, so nothing is tried.
+    """
     if name not in PREFILL_BACKENDS:
         raise ValueError(f"prefill attention backend must be one of {PREFILL_BACKENDS}, got {name!r}")
-    _backend = name
+    if name not in ("auto", "split_cudnn"):
+        return PrefillAttention(name)
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return PrefillAttention("split_cudnn" if name == "split_cudnn" else "causal_bias")
+    t, s, h = 64, 128, 2  # t < s: both halves of the split (unmasked and square causal) run
+    probe = [torch.zeros(*shape, device=device, dtype=dtype)
+             for shape in ((t, h, nope), (t, h, rope), (s, h, nope), (s, rope), (s, h, v_dim))]
+    for pad_v in (False, True):
+        try:
+            mla_prefill_attention(*probe, 1.0, PrefillAttention("split_cudnn", pad_v=pad_v))
+            return PrefillAttention("split_cudnn", pad_v=pad_v)
+        except RuntimeError:
+            continue
+    return PrefillAttention("split_cudnn") if name == "split_cudnn" else PrefillAttention("causal_bias")
 
 
 def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
@@ -93,15 +128,13 @@ def mla_prefill_attention_torch(
 
 def mla_prefill_attention(
     q_nope: torch.Tensor, q_pe: torch.Tensor, k_nope: torch.Tensor, k_pe: torch.Tensor,
-    v: torch.Tensor, sm_scale: float,
+    v: torch.Tensor, sm_scale: float, attention: PrefillAttention = PrefillAttention(),  # noqa: B008 (frozen)
 ) -> torch.Tensor:
-    """Causal attention of the last ``t`` positions over all ``S``: see the module docstring."""
+    """Causal attention of the last ``t`` positions over all ``S`` with the CUDA ``attention``
+    (see the module docstring); the float32 reference off CUDA or outside bf16/fp16."""
     if not (q_nope.is_cuda and q_nope.dtype in (torch.bfloat16, torch.float16)):
         return mla_prefill_attention_torch(q_nope, q_pe, k_nope, k_pe, v, sm_scale)
-    from torch.nn.attention.bias import causal_lower_right
-
-    global _backend, _cudnn_v_unpadded
-    if _backend == "fp8":
+    if attention.backend == "fp8":
         from .mla_prefill_fp8 import mla_prefill_attention_fp8
 
         return mla_prefill_attention_fp8(q_nope, q_pe, k_nope, k_pe, v, sm_scale).to(q_nope.dtype)
@@ -111,24 +144,12 @@ def mla_prefill_attention(
     dtype = q_nope.dtype
     q = torch.cat([q_nope, q_pe.to(dtype)], dim=-1).transpose(0, 1)[None]  # [1, H, t, D]
     k = torch.cat([k_nope, k_pe.to(dtype)[:, None, :].expand(s, h, rope)], dim=-1).transpose(0, 1)[None]  # [1, H, S, D]
-    if _backend in ("auto", "split_cudnn") and _cudnn_v_unpadded is not False:
-        # cuDNN takes a value head size other than the key's: no padding copy, 1/3 fewer PV FLOPs
-        try:
-            out = _split_attention(q, k, v.to(dtype).transpose(0, 1)[None], sm_scale, "split_cudnn")
-            _cudnn_v_unpadded = True
-            return out[0].transpose(0, 1)  # [t, H, v_dim]
-        except RuntimeError:
-            _cudnn_v_unpadded = False
+    if attention.backend == "split_cudnn" and not attention.pad_v:
+        out = _split_attention(q, k, v.to(dtype).transpose(0, 1)[None], sm_scale, "split_cudnn")
+        return out[0].transpose(0, 1)  # [t, H, v_dim]
     vp = F.pad(v.to(dtype), (0, nope + rope - v_dim)).transpose(0, 1)[None]  # [1, H, S, D]
-    out = None
-    if _backend == "auto":
-        try:
-            out = _split_attention(q, k, vp, sm_scale, "split_cudnn")
-        except RuntimeError:  # cuDNN attention unavailable for these inputs: use FlashAttention-2 from now on
-            _backend = "causal_bias"
-    elif _backend != "causal_bias":
-        out = _split_attention(q, k, vp, sm_scale, _backend)
-    if out is None:
-        mask = causal_lower_right(t, s)
-        out = F.scaled_dot_product_attention(q, k, vp, attn_mask=mask, scale=sm_scale)  # [1, H, t, D]
+    if attention.backend == "causal_bias":
+        out = F.scaled_dot_product_attention(q, k, vp, attn_mask=causal_lower_right(t, s), scale=sm_scale)
+    else:
+        out = _split_attention(q, k, vp, sm_scale, attention.backend)  # [1, H, t, D]
     return out[0, :, :, :v_dim].transpose(0, 1)  # [t, H, v_dim] (strided view)

@@ -10,7 +10,7 @@ q_pe into a contiguous ``[T, H, rope]`` tensor, and one extra program per token 
 row. (One program per head cost 1.28 ms per 16K-token prefill chunk at 128 heads: two million
 one-warp programs of 32 pairs each.)
 
-Semantics (those of ``engine.mla.MLAttention`` on CUDA): rotation in float32 with the float32
+Semantics (those of ``engine.model.mla.MLAttention`` on CUDA): rotation in float32 with the float32
 cos/sin tables (YaRN's factor folded in), each output rounded once; the norm's statistics and
 weight in float32, one rounding (as ``kernels.norm``). ``interleave`` rotates pairs (2i, 2i+1)
 (DeepSeek checkpoints), otherwise halves (i, i + rope/2); outputs keep the input's layout.

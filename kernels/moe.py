@@ -218,6 +218,87 @@ if HAS_TRITON:
         tl.store(out_ptr + t.to(tl.int64) * H + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _tile_slots(pid_m, pid_n, N, sorted_ids_ptr, tile_expert_ptr, num_valid, top_k,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_A: tl.constexpr):
+        # The tile of both grouped GEMMs: its expert, its BLOCK_M rows of the expert-sorted slot
+        # list (padding slots are >= num_valid), the row of A each reads (the slot's token when
+        # gathering from x, else the row itself) and its BLOCK_N output columns.
+        e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+        offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        slot = tl.load(sorted_ids_ptr + offs_p)
+        if GATHER_A:
+            a_row = (slot // top_k).to(tl.int64)
+        else:
+            a_row = offs_p.to(tl.int64)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        return e, offs_p, slot, slot < num_valid, a_row, offs_n, offs_n < N
+
+    @triton.jit
+    def _scaled_dot(acc, a, b, a_s, b_s_tile, b_s_cols, kb, n_mask,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_FP8: tl.constexpr, FP32_DOT: tl.constexpr):
+        # acc += a . b, with FP8 block scales folded in: a's per-row 1x128 scale times the
+        # weight's 128x128 block scale of this K step. A tile no wider than a scale block lies
+        # inside one (N % 128 == 0), so its weight scale is one number: one multiply-add per
+        # element instead of two.
+        if FP32_DOT:
+            part = tl.dot(a.to(tl.float32), b.to(tl.float32))
+        else:
+            part = tl.dot(a, b)
+        if USE_FP8:
+            if BLOCK_N <= BLOCK_K:
+                acc += part * (a_s * tl.load(b_s_tile + kb))[:, None]
+            else:
+                acc += part * a_s[:, None] * tl.load(b_s_cols + kb, mask=n_mask, other=0.0)[None, :]
+        else:
+            acc += part
+        return acc
+
+    @triton.jit
+    def _expert_tile_gemm(
+        a_ptr, as_ptr, b_ptr, bs_ptr, e, a_row, valid, pid_n, offs_n, n_mask, K, up_rows,
+        stride_am, stride_asm, stride_asg, stride_be, stride_bn, stride_bse, stride_bsn,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_FP8: tl.constexpr, FP32_DOT: tl.constexpr, GATE_UP: tl.constexpr,
+    ):
+        # The K loop of both grouped GEMMs: acc[m, n] = a[a_row[m]] . b[e, offs_n[n]] over K.
+        # GATE_UP also accumulates rows offs_n + up_rows of b (GEMM1's up half) from the same
+        # loads of a; acc_up stays zero otherwise.
+        offs_k = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + a_row[:, None] * stride_am + offs_k[None, :]
+        b_ptrs = b_ptr + e * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None]
+        bu_ptrs = b_ptrs + up_rows * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        bs_tile = bs_ptr
+        bs_cols = bs_ptr
+        if USE_FP8:
+            as_ptrs = as_ptr + a_row * stride_asm
+            bs_tile = bs_ptr + e * stride_bse + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn
+            bs_cols = bs_ptr + e * stride_bse + (offs_n // BLOCK_K) * stride_bsn
+        # up_rows is a multiple of 128 (the FP8 variant requires I % 128 == 0): same scale column offset
+        bs_up = (up_rows // BLOCK_K) * stride_bsn
+        for kb in range(tl.cdiv(K, BLOCK_K)):
+            k_mask = (kb * BLOCK_K + offs_k) < K
+            b_mask = n_mask[None, :] & k_mask[:, None]
+            a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+            if GATE_UP:
+                bu = tl.load(bu_ptrs, mask=b_mask, other=0.0)
+            if USE_FP8:
+                a_s = tl.load(as_ptrs + kb * stride_asg, mask=valid, other=0.0)
+            else:
+                a_s = valid.to(tl.float32)  # no activation scales: _scaled_dot ignores it
+            acc = _scaled_dot(acc, a, b, a_s, bs_tile, bs_cols, kb, n_mask, BLOCK_N, BLOCK_K, USE_FP8, FP32_DOT)
+            if GATE_UP:
+                acc_up = _scaled_dot(acc_up, a, bu, a_s, bs_tile + bs_up, bs_cols + bs_up, kb, n_mask,
+                                     BLOCK_N, BLOCK_K, USE_FP8, FP32_DOT)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+            if GATE_UP:
+                bu_ptrs += BLOCK_K
+        return acc, acc_up
+
+    @triton.jit
     def _moe_gemm1_kernel(
         a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr,
         sorted_ids_ptr, tile_expert_ptr, num_post_ptr,
@@ -234,58 +315,14 @@ if HAS_TRITON:
     ):
         # c[p, n] = silu(a[tok(p)] . w13[e, n]) * (a[tok(p)] . w13[e, I + n]),  n < I
         pid_m, pid_n = grouped_tile(tl.program_id(0), num_tiles, tl.cdiv(I, BLOCK_N), GROUP_M)
-        num_post = tl.load(num_post_ptr)
-        if pid_m * BLOCK_M >= num_post:
+        if pid_m * BLOCK_M >= tl.load(num_post_ptr):
             return
-        e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
-        offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        slot = tl.load(sorted_ids_ptr + offs_p)
-        valid = slot < num_valid
-        tok = (slot // top_k).to(tl.int64)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < I
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + tok[:, None] * stride_am + offs_k[None, :]
-        bg_ptrs = b_ptr + e * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None]
-        bu_ptrs = bg_ptrs + I * stride_bn
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if USE_FP8:
-            as_ptrs = as_ptr + tok * stride_asm
-            bsg_ptrs = bs_ptr + e * stride_bse + (offs_n // BLOCK_K) * stride_bsn
-            bsu_ptrs = bs_ptr + e * stride_bse + ((offs_n + I) // BLOCK_K) * stride_bsn
-            # a tile no wider than a 128-row scale block lies inside one (I % 128 == 0): its
-            # weight scale is one number per K step, folded into the row scales
-            bsg_tile = bs_ptr + e * stride_bse + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn
-            bsu_tile = bs_ptr + e * stride_bse + ((pid_n * BLOCK_N + I) // BLOCK_K) * stride_bsn
-        for kb in range(tl.cdiv(K, BLOCK_K)):
-            k_mask = (kb * BLOCK_K + offs_k) < K
-            a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
-            bg = tl.load(bg_ptrs, mask=n_mask[None, :] & k_mask[:, None], other=0.0)
-            bu = tl.load(bu_ptrs, mask=n_mask[None, :] & k_mask[:, None], other=0.0)
-            if FP32_DOT:
-                af = a.to(tl.float32)
-                pg = tl.dot(af, bg.to(tl.float32))
-                pu = tl.dot(af, bu.to(tl.float32))
-            else:
-                pg = tl.dot(a, bg)
-                pu = tl.dot(a, bu)
-            if USE_FP8:
-                a_s = tl.load(as_ptrs + kb * stride_asg, mask=valid, other=0.0)
-                if BLOCK_N <= BLOCK_K:  # one multiply-add per element instead of two
-                    acc_g += pg * (a_s * tl.load(bsg_tile + kb))[:, None]
-                    acc_u += pu * (a_s * tl.load(bsu_tile + kb))[:, None]
-                else:
-                    sg = tl.load(bsg_ptrs + kb, mask=n_mask, other=0.0)
-                    su = tl.load(bsu_ptrs + kb, mask=n_mask, other=0.0)
-                    acc_g += pg * a_s[:, None] * sg[None, :]
-                    acc_u += pu * a_s[:, None] * su[None, :]
-            else:
-                acc_g += pg
-                acc_u += pu
-            a_ptrs += BLOCK_K
-            bg_ptrs += BLOCK_K
-            bu_ptrs += BLOCK_K
+        e, offs_p, slot, valid, a_row, offs_n, n_mask = _tile_slots(
+            pid_m, pid_n, I, sorted_ids_ptr, tile_expert_ptr, num_valid, top_k, BLOCK_M, BLOCK_N, True)
+        acc_g, acc_u = _expert_tile_gemm(
+            a_ptr, as_ptr, b_ptr, bs_ptr, e, a_row, valid, pid_n, offs_n, n_mask, K, I,
+            stride_am, stride_asm, stride_asg, stride_be, stride_bn, stride_bse, stride_bsn,
+            BLOCK_M, BLOCK_N, BLOCK_K, USE_FP8, FP32_DOT, True)
         h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
         c_ptrs = c_ptr + offs_p[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, h.to(c_ptr.dtype.element_ty), mask=n_mask[None, :])
@@ -313,46 +350,14 @@ if HAS_TRITON:
         # Unfused gate/up (GATHER_A, not SCATTER_C, no weight):
         #   c[p, n] = a[token(p)] . w13[e, n],  n < 2I
         pid_m, pid_n = grouped_tile(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_M)
-        num_post = tl.load(num_post_ptr)
-        if pid_m * BLOCK_M >= num_post:
+        if pid_m * BLOCK_M >= tl.load(num_post_ptr):
             return
-        e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
-        offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        slot = tl.load(sorted_ids_ptr + offs_p)
-        valid = slot < num_valid
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < N
-        offs_k = tl.arange(0, BLOCK_K)
-        if GATHER_A:
-            a_row = (slot // top_k).to(tl.int64)
-        else:
-            a_row = offs_p.to(tl.int64)
-        a_ptrs = a_ptr + a_row[:, None] * stride_am + offs_k[None, :]
-        b_ptrs = b_ptr + e * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if USE_FP8:
-            as_ptrs = as_ptr + a_row * stride_asm
-            bs_ptrs = bs_ptr + e * stride_bse + (offs_n // BLOCK_K) * stride_bsn
-            bs_tile = bs_ptr + e * stride_bse + (pid_n * BLOCK_N // BLOCK_K) * stride_bsn  # see _moe_gemm1_kernel
-        for kb in range(tl.cdiv(K, BLOCK_K)):
-            k_mask = (kb * BLOCK_K + offs_k) < K
-            a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=n_mask[None, :] & k_mask[:, None], other=0.0)
-            if FP32_DOT:
-                part = tl.dot(a.to(tl.float32), b.to(tl.float32))
-            else:
-                part = tl.dot(a, b)
-            if USE_FP8:
-                a_s = tl.load(as_ptrs + kb * stride_asg, mask=valid, other=0.0)
-                if BLOCK_N <= BLOCK_K:
-                    acc += part * (a_s * tl.load(bs_tile + kb))[:, None]
-                else:
-                    b_s = tl.load(bs_ptrs + kb, mask=n_mask, other=0.0)
-                    acc += part * a_s[:, None] * b_s[None, :]
-            else:
-                acc += part
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
+        e, offs_p, slot, valid, a_row, offs_n, n_mask = _tile_slots(
+            pid_m, pid_n, N, sorted_ids_ptr, tile_expert_ptr, num_valid, top_k, BLOCK_M, BLOCK_N, GATHER_A)
+        acc, _ = _expert_tile_gemm(
+            a_ptr, as_ptr, b_ptr, bs_ptr, e, a_row, valid, pid_n, offs_n, n_mask, K, 0,
+            stride_am, stride_asm, stride_asg, stride_be, stride_bn, stride_bse, stride_bsn,
+            BLOCK_M, BLOCK_N, BLOCK_K, USE_FP8, FP32_DOT, False)
         if SCATTER_C:
             rw = tl.load(w_ptr + slot, mask=valid, other=0.0).to(tl.float32)
             acc = acc * rw[:, None]

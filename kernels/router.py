@@ -1,6 +1,6 @@
 """DeepSeekMoE routing (V3 §2.1.2, V2 §2.2.3) from router logits to (weights, expert ids) in one launch.
 
-The PyTorch form of group-limited top-k (``engine.moe.Router``) is a chain of ~15 small kernels
+The PyTorch form of group-limited top-k (``engine.model.moe.Router``) is a chain of ~15 small kernels
 (sigmoid, bias add, per-group top-2, group top-k, scatter, mask, expert top-k, gather, normalize,
 scale); at decode batch sizes each costs more to launch than to run. Here one program per token
 keeps its E scores in registers and does the whole selection: group scores (sum of the top two

@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from dseval.engine.attention_metadata import AttentionMetadata
-from dseval.engine.checkpoint_writer import write_checkpoint
-from dseval.engine.config import ModelConfig, RopeScaling
-from dseval.engine.model import DeepseekV3ForCausalLM
-from dseval.engine.random_init import random_state_dict
+from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.loading.checkpoint_writer import write_checkpoint
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.yarn import RopeScaling
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.loading.random_init import random_state_dict
 
 SMALL_VOCAB = 1024
 

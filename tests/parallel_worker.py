@@ -27,11 +27,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dseval.engine import loader
-from dseval.engine.checkpoint import CheckpointReader
-from dseval.engine.collectives import min_over_ranks
-from dseval.engine.fused_weights import prepare_fused_moe
-from dseval.engine.parallel import ParallelContext
+from dseval.engine.loading import loader
+from dseval.engine.loading.checkpoint import CheckpointReader
+from dseval.engine.parallel.collectives import min_over_ranks
+from dseval.engine.model.fused_weights import prepare_fused_moe
+from dseval.engine.parallel.context import ParallelContext
 from engine_fixtures import contiguous_metadata, decode_metadata, prefill_logits
 
 PROMPTS = [[1, 5, 9, 200, 17], [3, 3, 700, 12, 45, 901, 2, 64, 8], [1023, 0, 77]]

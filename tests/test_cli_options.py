@@ -48,7 +48,7 @@ def test_readme_niah_example_with_tp_parses() -> None:
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What each command hands on, captured instead of running a model."""
     seen: dict[str, Any] = {}
-    import dseval.engine.entrypoints as entrypoints
+    import dseval.backends.engine_entrypoints as entrypoints
     import dseval.runner as runner
 
     monkeypatch.setattr(runner, "evaluate", lambda config, tasks=None: seen.update(config=config, tasks=tasks) or {})

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from dseval.engine.backend import EngineBackend
-from dseval.engine.entrypoints import chat_loop, generate_file, read_prompts
-from dseval.engine.llm import LLM, EngineConfig
-from dseval.engine.sequence import SamplingParams
+from dseval.backends.engine import EngineBackend
+from dseval.backends.engine_entrypoints import chat_loop, generate_file, read_prompts
+from dseval.engine.api import LLM, EngineConfig
+from dseval.engine.api import SamplingParams
 
 from dseval.backends.base import BackendOptions
 from dseval.backends.registry import load_backend
@@ -40,7 +40,7 @@ def backend() -> EngineBackend:
 
 def direct_logprob(b: EngineBackend, tokens: list[int], start: int) -> tuple[float, bool]:
     """Continuation log-prob and greedy flag from one full-sequence forward pass."""
-    from dseval.engine.attention_metadata import AttentionMetadata
+    from dseval.engine.model.attention_metadata import AttentionMetadata
 
     model, config = b.llm.model, b.llm.config
     T, bs = len(tokens), 16

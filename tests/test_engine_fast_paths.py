@@ -9,14 +9,16 @@ from dataclasses import replace
 
 import pytest
 import torch
-from dseval.engine.cuda_graphs import bucket_for, graph_batch_sizes
-from dseval.engine.fp8_blocks import FP8_DTYPE, quantize_blockwise
-from dseval.engine.fused_weights import prepare_fused_moe, stack_experts
-from dseval.engine.model_runner import ModelRunner, RowSpec, TokenFeed
-from dseval.engine.moe import MoE
-from dseval.engine.random_init import random_fp8_model
-from dseval.engine.rope import RotaryEmbedding
-from dseval.engine.sequence import SamplingParams, Sequence
+from dseval.engine.runtime.cuda_graphs import bucket_for, graph_batch_sizes
+from dseval.engine.model.fp8_blocks import FP8_DTYPE, quantize_blockwise
+from dseval.engine.model.fused_weights import prepare_fused_moe, stack_experts
+from dseval.engine.runtime.model_runner import ModelRunner
+from dseval.engine.runtime.step import RowSpec, TokenFeed
+from dseval.kernels.mla_prefill import PrefillAttention
+from dseval.engine.model.moe import MoE
+from dseval.engine.loading.random_init import random_fp8_model
+from dseval.engine.model.rope import RotaryEmbedding
+from dseval.engine.runtime.sequence import SamplingParams, Sequence
 from engine_fixtures import v3_style_config
 
 
@@ -31,31 +33,32 @@ def test_graph_buckets_cover_every_batch_size() -> None:
     assert graph_batch_sizes(5, [8, 2]) == [2, 5]
 
 
-def _meta_runner() -> ModelRunner:
+def _meta_runner(prefill: PrefillAttention = PrefillAttention()) -> ModelRunner:  # noqa: B008 (frozen)
     """A runner whose model has no weights (meta tensors): for input-layout checks only."""
     cfg = v3_style_config()
     with torch.device("meta"):
-        from dseval.engine.model import DeepseekV3ForCausalLM
+        from dseval.engine.model.model import DeepseekV3ForCausalLM
 
         model = DeepseekV3ForCausalLM(cfg)
     return ModelRunner(model, cfg, num_blocks=10, block_size=4, max_num_seqs=8, max_model_len=32,
-                       device=torch.device("cpu"), dtype=torch.float32)
+                       device=torch.device("cpu"), dtype=torch.float32, prefill_attention=prefill)
 
 
 def test_graph_padding_makes_inert_rows() -> None:
     runner = _meta_runner()
-    for buf in (runner._dec_ids, runner._dec_pos, runner._dec_slots, runner._dec_ctx, runner._dec_cu):
+    b = runner.buffers
+    for buf in (b.ids, b.pos, b.slots, b.ctx, b.cu):
         buf.fill_(7)  # stale values of an earlier, larger batch
     seqs = [Sequence([5, 6, 7 + i], SamplingParams()) for i in range(3)]
     for i, s in enumerate(seqs):
         s.block_table = [i]
     inp = runner.prepare([RowSpec(s, 2, [s.token_ids[2]]) for s in seqs], absorbed=True, static=True, pad_to=8)
     assert inp.input_ids.tolist() == [7, 8, 9] and inp.positions.tolist() == [2, 2, 2]
-    assert runner._dec_slots[:3].tolist() == [2, 6, 10] and runner._dec_ctx[:3].tolist() == [3, 3, 3]
-    assert runner._dec_ids[3:8].eq(0).all() and runner._dec_pos[3:8].eq(0).all()
-    assert runner._dec_ctx[3:8].eq(0).all()
-    assert runner._dec_slots[3:8].eq(10 * 4).all()  # the scratch block past num_blocks
-    assert runner._dec_cu[:9].tolist() == list(range(9))
+    assert b.slots[:3].tolist() == [2, 6, 10] and b.ctx[:3].tolist() == [3, 3, 3]
+    assert b.ids[3:8].eq(0).all() and b.pos[3:8].eq(0).all()
+    assert b.ctx[3:8].eq(0).all()
+    assert b.slots[3:8].eq(10 * 4).all()  # the scratch block past num_blocks
+    assert b.cu[:9].tolist() == list(range(9))
 
 
 def test_fed_decode_step_takes_its_tokens_from_the_device() -> None:
@@ -137,7 +140,7 @@ def test_shared_expert_rides_in_the_fused_kernel() -> None:
 def test_stacked_experts_keep_the_shared_expert_apart_under_expert_parallelism() -> None:
     """Under EP the stack holds this rank's experts, then the shared one: an id of a remote expert
     that maps onto the shared row must contribute nothing."""
-    from dseval.engine.parallel import ParallelContext
+    from dseval.engine.parallel.context import ParallelContext
 
     cfg = replace(v3_style_config(), hidden_size=128, moe_intermediate_size=128, n_routed_experts=8,
                   num_experts_per_tok=2, n_group=1, topk_group=1)
@@ -252,7 +255,7 @@ def test_random_fp8_model_layout() -> None:
 def test_random_fp8_model_shards_are_slices_of_one_model(layout: str) -> None:
     """Every rank of a TP2 / EP2 layout holds exactly its part of the single-process model, FP8
     codes and block scales included (bench/engine_w3.py compares sharded runs on that basis)."""
-    from dseval.engine.parallel import ParallelContext
+    from dseval.engine.parallel.context import ParallelContext
 
     cfg = replace(v3_style_config(), hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
                   q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64,
@@ -283,17 +286,31 @@ def test_random_fp8_model_shards_are_slices_of_one_model(layout: str) -> None:
 
 
 def test_random_fp8_model_refuses_a_split_through_scale_blocks() -> None:
-    from dseval.engine.parallel import LayoutError, ParallelContext
+    from dseval.engine.errors import LayoutError
+    from dseval.engine.parallel.context import ParallelContext
 
     cfg = replace(v3_style_config(), num_nextn_predict_layers=0)  # 4 heads of 16: halves cut 128-blocks
     with pytest.raises(LayoutError, match="scale blocks"):
         random_fp8_model(cfg, "cpu", parallel=ParallelContext(rank=0, world_size=2, tp=True))
 
 
-def test_prefill_backend_is_validated() -> None:
-    from dseval.engine.llm import EngineConfig
-    from dseval.kernels import mla_prefill
+def test_prefill_backend_is_validated_and_resolved_once() -> None:
+    """The engine config names the backend; off CUDA nothing is probed and ``auto`` resolves to
+    the always-available FlashAttention-2 path, which every step's metadata then carries."""
+    from dseval.engine.errors import ConfigError
+    from dseval.engine.runtime.engine_config import EngineConfig
+    from dseval.kernels.mla_prefill import PrefillAttention, resolve_prefill_attention
 
+    with pytest.raises(ConfigError, match="'prefill_attention' must be one of"):
+        EngineConfig(prefill_attention="nope")
     with pytest.raises(ValueError, match="prefill attention backend"):
-        mla_prefill.set_prefill_backend("nope")
-    assert EngineConfig().prefill_attention == "auto"
+        PrefillAttention("auto")  # a resolved choice is never auto
+    cpu = torch.device("cpu")
+    assert resolve_prefill_attention("auto", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("causal_bias")
+    assert resolve_prefill_attention("fp8", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("fp8")
+    runner = _meta_runner(PrefillAttention("split_flash"))
+    seqs = [Sequence([5, 6, 7], SamplingParams())]
+    seqs[0].block_table = [0]
+    for static in (False, True):
+        inp = runner.prepare([RowSpec(seqs[0], 0, [5, 6, 7])], absorbed=False, static=static)
+        assert inp.meta.prefill == PrefillAttention("split_flash")

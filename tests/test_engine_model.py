@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from dseval.engine.config import ModelConfig
-from dseval.engine.loader import load_model
-from dseval.engine.model import DeepseekV3ForCausalLM
-from dseval.engine.rope import softmax_scale
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.loading.loader import load_model
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.model.rope import softmax_scale
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_fixtures import (
@@ -228,8 +228,8 @@ def test_mtp_module_matches_transformers_parts(pair: Pair) -> None:
 @pytest.fixture(scope="module")
 def fp8_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """An FP8 checkpoint and checkpoints of its own dequantization, stored as bf16 and as fp32."""
-    from dseval.engine.checkpoint import SCALE_SUFFIX, CheckpointReader
-    from dseval.engine.checkpoint_writer import write_checkpoint
+    from dseval.engine.loading.checkpoint import SCALE_SUFFIX, CheckpointReader
+    from dseval.engine.loading.checkpoint_writer import write_checkpoint
 
     config = v3_style_config()
     fp8_dir = write_random_checkpoint(tmp_path_factory.mktemp("fp8"), config, seed=11, fp8=True, dtype=torch.bfloat16)
@@ -276,7 +276,7 @@ def test_fp8_kept_weights_route_through_fp8_linear(fp8_pair: tuple[Path, Path, P
     (stubbed here with a dequantizing reference, since the real kernel is GPU-only)."""
     import types
 
-    from dseval.engine.fp8_blocks import dequantize_blockwise
+    from dseval.engine.model.fp8_blocks import dequantize_blockwise
 
     calls = []
 
@@ -316,7 +316,7 @@ def test_v3_softmax_scale_matches_paper_value() -> None:
 def test_correction_bias_only_selects_experts() -> None:
     """Changing e_score_correction_bias changes which experts are chosen, never the weights'
     source: the chosen weights equal the unbiased sigmoid scores (renormalized, scaled)."""
-    from dseval.engine.moe import Router
+    from dseval.engine.model.moe import Router
 
     cfg = v3_style_config()
     r = Router(cfg)
@@ -337,7 +337,7 @@ def test_correction_bias_only_selects_experts() -> None:
 def test_group_limited_greedy_router_matches_transformers_v2() -> None:
     """V2's group_limited_greedy (group score = its best expert, softmax) against transformers'
     DeepseekV2TopkRouter, on many tokens; the oracle configs above use n_group=1 for V2."""
-    from dseval.engine.moe import Router
+    from dseval.engine.model.moe import Router
 
     cfg = replace(v2_lite_style_config(), topk_method="group_limited_greedy", n_group=4, topk_group=2)
     hf_cfg = transformers.DeepseekV2Config(**{k: v for k, v in cfg.to_hf_dict().items()
@@ -361,7 +361,7 @@ def test_group_limited_greedy_router_matches_transformers_v2() -> None:
 
 
 def test_tiny_preset_loads_and_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dseval.engine.presets import list_presets
+    from dseval.engine.loading.presets import list_presets
 
     monkeypatch.setenv("DSEVAL_CACHE", str(tmp_path))
     assert ("tiny" in dict(list_presets())) and dict(list_presets())["tiny"]
@@ -382,7 +382,7 @@ def test_tiny_preset_loads_and_generates(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_tiny_preset_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dseval.engine.presets import ensure_preset
+    from dseval.engine.loading.presets import ensure_preset
 
     monkeypatch.setenv("DSEVAL_CACHE", str(tmp_path / "a"))
     a = ensure_preset("tiny")
@@ -393,8 +393,8 @@ def test_tiny_preset_is_deterministic(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_chat_template_and_special_ids() -> None:
-    from dseval.engine.checkpoint_writer import default_tokenizer_dir
-    from dseval.engine.tokenizer import Tokenizer
+    from dseval.engine.loading.checkpoint_writer import default_tokenizer_dir
+    from dseval.engine.loading.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(default_tokenizer_dir())
     text = tok.apply_chat_template([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"}],

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from dseval.engine import loader
-from dseval.engine.checkpoint import CheckpointError, CheckpointReader
-from dseval.engine.checkpoint_writer import write_checkpoint
-from dseval.engine.config import ModelConfig
-from dseval.engine.linear import Linear
-from dseval.engine.model import DeepseekV3ForCausalLM
-from dseval.engine.parallel import ParallelContext
-from dseval.engine.random_init import random_state_dict
-from dseval.engine.sharding import TensorShard
+from dseval.engine.loading import loader
+from dseval.engine.errors import CheckpointError
+from dseval.engine.loading.checkpoint import CheckpointReader
+from dseval.engine.loading.checkpoint_writer import write_checkpoint
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.model.linear import Linear
+from dseval.engine.model.model import DeepseekV3ForCausalLM
+from dseval.engine.parallel.context import ParallelContext
+from dseval.engine.loading.random_init import random_state_dict
+from dseval.engine.parallel.sharding import TensorShard
 from engine_fixtures import v3_style_config
 from parallel_worker import load, run_model
 

@@ -11,21 +11,20 @@ import random
 
 import pytest
 import torch
-from dseval.engine.attention_metadata import AttentionMetadata
-from dseval.engine.block_manager import BlockManager
-from dseval.engine.llm import LLM, EngineConfig, ScoreRequest
-from dseval.engine.loader import load_model
-from dseval.engine.sampler import (
+from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.runtime.block_manager import BlockManager
+from dseval.engine.api import LLM, ConfigError, EngineConfig, ScoreRequest
+from dseval.engine.loading.loader import load_model
+from dseval.engine.runtime.sampler import (
     Sampler,
     apply_top_k_top_p,
     argmax_rows,
     token_logprobs,
 )
-from dseval.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from dseval.engine.sequence import SamplingParams, Sequence
-from dseval.engine.speculative import MtpSpeculator
+from dseval.engine.runtime.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from dseval.engine.runtime.sequence import SamplingParams, Sequence
+from dseval.engine.runtime.speculative import MtpSpeculator
 
-from dseval.errors import UserError
 
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
@@ -150,7 +149,7 @@ def test_block_manager_evicts_least_recently_freed_and_refuses_when_full():
 # ---------------------------------------------------------------------------- scheduler
 def test_scheduler_defers_a_shared_prefix_until_it_is_computed_and_preempts_newest():
     bm = BlockManager(num_blocks=12, block_size=4)
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64), bm)
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, chunked_prefill=True), bm)
     shared = list(range(100, 112))  # three full blocks of shared context
     a, b = Sequence(shared + [1, 2], GREEDY), Sequence(shared + [3], GREEDY)
     sched.add(a)
@@ -238,9 +237,9 @@ def test_sampler_follows_the_softmax_distribution():
 
 
 def test_sampling_params_errors_name_the_field():
-    with pytest.raises(UserError, match="top_p"):
+    with pytest.raises(ConfigError, match="top_p"):
         SamplingParams(top_p=0.0)
-    with pytest.raises(UserError, match="temperature"):
+    with pytest.raises(ConfigError, match="temperature"):
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         EngineConfig(max_num_batched_tokens=0)

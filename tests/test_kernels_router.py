@@ -1,5 +1,5 @@
 """kernels.router (Triton interpreter) against the engine's step-by-step routing
-(``engine.moe.Router`` on CPU, which follows DeepSeek-V2/V3 and is itself checked against
+(``engine.model.moe.Router`` on CPU, which follows DeepSeek-V2/V3 and is itself checked against
 transformers in test_engine_model.py): same experts in the same order, same weights."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 triton = pytest.importorskip("triton")
 
-from dseval.engine.moe import Router
+from dseval.engine.model.moe import Router
 from dseval.kernels.router import group_topk, group_topk_supported
 from engine_fixtures import v3_style_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
-from dseval.engine.backend import EngineBackend
+from dseval.backends.engine import EngineBackend
 from test_engine_backend import direct_logprob
 
 from dseval.backends.base import BackendOptions

@@ -283,7 +283,7 @@ def test_changed_checkpoint_is_refused_before_loading(tmp_path: Path, data_dir: 
     """The real CLI on a checkpoint folder: rewritten weights under the same path refuse to resume."""
     torch = pytest.importorskip("torch")
     from engine_fixtures import write_random_checkpoint
-    from dseval.engine.presets import tiny_config
+    from dseval.engine.loading.presets import tiny_config
 
     ckpt = write_random_checkpoint(tmp_path / "ckpt", tiny_config(), seed=0, dtype=torch.float32, num_shards=2)
     out = tmp_path / "run"

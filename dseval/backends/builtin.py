@@ -7,7 +7,7 @@ two equal); this list lets a source checkout find them without being reinstalled
 """
 
 BACKENDS = {
-    "engine": "dseval.engine.backend:EngineBackend",
+    "engine": "dseval.backends.engine:EngineBackend",
     "openai": "dseval.backends.openai_api:OpenAIBackend",
     "openai-chat": "dseval.backends.openai_chat:OpenAIChatBackend",
     "replay": "dseval.backends.replay:ReplayBackend",

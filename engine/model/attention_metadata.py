@@ -1,0 +1,33 @@
+"""Per-step attention layout shared by the model runner and the model (the runtime contract).
+
+One engine step flattens the new tokens of B sequences into T rows; the MLA cache stores, per
+token, the compressed latent (DeepSeek-V2 §2.1.2) followed by the rotated decoupled key
+(§2.1.3): ``kv_lora_rank + qk_rope_head_dim`` values per row, in fixed-size blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dseval.kernels.mla_prefill import PrefillAttention
+
+
+@dataclass
+class AttentionMetadata:
+    """Layout of one engine step: the new tokens of B sequences flattened into T rows."""
+
+    cu_seqlens_q: torch.Tensor  # [B+1] int64, offsets of each sequence's new tokens in the flat batch
+    context_lens: torch.Tensor  # [B] int64, tokens in the cache for each sequence AFTER this step (cached + new)
+    block_tables: torch.Tensor  # [B, max_blocks] int64 (pad -1), the sequence's cache blocks in order
+    slot_mapping: torch.Tensor  # [T] int64, cache slot (block * block_size + offset) for each new token's latent KV
+    # one per attention layer (main layers then MTP layers): [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
+    kv_caches: list[torch.Tensor]
+    absorbed: bool  # weight-absorbed (latent-space) attention form; the runner sets it for decode steps
+    #: Which CUDA kernel computes prefill attention; resolved once when the engine starts.
+    prefill: PrefillAttention = PrefillAttention()  # noqa: RUF009 (frozen)
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.context_lens.shape[0])

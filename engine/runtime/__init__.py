@@ -1,0 +1,2 @@
+"""The serving runtime: requests, scheduler, paged KV blocks, model runner, sampling, CUDA
+graphs, MTP speculation, and the LLM whose step is schedule -> run -> postprocess."""

@@ -1,0 +1,89 @@
+"""The engine's runtime knobs, validated once, with errors that name the field.
+
+The model's architecture is not here: it comes with the checkpoint (:class:`ModelConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dseval.engine.errors import ConfigError
+from dseval.kernels.mla_prefill import PREFILL_BACKENDS
+
+#: Prefill tokens per step on GPUs: larger chunks re-expand the cached context fewer times
+#: (bench/README.md, "128K prefill") but need more activation memory.
+GPU_PREFILL_TOKENS = 16384
+#: On CPUs a small chunk keeps a step's activations small.
+CPU_PREFILL_TOKENS = 2048
+
+
+def default_device() -> torch.device:
+    """The first GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_prefill_tokens(device: torch.device) -> int:
+    """The token budget per step when ``max_num_batched_tokens`` is unset."""
+    return GPU_PREFILL_TOKENS if device.type == "cuda" else CPU_PREFILL_TOKENS
+
+
+def parse_speculative(spec: str | None) -> str | None:
+    """Validate the ``speculative`` field; only ``mtp`` exists."""
+    if spec in (None, "", "none"):
+        return None
+    if spec != "mtp":
+        raise ConfigError(f"option 'speculative' must be 'mtp' or unset, got {spec!r}")
+    return spec
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Runtime knobs; model architecture lives in the model's own config."""
+
+    block_size: int = 16
+    #: KV-cache blocks; None sizes the cache from free device memory (GPU) or ``cpu_kv_cache_gib``.
+    num_kv_blocks: int | None = None
+    kv_cache_memory_fraction: float = 0.85
+    cpu_kv_cache_gib: float = 0.25
+    max_num_seqs: int = 64
+    #: Token budget of one step, i.e. the chunk of chunked prefill (vLLM's
+    #: ``--max-num-batched-tokens``); None: :func:`default_prefill_tokens` of the device.
+    max_num_batched_tokens: int | None = None
+    chunked_prefill: bool = True
+    enable_prefix_cache: bool = True
+    #: ``"mtp"`` for speculative decoding with the model's MTP module, else None.
+    speculative: str | None = None
+    #: Context limit; None uses the model's ``max_position_embeddings``.
+    max_model_len: int | None = None
+    #: Replay plain decode steps from CUDA graphs (CUDA devices only; ignored elsewhere).
+    cuda_graphs: bool = True
+    #: Batch buckets decode steps are padded to for graph replay (None: the runner's default).
+    graph_batch_sizes: tuple[int, ...] | None = None
+    #: Stack routed experts once for ``dseval.kernels.fused_moe`` (bf16 compute only: the
+    #: kernel's contract); off keeps the per-expert reference loop.
+    fused_moe: bool = True
+    #: CUDA prefill attention (``dseval.kernels.mla_prefill.PREFILL_BACKENDS``); ``auto`` is
+    #: resolved once when the engine starts (cuDNN where it runs, else FlashAttention-2).
+    prefill_attention: str = "auto"
+    #: Overlap scheduling: plan and launch decode step N+1 (fed step N's tokens on the device)
+    #: before the host reads step N's tokens, so the GPU does not idle while the host
+    #: schedules and postprocesses. Same outputs either way; off only for comparisons.
+    overlap_schedule: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ConfigError(f"engine field 'block_size' must be >= 1, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"engine field 'max_num_seqs' must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ConfigError(f"engine field 'max_num_batched_tokens' must be >= 1, got {self.max_num_batched_tokens}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"engine field 'num_kv_blocks' must be >= 1, got {self.num_kv_blocks}")
+        if not 0 < self.kv_cache_memory_fraction <= 1:
+            raise ConfigError(f"engine field 'kv_cache_memory_fraction' must be in (0, 1], got {self.kv_cache_memory_fraction}")
+        parse_speculative(self.speculative)
+        if self.prefill_attention not in PREFILL_BACKENDS:
+            raise ConfigError(f"engine field 'prefill_attention' must be one of {', '.join(PREFILL_BACKENDS)}, "
+                              f"got {self.prefill_attention!r}")

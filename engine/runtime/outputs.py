@@ -1,0 +1,60 @@
+"""What the engine returns: generated text and tokens, continuation scores, run statistics;
+and the scoring request (a tokenized context + continuation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dseval.engine.runtime.sequence import TokenLogprob
+
+
+@dataclass
+class GenerationOutput:
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    #: "stop" (EOS, stop token or stop string) or "length" (max_tokens or context length).
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``token_ids[continuation_start:]`` given the tokens before them."""
+
+    token_ids: tuple[int, ...]
+    continuation_start: int
+
+
+@dataclass
+class ScoreOutput:
+    logprob: float
+    is_greedy: bool
+    #: One per continuation token, in order.
+    tokens: list[TokenLogprob]
+
+    @property
+    def token_logprobs(self) -> list[float]:
+        return [t.logprob for t in self.tokens]
+
+
+@dataclass
+class EngineStats:
+    prefill_steps: int = 0
+    decode_steps: int = 0
+    #: Prompt tokens pushed through the model (prefix-cache hits excluded).
+    prefill_tokens: int = 0
+    #: Prompt tokens taken from the prefix cache instead.
+    prefix_hit_tokens: int = 0
+    generated_tokens: int = 0
+    #: Decode steps launched before the host had read the previous step's tokens.
+    overlapped_steps: int = 0
+    preemptions: int = 0
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0

@@ -1,0 +1,60 @@
+"""When a request is complete: EOS, stop token ids, stop strings, the token limit and the
+model's context length.
+
+Stop strings are checked on the decoded text and the output is cut before the stop string;
+the other rules end the output after (EOS and stop tokens: without) the token that met them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dseval.engine.loading.tokenizer import Tokenizer
+from dseval.engine.model.config import ModelConfig
+from dseval.engine.runtime.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class StopRules:
+    eos_token_ids: frozenset[int]
+    tokenizer: Tokenizer | None
+    max_model_len: int
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, tokenizer: Tokenizer | None, max_model_len: int) -> StopRules:
+        """EOS ids from ``config.json`` and the tokenizer's own EOS, whichever are set."""
+        eos = config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None:
+            ids.add(int(tokenizer.eos_id))
+        return cls(frozenset(ids), tokenizer, max_model_len)
+
+    def append(self, seq: Sequence, tok: int) -> bool:
+        """Append one generated token to ``seq``; whether the request is now complete (then
+        ``finish_reason`` and ``output_text`` are set)."""
+        seq.token_ids.append(tok)
+        p = seq.params
+        if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
+            seq.finish_reason = "stop"
+            self._set_text(seq, seq.output_token_ids[:-1])
+            return True
+        if p.stop and self.tokenizer is not None:  # LLM.generate refuses stop strings without one
+            # A stop string completed by this token lies in the last few tokens' text; only
+            # then is the whole output decoded (keeps long generations linear, not quadratic).
+            # Byte-level tokens may carry a quarter of a character, hence 4 tokens per char.
+            window = 4 * max(len(s) for s in p.stop) + 4
+            tail = self.tokenizer.decode(seq.output_token_ids[-window:])
+            if any(s in tail for s in p.stop):
+                text = self.tokenizer.decode(seq.output_token_ids)
+                cut = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    seq.finish_reason, seq.output_text = "stop", text[:cut]
+                    return True
+        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
+            seq.finish_reason = "length"
+            self._set_text(seq, seq.output_token_ids)
+            return True
+        return False
+
+    def _set_text(self, seq: Sequence, ids: list[int]) -> None:
+        seq.output_text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
