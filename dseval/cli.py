@@ -66,6 +66,14 @@ def run(
     chat: Annotated[bool, typer.Option(help="Use the chat prompts and the model's chat template.")] = False,
     samples: Annotated[int, typer.Option(help="Samples per doc for generation tasks (pass@k).")] = 1,
     max_tokens: Annotated[int | None, typer.Option(help="Override the tasks' generation token limit.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature for every request (default: each "
+                                                          "task's protocol, greedy for most).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass (default: the task's protocol).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens (0: off).")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="System turn of chat prompts.")] = None,
+    strip_reasoning: Annotated[bool | None, typer.Option(
+        help="Remove a leading <think>...</think> block from answers before scoring (raw text kept in the "
+             "sample). Default: on for chat runs and chat tasks, off for base prompts.")] = None,
     strict: Annotated[bool, typer.Option(help="Code tasks: count passes the sandbox flagged as tampered as failures.")] = False,
     judge: Annotated[str | None, typer.Option(help="Model spec of the LLM judge for judge-scored tasks (arena_hard, "
                                                    "alpacaeval2), e.g. openai-chat:URL#MODEL.")] = None,
@@ -89,7 +97,8 @@ def run(
         task_shots=loaded.task_shots() if loaded else (), task_args=(loaded.task_args() if loaded else ()) + task_args,
         out=out, limit=limit, ids=tuple(ids.split(",")) if ids else None, shots=shots, seed=seed, data_dir=data_dir,
         chat=chat or bool(loaded and loaded.chat), samples=samples, max_tokens=max_tokens, options=options, strict=strict,
-        judge=judge,
+        judge=judge, temperature=temperature, top_p=top_p, top_k=top_k, system_prompt=system_prompt,
+        strip_reasoning=strip_reasoning,
     )  # fmt: skip
     summary = evaluate(config)
     if summary:  # rank 0 under torchrun

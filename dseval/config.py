@@ -15,7 +15,7 @@ from dseval.errors import UserError
 #: composition does, so they stay out and a run may resume with other values.
 IDENTITY_FIELDS = ("model", "limit", "ids", "shots", "seed", "chat", "samples", "max_tokens", "prefill_attention",
                    "strict",
-                   "judge")
+                   "judge", "temperature", "top_p", "top_k", "system_prompt", "strip_reasoning")
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,28 @@ class RunConfig:
     #: Model spec of the LLM judge for judge-scored tasks (Arena-Hard, AlpacaEval). Part of the
     #: identity: a resumed run must not mix two judges' verdicts.
     judge: str | None = None
+    #: Generation settings for every request of the run (None: each task's protocol: greedy,
+    #: or the task's own such as AIME's 16 samples at 0.7). Part of the identity.
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    #: The system turn of chat prompts (``--system-prompt``).
+    system_prompt: str | None = None
+    #: Remove a leading ``<think>...</think>`` block from answers before scoring, keeping the
+    #: raw text in the sample; None: on for chat runs and chat-protocol tasks, off otherwise.
+    strip_reasoning: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise UserError("no task given; `dseval tasks` lists them")
         if self.limit is not None and self.limit <= 0:
             raise UserError(f"--limit must be a positive number of docs, got {self.limit}")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise UserError(f"--temperature must be in [0, 2], got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
         if self.shots is not None and self.shots < 0:
             raise UserError(f"--shots must be >= 0, got {self.shots}")
         if self.samples <= 0:

@@ -29,6 +29,7 @@ from dseval.errors import UserError
 from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
+from dseval.reasoning import strip_reasoning
 from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.records import Doc, Sample
 from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest, Request
@@ -73,6 +74,8 @@ class PreparedTask:
     requests: list[list[Request]]
     #: The prompts are chat-template renderings; recorded on every sample for its scorer.
     chat: bool
+    #: Answers lose a leading ``<think>`` block before scoring (the raw text stays in details).
+    strip_reasoning: bool = False
 
     def record(self, shots: int) -> dict[str, Any]:
         record = {
@@ -103,10 +106,17 @@ def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBac
         samples=config.samples,
         render_chat=backend.apply_chat_template,
         max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        system_prompt=config.system_prompt,
     )
     docs = select_docs(task.load(source), config.limit, config.ids)
     built = [task.build(doc, ctx) for doc in docs]
-    return PreparedTask(task, docs, [p for p, _ in built], [r for _, r in built], ctx.chat), shots
+    requests = [r for _, r in built]
+    chat_protocol = ctx.chat or any(isinstance(r, ChatRequest) for rs in requests[:1] for r in rs)
+    strip = chat_protocol if config.strip_reasoning is None else config.strip_reasoning
+    return PreparedTask(task, docs, [p for p, _ in built], requests, ctx.chat, strip), shots
 
 
 def new_run(config: RunConfig, records: dict[str, dict[str, Any]], fingerprint: dict[str, str] | None) -> dict[str, Any]:
@@ -261,6 +271,10 @@ class _Collector:
             sample.details["tokens"] = sum(a.num_tokens for a in answers)
         else:
             sample.outputs = [a.text for a in answers]
+            if self.prepared.strip_reasoning:
+                stripped = [strip_reasoning(text) for text in sample.outputs]
+                if stripped != sample.outputs:
+                    sample.details["raw_outputs"], sample.outputs = sample.outputs, stripped
             sample.finish_reasons = [a.finish_reason for a in answers]
             sample.output_tokens = [a.num_tokens for a in answers]
         counts = [getattr(a, "prompt_tokens", None) for a in answers]

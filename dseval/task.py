@@ -40,12 +40,19 @@ class PromptContext:
     samples: int
     render_chat: Callable[[list[dict[str, str]]], str]
     max_tokens: int | None = None
+    #: Run-level sampling (``--temperature/--top-p/--top-k``): None keeps the task's protocol.
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    #: ``--system-prompt``: the system turn of chat prompts whose task sets none.
+    system_prompt: str | None = None
 
     def as_prompt(self, text: str, system: str | None = None) -> str:
         """The exact string sent: raw text for base models, the chat template's rendering of a
         single user turn for chat models."""
         if not self.chat:
             return text
+        system = system or self.system_prompt
         messages = [{"role": "system", "content": system}] if system else []
         return self.render_chat(messages + [{"role": "user", "content": text}])
 

@@ -7,6 +7,8 @@ string, or a list when several samples were drawn per doc).
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +60,12 @@ class ReplayBackend(ModelBackend):
             if on_result:
                 on_result(index, result)
         return results
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """Saved answers need no template: the conversation is recorded as JSON, so chat runs
+        (``--chat``) can be rescored from saved outputs and their prompts still say what was
+        asked."""
+        return json.dumps(messages, ensure_ascii=False)
 
     def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         """Saved answers are looked up by doc id, whatever the prompt was."""

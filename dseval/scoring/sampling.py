@@ -43,9 +43,12 @@ def _draws(doc_id: str, ctx: PromptContext, max_tokens: int, protocol: SamplingP
         n, temperature, top_p = protocol.samples, protocol.temperature, protocol.top_p
     else:
         n, temperature, top_p = 1, 0.0, 1.0
+    if ctx.temperature is not None:  # the run's settings replace the task's protocol
+        temperature, top_p = ctx.temperature, 1.0
+    top_p = top_p if ctx.top_p is None else ctx.top_p
     return [
-        {"max_tokens": budget, "temperature": temperature, "top_p": top_p, "seed": sample_seed(ctx.seed, doc_id, i),
-         "doc_id": doc_id, "sample_index": i}
+        {"max_tokens": budget, "temperature": temperature, "top_p": top_p, "top_k": ctx.top_k or 0,
+         "seed": sample_seed(ctx.seed, doc_id, i), "doc_id": doc_id, "sample_index": i}
         for i in range(n)
     ]
 
@@ -63,4 +66,6 @@ def chat_requests(
 ) -> list[ChatRequest]:
     """The chat counterpart of :func:`generate_requests`: one conversation, drawn as the run or
     the task's ``protocol`` says."""
+    if ctx.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": ctx.system_prompt}, *messages]
     return [ChatRequest(messages=tuple(messages), **draw) for draw in _draws(doc_id, ctx, max_tokens, protocol)]
