@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# Kernel tests run Triton's CPU interpreter. The variable must be set before anything imports
+# triton (torch does, and so does the engine through its kernels), or kernels and their
+# @triton.jit helpers are built in different modes; the kernel test modules setting it at
+# collection was too late once a module collected before them imported the engine.
+os.environ["TRITON_INTERPRET"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -60,7 +60,7 @@ def records(out: Path) -> list[dict]:
 def test_engine_kill_and_resume(tmp_path: Path, data_dir: Path) -> None:
     def config(name: str) -> RunConfig:
         return RunConfig(tasks=("mmlu",), model="tiny", out=tmp_path / name, ids=IDS, data_dir=str(data_dir),
-                         batch_size=8, device="cpu")
+                         options=BackendOptions(batch_size=8, device="cpu"))
 
     evaluate(config("reference"), fresh_engine())
     evaluate(config("rerun"), fresh_engine())
