@@ -161,18 +161,20 @@ class OpenAIBackend(ModelBackend):
             stop.set()
         return results  # type: ignore[return-value]
 
-    def _generate_one(self, request: GenerateRequest) -> GenerateResult:
-        payload: dict[str, Any] = {
-            "prompt": request.prompt,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-        }
+    @staticmethod
+    def sampling_payload(request: GenerateRequest) -> dict[str, Any]:
+        """A request's sampling settings as OpenAI API fields (``top_k`` is vLLM's and SGLang's
+        extension, sent only when set)."""
+        payload: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                                   "top_p": request.top_p, "seed": request.seed}
         if request.stop:
             payload["stop"] = list(request.stop)
         if request.top_k:
             payload["top_k"] = request.top_k
+        return payload
+
+    def _generate_one(self, request: GenerateRequest) -> GenerateResult:
+        payload = {"prompt": request.prompt, **self.sampling_payload(request)}
         return self._post(payload, lambda answer: self._generated(answer, request))
 
     def _generated(self, answer: dict[str, Any], request: GenerateRequest) -> GenerateResult:

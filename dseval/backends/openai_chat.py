@@ -41,17 +41,7 @@ class OpenAIChatBackend(OpenAIBackend):
                    options.timeout or 600.0, options.max_retries)
 
     def _chat_one(self, request: ChatRequest) -> GenerateResult:
-        payload: dict[str, Any] = {
-            "messages": [dict(m) for m in request.messages],
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-        }
-        if request.stop:
-            payload["stop"] = list(request.stop)
-        if request.top_k:
-            payload["top_k"] = request.top_k
+        payload = {"messages": [dict(m) for m in request.messages], **self.sampling_payload(request)}
         return self._post(payload, lambda body: self._answered(body, request))
 
     def _answered(self, body: dict[str, Any], request: ChatRequest) -> GenerateResult:
