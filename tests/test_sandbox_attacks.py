@@ -273,8 +273,9 @@ def test_main_block_never_runs(sandbox: Sandbox) -> None:
 
 
 def test_python_environment_under_tmp_is_importable(tmp_path: Path) -> None:
-    """The harness itself in a virtual environment under /tmp (as CI runs it): the program
-    imports a package installed only there."""
+    """The harness itself in a virtual environment in a private (0700) folder under /tmp: the
+    program imports a package installed only there, and so does the venv's interpreter that
+    the program starts by path (its link and ``pyvenv.cfg`` are in the program's view)."""
     venv = Path(tempfile.mkdtemp(prefix="dseval-venv-", dir="/tmp"))
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
@@ -282,7 +283,8 @@ def test_python_environment_under_tmp_is_importable(tmp_path: Path) -> None:
         (site / "dseval_venv_probe.py").write_text("VALUE = 42\n")
         code = ("from dseval.sandbox import Sandbox\n"
                 "sb = Sandbox(workers=1)\n"
-                "res = sb.run('import dseval_venv_probe\\nassert dseval_venv_probe.VALUE == 42\\n')\n"
+                "res = sb.run('import dseval_venv_probe, subprocess, sys\\nassert dseval_venv_probe.VALUE == 42\\n'\n"
+                "             'subprocess.run([sys.executable, \"-c\", \"import dseval_venv_probe\"], check=True)\\n')\n"
                 "print(sb.isolation, res.status, res.reason)\n")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,

@@ -52,6 +52,19 @@ def site_paths() -> list[str]:
     return [p for p in site.getsitepackages() if os.path.isdir(p)]
 
 
+def interpreter_paths() -> list[str]:
+    """The folder of the harness's interpreter link and its ``pyvenv.cfg``, as the harness sees them.
+
+    The zygote starts with ``-S``, so inside it ``sys.prefix`` is the base installation, not a
+    virtualenv: without these, a program that starts ``sys.executable`` by path (a venv's
+    ``bin/python3``) would find neither the link nor the venv. Only these two, not the whole
+    prefix: a venv made in a private (0700) folder stays reachable, and nothing else of it shows.
+    """
+    paths = [os.path.dirname(os.path.abspath(sys.executable))]
+    cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+    return paths + [cfg] if os.path.isfile(cfg) else paths
+
+
 def _frame(payload: dict) -> bytes:
     data = marshal.dumps(payload)
     return len(data).to_bytes(4, "little") + data
@@ -71,7 +84,8 @@ class Worker:
         ctl_r, ctl_w = os.pipe()
         sup_r, sup_w = os.pipe()
         cfg = {"mode": mode, "uid": uid, "gid": gid, "harness_pid": os.getpid(), "ctl_fd": ctl_w,
-               "sup_fd": sup_w, "child_path": _CHILD_PATH, "site_paths": site_paths(), "env": dict(_ENV),
+               "sup_fd": sup_w, "child_path": _CHILD_PATH, "site_paths": site_paths(),
+               "interpreter_paths": interpreter_paths(), "env": dict(_ENV),
                "stage": self._stage}
         try:
             self._proc = subprocess.Popen(

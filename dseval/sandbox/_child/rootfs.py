@@ -62,7 +62,8 @@ def _minimal_dev(dev: str) -> None:
 def build(stage: str, needed: list[str], uid: int, gid: int) -> int:
     """Build the allowlisted tree on ``stage`` (an empty host dir) and pivot into it.
 
-    ``needed``: the interpreter's prefixes and import folders. Returns how many of them live
+    ``needed``: the interpreter's prefixes, import folders and single files (a venv's
+    ``pyvenv.cfg``). Returns how many of them live
     under /tmp (those are stashed and re-bound by ``per_run``).
     """
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)  # never propagate to the host
@@ -76,7 +77,7 @@ def build(stage: str, needed: list[str], uid: int, gid: int) -> int:
             done.append(path)
     placed: list[tuple[str, str]] = [(p, stage + p) for p in done]
     under_tmp = 0
-    for path in sorted({os.path.realpath(p) for p in needed if os.path.isdir(p)}, key=len):
+    for path in sorted({os.path.realpath(p) for p in needed if os.path.exists(p)}, key=len):
         if _covered(path, done):
             continue
         if _covered(path, [WORKDIR]):
@@ -120,7 +121,11 @@ def per_run(uid: int, gid: int, tmpfs_bytes: int, max_inodes: int, stashed: int)
     for i in range(stashed):
         with open(f"{_STASH}-{i}.path") as fh:
             path = fh.read()
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        if os.path.isdir(f"{_STASH}/{i}"):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            open(path, "a").close()
         linux.mount(f"{_STASH}/{i}", path, None, linux.MS_BIND | linux.MS_REC)
         linux.make_readonly_recursive(path)
     linux.mount("tmpfs", "/dev/shm", "tmpfs", _NOSUID_NODEV | linux.MS_NOEXEC,

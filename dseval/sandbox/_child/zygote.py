@@ -69,7 +69,7 @@ def _start(cfg: dict) -> list[str]:
     linux.unshare(_ONCE_FLAGS)
     linux.sethostname("sandbox")
     needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-              *cfg["site_paths"]]
+              *cfg["interpreter_paths"], *cfg["site_paths"]]
     cfg["stashed"] = rootfs.build(cfg["stage"], needed, cfg["uid"], cfg["gid"])
     protections = ["rlimits", "uid", "namespaces", "fs-allowlist", "tmpfs-inode-cap"]
     kinds = {kind for kind, _ in cfg["cgroups"]}
