@@ -142,3 +142,13 @@ def test_a_cycle_is_found() -> None:
         assert ["dseval.metrics", "dseval.records"] in _cycles()
     finally:
         GRAPH["dseval.records"].discard("dseval.metrics")
+
+
+#: The engine stays readable file by file: a file past this has grown a second job (split it).
+ENGINE_MAX_LINES = 300
+
+
+def test_engine_files_stay_small() -> None:
+    long = {str(p.relative_to(REPO)): n for m, p in MODULES.items() if _layer(m) == "dseval.engine"
+            for n in [len(p.read_text(encoding="utf-8").splitlines())] if n > ENGINE_MAX_LINES}
+    assert long == {}
