@@ -1,10 +1,10 @@
 """Turn what a run left behind (trusted status events, control lines) into status + reason.
 
-Only the status channel is trusted (the program never holds it); the control channel is
-written by the program's process, so from it we believe nothing but an exact ``PASS <token>``
-line, use ``EXC`` lines only as the human-readable reason for a failure, and take every
-``TAMPER`` line as evidence (a program can add lines, never remove one: the runner writes each
-on a line of its own).
+Only the status channel is trusted: it is written by the zygote, the run's init and the
+checker, never by the program's process. The checker's ``verdict`` event decides a pass (the
+program ran to its end, the tests returned, the program's process then exited 0). From the
+control channel, written by the program's process, we use ``EXC`` lines only as the
+human-readable reason for a failure and take every ``TAMPER`` line as evidence.
 """
 
 from __future__ import annotations
@@ -42,28 +42,18 @@ def _tampered(lines: list[str]) -> str:
     return "; ".join(reasons)[:_REASON_CAP]
 
 
-def decide(sup: list[dict], ctl: bytes, token: str, timed_out: bool,
-           limits: SandboxLimits) -> tuple[Status, str, str]:
+def decide(sup: list[dict], ctl: bytes, timed_out: bool, limits: SandboxLimits) -> tuple[Status, str, str]:
     """(status, reason, tampered); ``tampered`` is '' when nothing suspicious was reported."""
     lines = ctl.decode("utf-8", "replace").splitlines()
-    tampered = _tampered(lines)
-    status, reason = _status(sup, lines, token, timed_out, limits)
+    verdicts = [e for e in sup if e.get("event") == "verdict"]
+    notes = [str(n) for n in verdicts[-1].get("notes", ())] if verdicts else []
+    tampered = _tampered(lines + [f"TAMPER {n}" for n in notes])
+    status, reason = _status(sup, verdicts[-1] if verdicts else None, lines, timed_out, limits)
     return status, reason[:_REASON_CAP], tampered
 
 
-def _status(sup: list[dict], lines: list[str], token: str, timed_out: bool,
-            limits: SandboxLimits) -> tuple[Status, str]:
-    if timed_out:
-        return "timeout", f"wall-clock limit of {limits.timeout_s:g} s exceeded"
-    for event in sup:
-        if event.get("event") == "error":
-            return "error", str(event.get("message", "sandbox setup failed"))
-    exits = [e for e in sup if e.get("event") == "exit"]
-    if not exits:
-        return "error", "sandbox worker ended the run without a status"
-    end = exits[-1]
-    completed = f"PASS {token}" in lines
-    exc = next((line[4:] for line in reversed(lines) if line.startswith("EXC ")), "")
+def _ended(end: dict, exc: str, limits: SandboxLimits) -> tuple[Status, str] | None:
+    """How a process that did not exit 0 ended, or None when it did."""
     value = int(end.get("value", -1))
     if end.get("kind") == "signaled":
         if value == signal.SIGXCPU:
@@ -73,8 +63,31 @@ def _status(sup: list[dict], lines: list[str], token: str, timed_out: bool,
         return "failed", f"killed by {_signame(value)}" + (f" after {exc}" if exc else "")
     if value != 0:
         return "failed", exc or f"exited with code {value}"
-    if not completed:
+    return None
+
+
+def _status(sup: list[dict], verdict: dict | None, lines: list[str], timed_out: bool,
+            limits: SandboxLimits) -> tuple[Status, str]:
+    if timed_out:
+        return "timeout", f"wall-clock limit of {limits.timeout_s:g} s exceeded"
+    for event in sup:
+        if event.get("event") == "error":
+            return "error", str(event.get("message", "sandbox setup failed"))
+    exits = [e for e in sup if e.get("event") == "exit"]
+    if not exits:
+        return "error", "sandbox worker ended the run without a status"
+    exc = next((line[4:] for line in reversed(lines) if line.startswith("EXC ")), "")
+    if verdict is None:  # the checker was killed (by the program, or the run's memory limit)
+        return _ended(exits[-1], exc, limits) or ("failed", "the checks ended without a verdict")
+    program = verdict.get("program") if isinstance(verdict.get("program"), dict) else {}
+    if verdict.get("reason"):
+        ended = _ended(program, "", limits)  # type: ignore[arg-type]
+        return ended if ended and ended[0] == "timeout" else ("failed", str(verdict["reason"]))
+    ended = _ended(program, exc, limits)  # type: ignore[arg-type]
+    if ended:
+        return ended
+    if not verdict.get("completed"):
         return "failed", exc or "exited with code 0 before reaching the end of the program"
-    if end.get("leftover"):
-        return "failed", f"left {end['leftover']} process(es) running after the program ended"
+    if exits[-1].get("leftover"):
+        return "failed", f"left {exits[-1]['leftover']} process(es) running after the program ended"
     return "passed", ""

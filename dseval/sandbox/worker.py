@@ -2,10 +2,10 @@
 
 The harness launches ``python -I -S`` on ``_child.zygote`` (isolated mode: no environment
 variables, user site or script directory influence the sandbox process) once per worker, and
-talks to it over five pipes: jobs on stdin; the programs' stdout and stderr; the control
-channel (written inside the run: tamper reports, the exception, the completion proof); the
-trusted status channel (written only by the zygote, the run's init and the runner before it
-drops privileges). A run ends when the zygote says ``done``: by then every process of the
+talks to it over five pipes: jobs on stdin (each job's tests after it, which the zygote passes
+on unread to the run's checker); the programs' stdout and stderr; the control channel (written
+by the program's process: tamper reports, the exception); the trusted status channel (written
+only by the zygote, the run's init and the checker, which decides the verdict). A run ends when the zygote says ``done``: by then every process of the
 run is dead, so whatever is left in the pipes belongs to it and is drained.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import secrets
 import site
 import subprocess
 import sys
@@ -116,9 +115,9 @@ class Worker:
                               f"(exit code {self._proc.returncode}): {bytes(got['stderr'])[-300:]!r}")
         self.protections: tuple[str, ...] = tuple(ready[0].get("protections", ()))
 
-    def _send(self, payload: dict) -> None:
+    def _send(self, payload: dict, tail: bytes = b"") -> None:
         assert self._proc.stdin is not None
-        self._proc.stdin.write(_frame(payload))
+        self._proc.stdin.write(_frame(payload) + tail)
         self._proc.stdin.flush()
 
     @property
@@ -129,12 +128,12 @@ class Worker:
         """Run one job; a worker that stops answering raises WorkerError (the caller restarts it)."""
         start = time.monotonic()
         self._seq += 1
-        token = secrets.token_hex(16)
-        payload = {"seq": self._seq, "token": token, "solution": job.program, "setup": job.setup,
-                   "tests": job.tests, "rlimits": limits.rlimits(), "memory_bytes": limits.memory_bytes,
+        tests = job.tests.encode("utf-8", "surrogatepass")
+        payload = {"seq": self._seq, "solution": job.program, "setup": job.setup, "tests_len": len(tests),
+                   "rlimits": limits.rlimits(), "memory_bytes": limits.memory_bytes,
                    "tmpfs_bytes": limits.tmpfs_bytes, "max_inodes": limits.max_inodes}
         try:
-            self._send(payload)
+            self._send(payload, tests)
         except (BrokenPipeError, OSError) as exc:
             raise WorkerError(f"the sandbox worker is gone: {exc}") from exc
         caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes, "ctl": _CHANNEL_CAP,
@@ -145,7 +144,7 @@ class Worker:
             self.close()
             raise WorkerError("the sandbox worker did not end a run after its deadline")
         sup = events(bytes(got["sup"]))
-        status, reason, tampered = decide(sup, bytes(got["ctl"]), token, got.timed_out, limits)
+        status, reason, tampered = decide(sup, bytes(got["ctl"]), got.timed_out, limits)
         armed = tuple(str(e.get("protection")) for e in sup if e.get("event") == "armed")
         return ExecResult(status, reason, _decode(got, "stdout", limits), _decode(got, "stderr", limits),
                           round(time.monotonic() - start, 4), tampered, self.protections + armed)

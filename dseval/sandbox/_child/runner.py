@@ -1,34 +1,34 @@
-"""P2: drop every privilege, run the program, then run the tests where it cannot reach them.
+"""P2, the checker, and P3, the program: the tests run in a process the program cannot reach.
 
 Order, and why:
 
-1. The test code is parsed and instrumented (``tamper.compile_tests``) and the setup code
-   compiled *before* the program runs, so a program that patches ``ast`` or ``compile``
-   changes nothing. Neither exists as a file: the program is compiled from memory (as the
-   official checkers ``exec`` a string), so there is no program file to parse for asserts.
+1. The checker drops every privilege (throwaway uid, rlimits, seccomp, not dumpable: the
+   program, of the same uid, can neither ptrace it nor read its ``/proc/<pid>/mem`` or fds),
+   then forks the program's process. Only *after* that fork does it read the tests, from a
+   pipe the zygote fills straight from the harness's (``os.splice``, so no process of the
+   sandbox ever held the tests in memory before): the program's memory has never contained
+   them, and the pipe's read end is closed in the program before its first line runs.
 2. The program runs as a module whose globals are a fresh dict without ``__name__``, exactly
    like the official checkers' ``exec(program, {})``: ``if __name__ == "__main__":`` blocks
-   never run.
-3. Before the checks: tracing and profiling hooks are cleared, ``builtins`` is restored from
-   a copy taken before the program ran, and the modules the checks use are restored
-   (``tamper.restore_modules``). The setup code (MBPP's imports and fixtures) runs in the
-   program's globals, as the reference does; the tests run in a *copy* of them with their own
-   built-ins: the program's functions see their own globals, never ``check`` or the asserts.
-4. Only after the tests return does this process write ``PASS <token>`` to the control fd.
-   The token lives only in this function's frame (not argv, not a file, not a global);
-   reaching it takes frame, gc, ctypes or /proc memory access, which the audit hook reports
-   on the same channel *before* the access happens, so such a pass is flagged ``tampered``.
+   never run. The setup code (MBPP's imports and fixtures) runs in its globals, as the
+   reference does. Then it sends its names and answers the checker's questions
+   (``remote.serve``). Tracing, frame, ``gc`` and ``ctypes`` access are reported as tamper
+   evidence (``tamper``), but nothing the program does in its process can reach the checks.
+3. The checker builds the tests' globals from the program's names (data as data, program
+   objects as handles, modules as its own imports), runs the setup and the tests with its own
+   pristine built-ins, closes the link, waits for the program to end, and writes the verdict
+   on the trusted status channel, which the program's process never holds.
 """
 
 from __future__ import annotations
 
-import builtins
 import os
 import resource
 import sys
+from collections.abc import Callable
 
-from . import guards, linux, seccomp, tamper
-from .status import report
+from . import guards, linux, remote, seccomp, tamper
+from .status import report, wait_status
 
 _RLIMITS = {
     "cpu": resource.RLIMIT_CPU,
@@ -44,10 +44,10 @@ PROGRAM_FILENAME = "prog.py"  # shown in tracebacks; no such file exists
 def _setup(job: dict, ctl_fd: int, sup_fd: int) -> None:
     """Everything that must hold before a single line of the program runs."""
     os.setsid()
-    low, high = sorted((ctl_fd, sup_fd))
-    os.closerange(3, low)
-    os.closerange(low + 1, high)
-    os.closerange(high + 1, 1 << 16)
+    devnull = os.open(os.devnull, os.O_RDONLY)  # stdin was the zygote's job pipe
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    _keep_only(ctl_fd, sup_fd, job["tests_fd"])
     for name, (soft, hard) in job["rlimits"].items():
         resource.setrlimit(_RLIMITS[name], (soft, hard))
     if job["mode"] != "namespaces":
@@ -61,6 +61,7 @@ def _setup(job: dict, ctl_fd: int, sup_fd: int) -> None:
         os.setresuid(job["uid"], job["uid"], job["uid"])
         if os.geteuid() == 0 or os.getegid() == 0:
             raise RuntimeError("privilege drop did not take effect")
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the program (same uid) may not ptrace or read the checker
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     # Re-armed after setresuid, which clears it; matters in fallback mode (no pid namespace).
     linux.prctl(linux.PR_SET_PDEATHSIG, 9)
@@ -76,7 +77,15 @@ def _setup(job: dict, ctl_fd: int, sup_fd: int) -> None:
     os.environ.update(job["env"], HOME=job["workdir"], TMPDIR=job["workdir"])
     sys.path[:] = [p for p in sys.path if p != job["child_path"]] + list(job["site_paths"])
     sys.argv[:] = [""]
-    os.close(sup_fd)  # the trusted status channel is not the program's to write
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor above 2 except ``fds``."""
+    low = 3
+    for fd in sorted(f for f in fds if f >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def _reason(exc: BaseException) -> str:
@@ -100,25 +109,77 @@ def _print_failure(exc: BaseException) -> None:
 
 
 def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
-    """Never returns into the caller: exits via SystemExit(0) (normal shutdown) or _exit."""
-    write, exit_now, getpid, token = os.write, os._exit, os.getpid, job.pop("token")
-    gettrace, settrace, getprofile, setprofile = sys.gettrace, sys.settrace, sys.getprofile, sys.setprofile
+    """The checker (P2). Never returns into the caller: ends with _exit."""
+    try:
+        _setup(job, ctl_fd, sup_fd)
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        child = os.fork()
+    except BaseException as exc:  # noqa: BLE001 - any setup failure means "could not sandbox"
+        report(sup_fd, event="error", message=f"runner setup: {_reason(exc)}")
+        os._exit(70)
+    if child == 0:
+        _keep_only(ctl_fd, req_r, resp_w)
+        _program(job, ctl_fd, req_r, resp_w)
+    os.close(req_r)
+    os.close(resp_w)
+    notes: list[str] = []
+    try:
+        completed, reason = _check(job, req_w, resp_r, notes.append)
+    except BaseException as exc:  # noqa: BLE001 - the checker itself failed: says nothing about the program
+        report(sup_fd, event="error", message=f"checker: {_reason(exc)}")
+        os._exit(70)
+    os.close(req_w)
+    os.close(resp_r)
+    _, status = os.waitpid(child, 0)
+    report(sup_fd, event="verdict", completed=completed, reason=reason, notes=notes, program=wait_status(status))
+    os._exit(0)
+
+
+def _check(job: dict, req_w: int, resp_r: int, note: Callable[[str], None]) -> tuple[bool, str]:
+    """(the program ran to its end, why the checks failed or ''): the tests, in this process."""
+    tests_fd = job["tests_fd"]
+    try:
+        source = _read_all(tests_fd, job["tests_len"]).decode("utf-8", "surrogatepass") if tests_fd >= 0 else ""
+    finally:
+        if tests_fd >= 0:
+            os.close(tests_fd)
+    link = remote.Link(req_w, resp_r, note)
+    try:
+        names = link.names()
+    except (remote.ProgramGone, ValueError):
+        return False, ""  # the program failed (or left) before its end: its exit status says how
+    try:
+        test_globals = dict(names)  # exec adds this process's own, untouched built-ins
+        if job["setup"]:
+            exec(compile(job["setup"], "<setup>", "exec"), test_globals)  # noqa: S102 - the task's fixtures
+        if source:
+            exec(compile(source, "<tests>", "exec"), test_globals)  # noqa: S102 - the task's own tests
+    except BaseException as exc:  # noqa: BLE001 - a failed check, reported as such
+        _print_failure(exc)
+        return True, _reason(exc)
+    return True, ""
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            raise EOFError("the tests were cut short")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _program(job: dict, ctl_fd: int, req_r: int, resp_w: int) -> None:
+    """The program's process (P3): run it, then answer the checker. Never returns."""
+    write, exit_now, getpid = os.write, os._exit, os.getpid
     my_pid = getpid()
 
     def flag(why: str) -> None:
         write(ctl_fd, f"\nTAMPER {why}\n".encode("utf-8", "replace"))
 
-    try:
-        tests = tamper.compile_tests(job["tests"], "<tests>") if job["tests"] else None
-        setup = compile(job["setup"], "<setup>", "exec") if job["setup"] else None
-        _setup(job, ctl_fd, sup_fd)
-    except BaseException as exc:  # noqa: BLE001 - any setup failure means "could not sandbox"
-        report(sup_fd, event="error", message=f"runner setup: {_reason(exc)}")
-        exit_now(70)
-    names = builtins.__dict__
-    pristine = dict(names)
-    modules = tamper.snapshot_modules()
-    recorders = tamper.recorders(flag, job["trusted_ids"])
     for name in [m for m in sys.modules if m.split(".")[0] == "_child"]:
         del sys.modules[name]
     hook, disarm = tamper.audit_hook(flag)
@@ -126,22 +187,8 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     program_globals: dict = {}
     try:
         exec(compile(job["solution"], PROGRAM_FILENAME, "exec"), program_globals)  # noqa: S102 - sandboxed
-        if gettrace() is not None:
-            settrace(None)
-        if getprofile() is not None:
-            setprofile(None)
-        names.clear()
-        names.update(pristine)
-        tamper.restore_modules(modules, flag)
-        if setup is not None:
-            exec(setup, program_globals)  # noqa: S102 - the task's own fixtures
-        if tests is not None:
-            test_globals = dict(program_globals)
-            test_globals["__builtins__"] = dict(pristine)
-            test_globals.update(recorders)
-            tamper.threads_running(flag)
-            exec(tests, test_globals)  # noqa: S102 - the task's own tests
-            tamper.restore_modules(modules, flag)  # a program thread may have patched during the tests
+        if job["setup"]:
+            exec(compile(job["setup"], "<setup>", "exec"), program_globals)  # noqa: S102 - the task's own fixtures
     except BaseException as exc:  # noqa: BLE001 - the program's failure, reported as such
         disarm()
         _print_failure(exc)
@@ -149,8 +196,12 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
             write(ctl_fd, f"\nEXC {_reason(exc)}\n".encode("utf-8", "replace"))
         finally:
             exit_now(1)
-    if getpid() == my_pid:
-        write(ctl_fd, f"\nPASS {token}\n".encode())
+    if getpid() != my_pid:
+        exit_now(0)  # a process the program forked reached the end: only the program itself answers
+    try:
+        remote.serve(program_globals, req_r, resp_w)
+    except BaseException:  # noqa: BLE001 - the link is gone; the checker already has its verdict
+        exit_now(1)
     _shutdown(exit_now)
 
 

@@ -2,8 +2,11 @@
 
 Started once per worker slot by the harness (``python -I -S``), it reads its configuration
 (a ``marshal``-ed dict) from stdin, builds what every run shares, then serves jobs: each job is
-a 4-byte length and a ``marshal``-ed dict on stdin (program, setup, tests, completion token,
-limits), so neither the program nor the token appears in any argv. It never runs program code.
+a 4-byte length and a ``marshal``-ed dict on stdin (program, setup, limits, the tests' length),
+then the tests' bytes, so neither appears in any argv. It never runs program code, and it never
+reads the tests: once the run's processes exist it moves them with ``os.splice`` from its stdin
+to a pipe that only the run's checker reads (``runner``), so no later program forked from here
+can find them in its memory.
 
 Why a warm worker: a new interpreter, a new network namespace and the allowlisted root cost
 more than the programs themselves; built once, each run pays for three forks, a fresh
@@ -33,11 +36,14 @@ import shutil
 import sys
 import tempfile
 
-from . import cgroup, init, linux, rootfs, runner, sweep, tamper
+from . import cgroup, init, linux, rootfs, runner, sweep
 from .status import report, wait_status
 
 _ONCE_FLAGS = linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWUTS
 _RUN_FLAGS = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
+#: Modules HumanEval's and MBPP's programs and checks import.
+PRELOAD = ("math", "cmath", "random", "copy", "string", "re", "collections", "itertools", "functools",
+           "operator", "heapq", "bisect")
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -51,16 +57,42 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _pass_tests(length: int, out_fd: int) -> None:
+    """Move ``length`` bytes of tests from stdin to the run's pipe without reading them here;
+    what a run that died early did not take goes to /dev/null, keeping the job stream in step."""
+    left = length
+    try:
+        while left:
+            moved = os.splice(0, out_fd, left)
+            if not moved:
+                os._exit(0)  # the harness is gone
+            left -= moved
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(out_fd)
+    if left:
+        sink = os.open(os.devnull, os.O_WRONLY)
+        try:
+            while left:
+                moved = os.splice(0, sink, left)
+                if not moved:
+                    os._exit(0)
+                left -= moved
+        finally:
+            os.close(sink)
+
+
 def _start(cfg: dict) -> list[str]:
     """Shared setup; returns the protections in force for every run of this worker."""
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)  # no program of the same uid may read its fds or memory
     if os.getppid() != cfg["harness_pid"]:
         os._exit(71)  # the harness died before we armed the death signal
-    for name in tamper.GUARDED:  # the runner snapshots these before the program runs
+    for name in PRELOAD:  # imported once here rather than in every run
         importlib.import_module(name)
     import traceback  # noqa: F401 - failures print through it, after the root has changed
 
-    cfg["trusted_types"], cfg["trusted_ids"] = tamper.trusted_types()
     if cfg["mode"] != "namespaces":
         cfg["cgroups"] = []
         return ["rlimits", "uid"] if cfg["uid"] is not None else ["rlimits"]
@@ -76,7 +108,7 @@ def _start(cfg: dict) -> list[str]:
     return protections + [f"cgroup-{c}" for c in ("memory", "pids") if c in kinds or "v2" in kinds]
 
 
-def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: list[int]) -> int:
+def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: list[int], tests_w: int) -> int:
     """One run in namespace mode; returns A's wait status."""
     dirs = cgroup.create(cfg["cgroups"], f"dseval-{os.getpid()}-{job['seq']}", job["memory_bytes"],
                          job["rlimits"]["nproc"][0]) if cfg["cgroups"] else []
@@ -88,6 +120,7 @@ def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: l
             # killed every process of the run's pid namespace, so nothing of this run can
             # still write to the pipes when the zygote reports "done".
             signal.signal(signal.SIGUSR1, lambda *_: os.kill(p1[0], signal.SIGKILL) if p1 else os._exit(1))
+            os.close(tests_w)  # only the zygote writes the tests, before any program line runs
             try:
                 linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
                 linux.unshare(_RUN_FLAGS)
@@ -107,6 +140,7 @@ def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: l
                 report(sup_fd, event="error", message=f"run setup: {exc}")
                 os._exit(70)
         current.append(pid)
+        _finish_job(job, tests_w)
         _, status = os.waitpid(pid, 0)
         current.clear()
         return status
@@ -114,15 +148,24 @@ def _serve_namespaces(cfg: dict, job: dict, ctl_fd: int, sup_fd: int, current: l
         cgroup.remove(dirs)
 
 
-def _serve_fallback(job: dict, ctl_fd: int, sup_fd: int, current: list[int]) -> int:
+def _finish_job(job: dict, tests_w: int) -> None:
+    """In the zygote, once the run's first process exists: hand over the tests."""
+    if job["tests_fd"] >= 0:
+        os.close(job["tests_fd"])
+    _pass_tests(job["tests_len"], tests_w)
+
+
+def _serve_fallback(job: dict, ctl_fd: int, sup_fd: int, current: list[int], tests_w: int) -> int:
     job["workdir"] = tempfile.mkdtemp(prefix="dseval-sbx-")
     try:
         if job["uid"] is not None:
             os.chown(job["workdir"], job["uid"], job["gid"])
         pid = os.fork()
         if pid == 0:
+            os.close(tests_w)
             runner.run(job, ctl_fd, sup_fd)
         current.append(pid)
+        _finish_job(job, tests_w)
         _, status = os.waitpid(pid, 0)
         current.clear()
         report(sup_fd, event="exit", leftover=sweep.sweep(job["uid"], pid), **wait_status(status))
@@ -157,11 +200,11 @@ def main() -> None:
             os._exit(0)  # the harness closed the job pipe: this worker is done
         job = marshal.loads(_read_exact(0, int.from_bytes(head, "little")))
         job.update(mode=cfg["mode"], uid=cfg["uid"], gid=cfg["gid"], child_path=cfg["child_path"],
-                   site_paths=cfg["site_paths"], allow_spawn=False, env=dict(cfg["env"]),
-                   trusted_ids=cfg["trusted_ids"])
+                   site_paths=cfg["site_paths"], allow_spawn=False, env=dict(cfg["env"]))
         job["workdir"] = rootfs.WORKDIR
+        job["tests_fd"], tests_w = os.pipe() if job["tests_len"] else (-1, os.open(os.devnull, os.O_WRONLY))
         if namespaces:
-            _serve_namespaces(cfg, job, ctl_fd, sup_fd, current)
+            _serve_namespaces(cfg, job, ctl_fd, sup_fd, current, tests_w)
         else:
-            _serve_fallback(job, ctl_fd, sup_fd, current)
+            _serve_fallback(job, ctl_fd, sup_fd, current, tests_w)
         report(sup_fd, event="done", seq=job["seq"])
