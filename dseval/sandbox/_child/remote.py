@@ -73,18 +73,23 @@ def encode(value: object, other: Encoder) -> object:
         return {"$": "q", "v": [encode(value.numerator, other), encode(value.denominator, other)]}  # type: ignore[attr-defined]
     if kind is decimal.Decimal:
         return {"$": "dec", "v": str(value)}
+    if kind is type or kind is _BUILTIN_FUNCTION:
+        name = value.__name__  # type: ignore[attr-defined]
+        if getattr(builtins, name, None) is value:
+            return {"$": "bi", "v": name}  # int, len, ValueError...: the same object on both sides
     return other(value)
 
 
+_BUILTIN_FUNCTION = type(len)
 _SEQUENCE_TAGS = {tuple: "t", set: "s", frozenset: "f", collections.deque: "dq"}
 _MAPPING_TAGS = {dict: "d", collections.Counter: "ctr", collections.OrderedDict: "od",
                  collections.defaultdict: "dd"}
 _BUILD = {
     "i": lambda v: int(v, 16), "t": tuple, "s": set, "f": frozenset, "dq": collections.deque,
-    "d": dict, "ctr": collections.Counter, "od": collections.OrderedDict,
+    "d": dict, "ctr": lambda v: collections.Counter(dict(v)), "od": collections.OrderedDict,
     "dd": lambda v: collections.defaultdict(None, v),
     "b": bytes.fromhex, "ba": bytearray.fromhex, "c": lambda v: complex(*v), "r": lambda v: range(*v),
-    "q": lambda v: fractions.Fraction(*v), "dec": decimal.Decimal,
+    "q": lambda v: fractions.Fraction(*v), "dec": decimal.Decimal, "bi": lambda v: getattr(builtins, v),
 }
 
 
