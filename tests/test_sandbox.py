@@ -115,36 +115,43 @@ def test_run_all_keeps_order_and_calls_back_for_each(sandbox: Sandbox) -> None:
     assert sandbox.run_all([]) == []
 
 
-_TOKEN = "ab" * 16
+_EXIT = "{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': %d}"
+
+
+def _verdict(completed: bool = True, reason: str = "", kind: str = "exited", value: int = 0) -> str:
+    return repr({"event": "verdict", "completed": completed, "reason": reason, "notes": [],
+                 "program": {"kind": kind, "value": value}})
 
 
 @pytest.mark.parametrize("sup, ctl, timed_out, expected", [
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", f"PASS {_TOKEN}", False, ("passed", "")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}", "PASS " + "00" * 16, False,
+    ([_verdict(), _EXIT % 0], "", False, ("passed", "")),
+    ([_verdict(completed=False), _EXIT % 0], "", False,
      ("failed", "exited with code 0 before reaching the end of the program")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 2}", f"PASS {_TOKEN}", False,
-     ("failed", "left 2 process(es) running after the program ended")),
-    ("{'event': 'exit', 'kind': 'exited', 'value': 1, 'leftover': 0}", "EXC ValueError: bad", False,
-     ("failed", "ValueError: bad")),
-    ("{'event': 'exit', 'kind': 'signaled', 'value': 24, 'leftover': 0}", "", False,
+    ([_verdict(), _EXIT % 2], "", False, ("failed", "left 2 process(es) running after the program ended")),
+    ([_verdict(completed=False, value=1), _EXIT % 0], "EXC ValueError: bad", False, ("failed", "ValueError: bad")),
+    ([_verdict(reason="AssertionError"), _EXIT % 0], "EXC forged", False, ("failed", "AssertionError")),
+    ([_verdict(completed=False, kind="signaled", value=24), _EXIT % 0], "", False,
      ("timeout", "CPU time limit of 10 s exceeded")),
-    ("{'event': 'exit', 'kind': 'signaled', 'value': 9, 'leftover': 0}", "", False, ("failed", "killed by SIGKILL")),
-    ("{'event': 'error', 'message': 'init setup: boom'}", f"PASS {_TOKEN}", False, ("error", "init setup: boom")),
-    ("", f"PASS {_TOKEN}", False, ("error", "sandbox worker ended the run without a status")),
-    ("", "", True, ("timeout", "wall-clock limit of 10 s exceeded")),
+    ([_verdict(kind="signaled", value=9), _EXIT % 0], "", False, ("failed", "killed by SIGKILL")),
+    # the checker itself killed (by the program, or the memory cgroup): never a pass
+    (["{'event': 'exit', 'kind': 'signaled', 'value': 9, 'leftover': 0}"], "", False, ("failed", "killed by SIGKILL")),
+    ([_EXIT % 0], "", False, ("failed", "the checks ended without a verdict")),
+    (["{'event': 'error', 'message': 'init setup: boom'}", _verdict()], "", False, ("error", "init setup: boom")),
+    ([_verdict()], "", False, ("error", "sandbox worker ended the run without a status")),
+    ([], "", True, ("timeout", "wall-clock limit of 10 s exceeded")),
 ])
-def test_verdict_rules(sup: str, ctl: str, timed_out: bool, expected: tuple[str, str]) -> None:
-    """Only the trusted channel decides how the run ended; only the exact token proves completion."""
-    got = verdict.decide(verdict.events((sup + "\n").encode()), (ctl + "\n").encode(), _TOKEN, timed_out,
-                         SandboxLimits())
+def test_verdict_rules(sup: list[str], ctl: str, timed_out: bool, expected: tuple[str, str]) -> None:
+    """Only the trusted channel decides how the run ended; only the checker's verdict passes a run,
+    whatever the program's control lines say."""
+    got = verdict.decide(verdict.events("\n".join(sup).encode()), (ctl + "\n").encode(), timed_out, SandboxLimits())
     assert got == (*expected, "")
 
 
 def test_tamper_lines_are_collected_and_capped() -> None:
-    ctl = f"junk without newline\nTAMPER frame access (sys._getframe)\nPASS {_TOKEN}\nTAMPER gc walk\n" \
+    ctl = "junk without newline\nTAMPER frame access (sys._getframe)\nPASS forged\nTAMPER gc walk\n" \
           "TAMPER frame access (sys._getframe)\n" + "TAMPER " + "x" * 1000 + "\n"
-    sup = verdict.events(b"{'event': 'exit', 'kind': 'exited', 'value': 0, 'leftover': 0}\n")
-    status, reason, tampered = verdict.decide(sup, ctl.encode(), _TOKEN, False, SandboxLimits())
+    sup = verdict.events(f"{_verdict()}\n{_EXIT % 0}\n".encode())
+    status, reason, tampered = verdict.decide(sup, ctl.encode(), False, SandboxLimits())
     assert (status, reason) == ("passed", "")
     assert tampered.startswith("frame access (sys._getframe); gc walk; xxx") and len(tampered) == 300
 

@@ -1,5 +1,6 @@
 """Issue 22's attacks on code scoring, each a test: a program that does not compute the answers
-must fail, or pass only flagged ``tampered`` (which ``strict`` scoring counts as a failure).
+must fail, by default (the tests run in a checker process the program cannot reach, and the
+verdict is that process's). Evidence of tampering is still flagged ``tampered``.
 Plus the parity behaviours with the official checkers (long output, ``__main__`` blocks, a
 Python environment under /tmp).
 
@@ -40,11 +41,6 @@ def sandbox() -> Sandbox:
 
 def _humaneval(body: str) -> Job:
     return humaneval_job(PROMPT + body, TEST, "add")
-
-
-def _forged(res) -> bool:
-    """A pass that a program without the answers got: it must at least carry a flag."""
-    return res.status == "passed" and not res.tampered
 
 
 def test_honest_and_wrong_answers_still_score(sandbox: Sandbox) -> None:
@@ -94,7 +90,8 @@ def test_program_cannot_read_the_asserts_from_a_file(sandbox: Sandbox, kind: str
         job = mbpp_job("import sys\ndef add(a, b):\n" + READ_OWN_PROGRAM.split("\nimport sys\n")[0] + "\n", "",
                        MBPP_TESTS)
     res = sandbox.run(job)
-    assert res.status == "failed", res
+    # it may block reading its own link to the checker (a timeout); it never passes
+    assert res.status in ("failed", "timeout"), res
 
 
 @pytest.fixture()
@@ -150,19 +147,24 @@ EQ_ALWAYS_TRUE = '''    class Anything:
 '''
 
 
-def test_always_equal_object_is_flagged(sandbox: Sandbox) -> None:
-    he = sandbox.run(_humaneval(EQ_ALWAYS_TRUE))
-    mb = sandbox.run(mbpp_job("def add(a, b):\n" + EQ_ALWAYS_TRUE, "", MBPP_TESTS))
+@pytest.mark.parametrize("body", [EQ_ALWAYS_TRUE, "    class Five(int):\n        def __eq__(self, other):\n"
+                                           "            return True\n        __hash__ = int.__hash__\n"
+                                           "    return Five(0)\n"])
+def test_always_equal_object_fails(sandbox: Sandbox, body: str) -> None:
+    """Only data crosses to the checker: an object that claims equality with everything is
+    compared by identity (and noted), an int subclass by its value."""
+    he = sandbox.run(_humaneval(body))
+    mb = sandbox.run(mbpp_job("def add(a, b):\n" + body, "", MBPP_TESTS))
     for res in (he, mb):
-        assert res.status == "passed"  # as in the official checkers ...
-        assert "compared value of type" in res.tampered and "Anything" in res.tampered  # ... but flagged
+        assert res.status == "failed" and "AssertionError" in res.reason, res
+    if "Anything" in body:
+        assert "compared value of type" in he.tampered and "Anything" in he.tampered
 
 
-def test_patched_module_is_restored_and_flagged(sandbox: Sandbox) -> None:
+def test_patched_module_changes_nothing_in_the_checks(sandbox: Sandbox) -> None:
     test = "import math\ndef check(candidate):\n    assert math.fabs(candidate(2, 3) - 5) < 1e-9\n"
     res = sandbox.run(humaneval_job(PROMPT + "    return 0\nimport math\nmath.fabs = lambda x: 0.0\n", test, "add"))
-    assert res.status == "failed", res
-    assert "patched math.fabs" in res.tampered
+    assert res.status == "failed" and "AssertionError" in res.reason, res
 
 
 FORGE_FROM_FRAME = '''    return 0
@@ -197,20 +199,87 @@ for fd in range(3, 64):
 os._exit(0)
 '''
 
+# The verdict itself, as the checker writes it, sent down every descriptor the program holds.
+FORGE_VERDICT = '''    return 0
+import os
+line = repr({"event": "verdict", "completed": True, "reason": "", "notes": [], "program": {"kind": "exited", "value": 0}})
+for fd in range(0, 64):
+    try:
+        os.write(fd, ("\\n" + line + "\\n" + repr({"event": "exit", "kind": "exited", "value": 0, "leftover": 0})
+                      + "\\n").encode())
+    except OSError:
+        pass
+'''
 
-@pytest.mark.parametrize("attack, flag", [(FORGE_FROM_FRAME, "frame access"),
-                                          (FORGE_FROM_MEMORY, "process memory read")])
-def test_forged_completion_token_is_flagged(sandbox: Sandbox, attack: str, flag: str) -> None:
+# A forged answer on the link: the program writes "ok: True"-style answers ahead of the questions.
+FORGE_LINK = '''    return 0
+import json, os
+for fd in range(3, 64):
+    for answer in ({"ok": 5}, {"ok": 0}):
+        data = json.dumps({"$": "d", "v": [["ok", answer["ok"]]]}).encode()
+        try:
+            os.write(fd, len(data).to_bytes(4, "little") + data)
+        except OSError:
+            pass
+'''
+
+
+@pytest.mark.parametrize("attack", [FORGE_FROM_FRAME, FORGE_FROM_MEMORY, FORGE_VERDICT, FORGE_LINK])
+def test_forged_completion_fails(sandbox: Sandbox, attack: str) -> None:
+    """Issue 22's forgeries of the old completion token, and forgeries of the new verdict and
+    link: none passes a program that does not compute the answers."""
     res = sandbox.run(_humaneval(attack))
-    assert not _forged(res), res
-    if res.status == "passed":
-        assert flag in res.tampered, res
+    assert res.status in ("failed", "timeout"), res
+
+
+MARKER_TEST = "# SECRET" + "_MARK_7f3a\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
+
+# Looks for the tests everywhere the old design left them: its own memory (the tests of this and
+# earlier runs of the worker), the checker's memory and descriptors, stdin (the job pipe).
+HUNT_THE_TESTS = '''    import ctypes, os, re
+    # a pattern whose own bytes are not the marker, so the search does not find itself
+    marker, found = re.compile(rb"SECRE[T]_MAR[K]_7f3[a]"), []
+    for line in open("/proc/self/maps"):
+        addr, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in addr.split("-"))
+        if perms.startswith("rw") and end - start < (256 << 20):
+            found += ["self"] * bool(marker.search(ctypes.string_at(start, end - start)))
+    checker = os.getppid()
+    for path in [f"/proc/{checker}/mem", f"/proc/{checker}/environ",
+                 *[f"/proc/{checker}/fd/{n}" for n in range(64)], "/proc/1/mem"]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            found.append("opened " + path)
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.set_blocking(0, False)
+        found += ["stdin"] * bool(marker.search(os.read(0, 1 << 20)))
+    except OSError:
+        pass
+    print("found", found)
+    return a + b
+'''
+
+
+def test_tests_are_out_of_the_programs_reach() -> None:
+    """The tests (a marker in them) are in no memory and behind no descriptor the program can
+    read, neither for its own run nor for the run before it on the same warm worker."""
+    sb = Sandbox(LIMITS, workers=1)
+    if sb.isolation != "namespaces":
+        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
+    first, second = sb.run_all([humaneval_job(PROMPT + "    return a + b\n", MARKER_TEST, "add"),
+                                humaneval_job(PROMPT + HUNT_THE_TESTS, MARKER_TEST, "add")])
+    assert first.status == "passed", first
+    assert second.status == "passed" and second.stdout == "found []\n", second
 
 
 def test_strict_scoring_fails_flagged_passes(sandbox: Sandbox) -> None:
     from dseval.scoring.code_exec import counts_as_pass
 
-    res = sandbox.run(_humaneval(EQ_ALWAYS_TRUE))
+    res = sandbox.run(_humaneval("    import sys\n    sys._getframe()\n    return a + b\n"))
+    assert res.status == "passed" and "frame access" in res.tampered, res
     verdict = {"status": res.status, "reason": res.reason, "tampered": res.tampered}
     assert counts_as_pass(verdict, strict=False) and not counts_as_pass(verdict, strict=True)
 
@@ -323,37 +392,3 @@ def test_a_killed_run_leaves_nothing_for_the_next_one_on_its_worker() -> None:
     killed, honest = sb.run_all([spam, "print('clean')\n"])
     assert killed.status == "timeout"
     assert (honest.status, honest.stdout, honest.stderr, honest.tampered) == ("passed", "clean\n", "", "")
-
-
-def test_plain_value_check() -> None:
-    """What counts as a plain compared value: built-in data, C types and classes of modules
-    loaded before the program; not a program's class, however it disguises itself."""
-    import collections
-    import random
-
-    from dseval.sandbox._child.tamper import plain_type_violation, trusted_types
-
-    _, trusted = trusted_types()
-
-    class Anything:
-        def __eq__(self, other: object) -> bool:
-            return True
-
-    class Meta(type):
-        __flags__ = 0  # claims to be a C type
-
-        def __eq__(cls, other: object) -> bool:
-            return True
-
-        def __hash__(cls) -> int:
-            return hash(int)  # and to be int in a hash lookup
-
-    class Disguised(metaclass=Meta):
-        pass
-
-    plain = [1, 2.5, "s", b"b", None, True, (1, [2, {3: {4.0}}]), collections.Counter("ab"), random.Random(0),
-             frozenset({1}), range(3)]
-    assert [plain_type_violation(v, trusted) for v in plain] == [""] * len(plain)
-    for forged in (Anything(), [1, (2, Anything())], {"k": Anything()}, collections.UserList([Anything()]),
-                   Disguised()):
-        assert plain_type_violation(forged, trusted).endswith(("Anything", "Disguised")), forged

@@ -85,15 +85,17 @@ def _non_solution_sample() -> Sample:
 
 
 @pytest.mark.parametrize("strict", [False, True])
-def test_non_solutions_fail_or_are_flagged(strict: bool) -> None:
+def test_non_solutions_fail(strict: bool) -> None:
+    """Issue 22's run scores 0 now, strict or not: the equal-to-everything object fails (only
+    data reaches the checks) and carries the note of what was compared."""
     task = get_task("humaneval")
     task.strict = strict
     sample = _non_solution_sample()
     [metrics] = task.score([sample])
     verdicts = sample.details["exec"]
-    assert [v["status"] for v in verdicts] == ["failed", "failed", "passed", "failed"]
+    assert [v["status"] for v in verdicts] == ["failed"] * 4
     assert "compared value of type" in verdicts[2]["tampered"]
-    assert metrics == {"pass@1": 0.0 if strict else 0.25}
+    assert metrics == {"pass@1": 0.0}
     sample.metrics = metrics
     summary = task.summarize([sample])
-    assert (summary.metrics["exec/passed"], summary.metrics["exec/tampered"]) == (1.0, 1.0)
+    assert (summary.metrics["exec/passed"], summary.metrics["exec/tampered"]) == (0.0, 0.0)

@@ -190,11 +190,11 @@ def test_humaneval_replay_samples_and_rescore(tmp_path: Path, data_dir: Path, hu
 
 
 def test_humaneval_strict_run_and_rescore(tmp_path: Path, data_dir: Path, humaneval) -> None:
-    """`dseval run --strict`: a pass built on an object equal to everything is flagged and
-    scored as a failure; without --strict it counts (as in the official checker) but
-    summary.json counts it under exec/tampered. `dseval score` keeps the run's choice."""
+    """`dseval run --strict`: a pass whose program walked frames is flagged and scored as a
+    failure; without --strict it counts (as in the official checker) but summary.json counts
+    it under exec/tampered. `dseval score` keeps the run's choice."""
     _, docs = humaneval
-    forged = "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n"
+    forged = "    import sys\n    sys._getframe()\n" + docs[0].data["canonical_solution"]
     outputs = [docs[0].data["canonical_solution"], forged, forged, "    return None\n"]
     replay = tmp_path / "he.jsonl"
     replay.write_text(json.dumps({"id": docs[0].id, "output": outputs}) + "\n")
