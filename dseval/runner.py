@@ -26,6 +26,7 @@ from dseval.config import RunConfig
 from dseval.data import DataSource
 from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
+from dseval.finite import check_generations
 from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
@@ -270,6 +271,7 @@ class _Collector:
             sample.loglikelihoods = [a.logprob for a in answers]
             sample.details["tokens"] = sum(a.num_tokens for a in answers)
         else:
+            check_generations(doc, self.prepared.task.name, [a.finish_reason for a in answers])
             sample.outputs = [a.text for a in answers]
             if self.prepared.strip_reasoning:
                 stripped = [strip_reasoning(text) for text in sample.outputs]

@@ -452,3 +452,33 @@ def test_speculative_needs_an_mtp_layer():
 
     with pytest.raises(ValueError, match="num_nextn_predict_layers"):
         MtpSpeculator(NoMtp())  # type: ignore[arg-type]
+
+
+def test_nonfinite_logits_end_the_request(tiny, monkeypatch: pytest.MonkeyPatch):
+    """A row of NaN logits mid-generation ends that request with finish reason "nonfinite" (the
+    runner turns it into an error naming the doc); the other request of the batch is untouched,
+    greedy or sampled."""
+    model, _, tok = tiny
+    prompts_ = [tok.encode("The quick brown fox", add_bos=True), tok.encode("Once upon a time", add_bos=True)]
+    for params in (SamplingParams(max_tokens=8, ignore_eos=True),
+                   SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.8, seed=3)):
+        alone = make_llm(tiny).generate([prompts_[1]], params)[0]
+        original, calls = model.compute_logits, [0]
+
+        def poisoned(hidden):
+            logits = original(hidden)
+            calls[0] += 1
+            if calls[0] == 3:
+                logits = logits.clone()
+                logits[0] = float("nan")
+            return logits
+
+        monkeypatch.setattr(model, "compute_logits", poisoned)
+        outs = make_llm(tiny).generate(prompts_, params)
+        monkeypatch.setattr(model, "compute_logits", original)
+        reasons = [o.finish_reason for o in outs]
+        assert sorted(reasons) == ["length", "nonfinite"], reasons
+        bad, good = (outs[0], outs[1]) if reasons[0] == "nonfinite" else (outs[1], outs[0])
+        assert len(bad.token_ids) < 8 and bad.text == tok.decode(bad.token_ids)
+        if good is outs[1]:
+            assert good.token_ids == alone.token_ids

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from dseval.config import RunConfig
+from dseval.data import DataSource
 from dseval.errors import UserError
 from dseval.runner import evaluate
 from dseval.store import RunStore
+from dseval.task import PromptContext, get_task
 from fake_model import FakeBackend
 
 TESTS = Path(__file__).parent
@@ -127,6 +129,31 @@ def test_nan_loglikelihood_stops_naming_the_doc(tmp_path: Path, data_dir: Path) 
     assert [r["id"] for r in kept] == [f"mmlu/test/{i}" for i in range(0, 500, 100)], "finished docs are kept"
     assert "NaN" not in (tmp_path / "run" / "mmlu" / "samples.jsonl").read_text()
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_nonfinite_logits_while_generating_stop_naming_the_doc(tmp_path: Path, data_dir: Path) -> None:
+    """The engine ends a generation over NaN logits with finish reason "nonfinite"
+    (test_engine_runtime); the run stops there, naming the doc, and keeps what it finished."""
+
+    class NanGeneration(FakeBackend):
+        def generate(self, requests, on_result=None):
+            def report(index, result):
+                if requests[index].prompt == poisoned[0]:
+                    result = type(result)(result.text, result.num_tokens, "nonfinite", result.prompt_tokens)
+                on_result(index, result)
+            return super().generate(requests, report)
+
+    config = RunConfig(tasks=("humaneval",), model="fake:hash", out=tmp_path / "run", limit=3, data_dir=str(data_dir))
+    docs = get_task("humaneval").load(DataSource(str(data_dir)))[:3]
+    poisoned = [next(iter(get_task("humaneval").build(docs[2], _base_context())[1])).prompt]
+    with pytest.raises(UserError, match=f"{docs[2].id}.*NaN or infinite") as err:
+        evaluate(config, NanGeneration())
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def _base_context() -> PromptContext:
+    return PromptContext(shots=0, chat=False, seed=0, samples=1, render_chat=lambda m: "")
 
 
 # ---- 5. honest partial results --------------------------------------------------------------------

@@ -140,7 +140,7 @@ class Sampler:
         int64 on the logits' device."""
         greedy = argmax_rows(logits) if logits.is_cuda else logits.argmax(dim=-1)
         if all(p.greedy for p in params):
-            return greedy
+            return mark_nonfinite(logits, greedy)
         dev = logits.device
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], dtype=torch.float32)
         keys = torch.tensor([row_key(p.seed, i) for p, i in zip(params, token_indices)], dtype=torch.int64)
@@ -160,7 +160,17 @@ class Sampler:
             scaled = apply_top_k_top_p(scaled, top_k, top_p, candidates)
         gumbel = -torch.log(-torch.log(uniform_noise(keys, logits.shape[-1])))
         sampled = (scaled + gumbel).argmax(dim=-1)
-        return torch.where(is_greedy, greedy, sampled)
+        return mark_nonfinite(logits, torch.where(is_greedy, greedy, sampled))
+
+
+#: The token a row gets when its logits hold NaN or Inf: the request ends there with finish
+#: reason ``"nonfinite"`` (``stopping``), instead of an argmax over NaN passing for an answer.
+NONFINITE_TOKEN = -1
+
+
+def mark_nonfinite(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` with NONFINITE_TOKEN on the rows whose logits are not all finite (no host sync)."""
+    return torch.where(torch.isfinite(logits).all(dim=-1), tokens, torch.full_like(tokens, NONFINITE_TOKEN))
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor

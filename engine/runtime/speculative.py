@@ -78,6 +78,8 @@ class MtpSpeculator:
         drafts_for: list[Sequence | None] = []
         for i, (seq, n, new) in enumerate(zip(batch.seqs, batch.num_new_tokens, new_tokens)):
             seq.draft_token = None
+            if new and min(new) < 0:
+                continue  # non-finite logits (sampler.NONFINITE_TOKEN): the request ends here
             start = seq.num_computed_tokens
             known = seq.token_ids + new  # everything whose next token is known
             # Main-model rows that are valid: prefill chunk rows, or in decode the fed token

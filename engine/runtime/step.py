@@ -54,7 +54,9 @@ class SampledTokens:
     """
 
     def __init__(self, device_tokens: torch.Tensor, host_buffer: torch.Tensor) -> None:
-        self.device = device_tokens
+        # What the next step is fed is a valid id even on a row marked non-finite (the host
+        # copy keeps the mark; that request ends before the fed token counts).
+        self.device = device_tokens.clamp_min(0)
         self._host = host_buffer[: device_tokens.numel()]
         self._host.copy_(device_tokens, non_blocking=True)
         self._ready: torch.cuda.Event | None = None

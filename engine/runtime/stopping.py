@@ -1,5 +1,6 @@
-"""When a request is complete: EOS, stop token ids, stop strings, the token limit and the
-model's context length.
+"""When a request is complete: EOS, stop token ids, stop strings, the token limit, the
+model's context length, and non-finite logits (finish reason ``"nonfinite"``, the caller's to
+report: a generation over NaN logits is not an answer).
 
 Stop strings are checked on the decoded text and the output is cut before the stop string;
 the other rules end the output after (EOS and stop tokens: without) the token that met them.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from dseval.engine.loading.tokenizer import Tokenizer
 from dseval.engine.model.config import ModelConfig
+from dseval.engine.runtime.sampler import NONFINITE_TOKEN
 from dseval.engine.runtime.sequence import Sequence
 
 
@@ -32,6 +34,10 @@ class StopRules:
     def append(self, seq: Sequence, tok: int) -> bool:
         """Append one generated token to ``seq``; whether the request is now complete (then
         ``finish_reason`` and ``output_text`` are set)."""
+        if tok == NONFINITE_TOKEN:  # not a token: the output ends before it
+            seq.finish_reason = "nonfinite"
+            self._set_text(seq, seq.output_token_ids)
+            return True
         seq.token_ids.append(tok)
         p = seq.params
         if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
