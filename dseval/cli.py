@@ -22,12 +22,13 @@ from rich.table import Table
 
 from dseval.backends.base import BackendOptions
 from dseval.backends.registry import backend_kinds
-from dseval.cli_options import model_options
+from dseval.cli_options import model_options, print_argument_types_in_words
 from dseval.config import RunConfig
 from dseval.distributed import shared_stdin, start_one_replica
 from dseval.errors import UserError
 
 app = typer.Typer(help="Evaluate DeepSeek-V3-class models: run benchmarks, score, compare.", no_args_is_help=True, add_completion=False)
+print_argument_types_in_words()
 F = TypeVar("F", bound=Callable[..., Any])
 MODEL_HELP = "Checkpoint folder, preset (tiny), replay:PATH or openai:URL#MODEL (see `dseval models`)."
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Annotated, Any, TypeVar, get_type_hints
 
+import click
 import typer
+import typer.core
 
 from dseval.backends.base import BackendOptions
 
@@ -56,3 +58,25 @@ def model_options(**defaults: Any) -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return decorate
+
+
+_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN", "path": "PATH", "Path": "PATH"}
+
+
+def _type_in_words(self: typer.core.TyperArgument | typer.core.TyperOption, ctx: click.Context) -> str | None:
+    """TEXT..., PATH: the words click prints, where typer prints ``<list[str]>``; flags name none."""
+    if getattr(self, "metavar", None) is not None:
+        return self.metavar
+    if getattr(self, "is_flag", False):
+        return None
+    label = self.display_type(ctx).strip("<>")
+    many = label.startswith("list[")
+    label = label[5:-1] if many else label
+    return _WORDS.get(label, label.upper()) + ("..." if many else "")
+
+
+def print_argument_types_in_words() -> None:
+    """Make ``--help`` name every parameter's type in words, as click does (issue 23): typer
+    renders some as Python annotations (``<list[str]>``), which read as code to a user."""
+    typer.core.TyperArgument.display_type_rich = _type_in_words  # type: ignore[method-assign]
+    typer.core.TyperOption.display_type_rich = _type_in_words  # type: ignore[method-assign]

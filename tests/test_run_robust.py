@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -289,9 +290,13 @@ def test_run_json_records_invocations_and_samples_record_finish(tmp_path: Path, 
 def test_version_and_option_types_in_words() -> None:
     proc = subprocess.run([sys.executable, "-m", "dseval", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("dseval ")
-    help_text = subprocess.run([sys.executable, "-m", "dseval", "run", "--help"], capture_output=True, text=True,
-                               timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
-    assert "INTEGER" in help_text and "PATH" in help_text and "<int>" not in help_text and "<str>" not in help_text
+    for command in (["run"], ["score"], ["leaderboard"], ["compare"], ["baseline", "update"]):
+        help_text = subprocess.run([sys.executable, "-m", "dseval", *command, "--help"], capture_output=True, text=True,
+                                   timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
+        assert "PATH" in help_text or "TEXT" in help_text, command
+        assert re.search(r"<(str|int|float|bool|path|list\[[^]]*\])>", help_text) is None, (command, help_text)
+    assert "tasks...      TEXT..." in subprocess.run([sys.executable, "-m", "dseval", "run", "--help"], capture_output=True,
+                                                     text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
 
 
 def test_leaderboard_and_report_survive_a_task_without_samples(tmp_path: Path, data_dir: Path) -> None:
