@@ -42,8 +42,22 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(helper, 0)
 
 
+def reap() -> None:
+    """Collect the zygote's exited children and orphans (it is their subreaper in fallback
+    mode: a run's program process outlives a checker killed at the deadline), so no zombie of
+    one run is counted as a leftover of the next run of the same uid."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def sweep(uid: int | None, pgid: int) -> int:
     """Kill what is left of a run; return how many processes were still there."""
+    reap()
     left = _count(uid, pgid)
     for _ in range(3):
         if uid is not None:
@@ -53,6 +67,7 @@ def sweep(uid: int | None, pgid: int) -> int:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        reap()
         if _count(uid, pgid) == 0:
             break
     return left

@@ -94,6 +94,7 @@ def _start(cfg: dict) -> list[str]:
     import traceback  # noqa: F401 - failures print through it, after the root has changed
 
     if cfg["mode"] != "namespaces":
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # orphans of a killed checker come back here (sweep.reap)
         cfg["cgroups"] = []
         return ["rlimits", "uid"] if cfg["uid"] is not None else ["rlimits"]
     cfg["cgroups"] = cgroup.parents()
