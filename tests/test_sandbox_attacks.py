@@ -379,6 +379,50 @@ def test_differences_left_from_the_official_checkers(sandbox: Sandbox) -> None:
     assert unseen.status == "failed" and "NameError" in unseen.reason  # shared globals there
 
 
+def test_differences_left_by_the_checkers_link(sandbox: Sandbox) -> None:
+    """The README's list for the link between checker and program: arguments are copies, a
+    test's own function cannot be passed, program objects compare by identity (noted), and
+    numpy scalars and subclasses of built-in types arrive as their plain values."""
+    mutated = sandbox.run(Job("def f(xs):\n    xs.append(1)\n", tests="xs = []\nf(xs)\nassert xs == []\n"))
+    assert mutated.status == "passed", mutated  # the official checkers see xs == [1]
+    callback = sandbox.run(Job("def f(g):\n    return g(2)\n", tests="assert f(lambda x: x + 1) == 3\n"))
+    assert callback.status == "failed" and "cannot be passed to the program" in callback.reason, callback
+    objects = sandbox.run(Job("class P:\n    def __init__(self, v):\n        self.v = v\n"
+                              "    def __eq__(self, o):\n        return self.v == o.v\n",
+                              tests="assert P(1) == P(1)\n"))
+    assert objects.status == "failed" and "compared value of type P" in objects.tampered, objects
+    plain = sandbox.run(Job("import numpy as np\nclass I(int):\n    pass\n"
+                            "def f():\n    return np.int64(3), I(4), np.float64(0.5), np.bool_(True)\n",
+                            tests="assert f() == (3, 4, 0.5, True)\nassert [type(x) for x in f()] == [int, int, float, bool]\n"))
+    assert plain.status == "passed", plain
+
+
+def test_link_codec_round_trip_and_tags_cannot_be_forged() -> None:
+    """What crosses the link comes back as the same value of exactly the same built-in type; a
+    program's dict shaped like a tag stays a dict; a handle is only made by the link."""
+    import collections
+    import decimal
+    import fractions
+    import math
+
+    from dseval.sandbox._child import remote
+
+    loads = remote.decoder(lambda obj: ("handle", obj["v"]))
+    values = [0, -1, 1 << 200, -(1 << 70), 2.5, -0.0, math.inf, "s\udc80", b"\x00b", bytearray(b"x"), 1 + 2j, None, True,
+              (1, [2, {3: {4.0}}]), frozenset({(1, 2)}), range(1, 9, 2), fractions.Fraction(1, 3),
+              decimal.Decimal("1.10"), collections.Counter("abca"), collections.OrderedDict(a=1),
+              collections.deque([1, 2]), {"$": "h", "v": 0}, {(1, 2): "k"}, int, len, ValueError]
+    for value in values:
+        wire = remote.json.dumps(remote.encode(value, lambda v: pytest.fail(f"not data: {v!r}"))).encode()
+        back = loads(wire)
+        assert type(back) is type(value) and (back == value or back is value), (value, back)
+    nan = loads(remote.json.dumps(remote.encode(math.nan, repr)).encode())
+    assert type(nan) is float and math.isnan(nan)
+    assert loads(b'{"$": "h", "v": 7}') == ("handle", 7)
+    with pytest.raises(ValueError, match="unknown tag"):
+        loads(b'{"$": "code", "v": "x"}')
+
+
 def test_a_killed_run_leaves_nothing_for_the_next_one_on_its_worker() -> None:
     """A timed-out run whose processes write to every pipe until killed: the next program on the
     same warm worker sees clean pipes (the worker reports a run done only once its pid
