@@ -7,8 +7,9 @@ Public API (other modules code against exactly this)::
     Sandbox(...).run_all(jobs, on_result) -> list[ExecResult]
 
 Design notes live in ``isolation`` (why namespaces, what the fallback lacks), ``_child``
-(the process tree that actually runs the program), ``_child.runner`` (how the tests are kept
-out of the program's reach) and ``_child.tamper`` (what is flagged).
+(the process tree that actually runs the program), ``_child.runner`` and ``_child.remote`` (the
+tests run in a checker process that reaches the program only through data) and
+``_child.tamper`` (what is flagged).
 """
 
 from .core import Sandbox

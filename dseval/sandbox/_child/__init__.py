@@ -10,7 +10,8 @@ removes them from ``sys.modules`` before the program runs.
 Process tree (namespace mode), one zygote per worker slot::
 
     harness ─ P0 zygote (root; mount/net/uts ns, allowlisted root) ─ A (per run: pid/mount/ipc ns,
-              cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 runner (unprivileged uid, seccomp)
+              cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 checker (unprivileged uid, seccomp,
+              not dumpable; holds the tests and the verdict) ─ P3 program
 
-In fallback mode P0 forks the runner directly.
+In fallback mode P0 forks the checker directly.
 """

@@ -13,18 +13,8 @@ import _signal as signal  # the C module: `signal` would import enum (~6 ms per 
 import os
 import time
 
-from . import linux, rootfs, runner
+from . import linux, rootfs, runner, sweep
 from .status import report, wait_status
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _alive_others() -> int:
@@ -45,7 +35,7 @@ def _leftover_processes() -> int:
     """Processes still running after the program ended (brief grace for ones already dying)."""
     left = 0
     for _ in range(3):
-        _reap()
+        sweep.reap()
         left = _alive_others()
         if left == 0:
             return 0

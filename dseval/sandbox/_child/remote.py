@@ -115,19 +115,20 @@ def send(fd: int, message: object, other: Encoder) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exact(fd: int, n: int) -> bytes:
+def read_exact(fd: int, n: int, cut: str = "the program's process ended during the checks") -> bytes:
+    """``n`` bytes from ``fd``; ProgramGone(``cut``) when it ends before."""
     chunks, left = [], n
     while left:
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
-            raise ProgramGone("the program's process ended during the checks")
+            raise ProgramGone(cut)
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
 
 
 def receive(fd: int, loads: Callable[[bytes], object]) -> object:
-    return loads(_read_exact(fd, int.from_bytes(_read_exact(fd, _HEADER), "little")))
+    return loads(read_exact(fd, int.from_bytes(read_exact(fd, _HEADER), "little")))
 
 
 # ---------------------------------------------------------------- the program's side

@@ -140,7 +140,8 @@ def _check(job: dict, req_w: int, resp_r: int, note: Callable[[str], None]) -> t
     """(the program ran to its end, why the checks failed or ''): the tests, in this process."""
     tests_fd = job["tests_fd"]
     try:
-        source = _read_all(tests_fd, job["tests_len"]).decode("utf-8", "surrogatepass") if tests_fd >= 0 else ""
+        raw = remote.read_exact(tests_fd, job["tests_len"], "the tests were cut short") if tests_fd >= 0 else b""
+        source = raw.decode("utf-8", "surrogatepass")
     finally:
         if tests_fd >= 0:
             os.close(tests_fd)
@@ -159,17 +160,6 @@ def _check(job: dict, req_w: int, resp_r: int, note: Callable[[str], None]) -> t
         _print_failure(exc)
         return True, _reason(exc)
     return True, ""
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, left)
-        if not chunk:
-            raise EOFError("the tests were cut short")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def _program(job: dict, ctl_fd: int, req_r: int, resp_w: int) -> None:

@@ -43,9 +43,10 @@ def _kill_uid(uid: int) -> None:
 
 
 def reap() -> None:
-    """Collect the zygote's exited children and orphans (it is their subreaper in fallback
-    mode: a run's program process outlives a checker killed at the deadline), so no zombie of
-    one run is counted as a leftover of the next run of the same uid."""
+    """Collect exited children and orphans without blocking: the run's init does it for its pid
+    namespace; the zygote in fallback mode (the subreaper of its runs: a program process
+    outlives a checker killed at the deadline), so no zombie of one run is counted as a
+    leftover of the next run of the same uid."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

@@ -15,12 +15,12 @@ mount/pid/ipc namespace, a tmpfs and its cgroup.
 Namespace mode, once: new mount, network and UTS namespaces, the allowlisted root
 (``rootfs.build``), the modules the runner and the tests use imported. Per job::
 
-    P0 zygote ─ A (new pid/mount/ipc ns, run cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 runner
+    P0 zygote ─ A (new pid/mount/ipc ns, run cgroup, fresh /tmp) ─ P1 init (pid 1) ─ P2 checker ─ P3 program
 
 On the deadline the harness sends SIGUSR1; the zygote passes it to A, which SIGKILLs P1 and
 waits for it: P1's death takes every process of the run's pid namespace with it, and the wait
 returns only when they are all gone. Fallback mode:
-P0 forks the runner directly and sweeps its uid afterwards.
+P0 forks the checker directly and sweeps its uid afterwards.
 
 Lifetime: P0 carries PR_SET_PDEATHSIG=SIGKILL tied to the harness thread that started it, A
 and P1 tie theirs to their parents, so if the harness dies the whole tree goes.
