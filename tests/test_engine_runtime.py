@@ -482,3 +482,15 @@ def test_nonfinite_logits_end_the_request(tiny, monkeypatch: pytest.MonkeyPatch)
         assert len(bad.token_ids) < 8 and bad.text == tok.decode(bad.token_ids)
         if good is outs[1]:
             assert good.token_ids == alone.token_ids
+
+
+def test_context_sized_tables_stop_at_the_kv_cache(tiny):
+    """Block tables (and, with CUDA graphs, the rotary tables) are sized to what the KV cache can
+    hold, not to max_position_embeddings: a config claiming millions of positions costs nothing
+    beyond the cache it actually gets."""
+    _, config, tok = tiny
+    assert config.max_position_embeddings >= 1 << 17
+    llm = make_llm(tiny, num_kv_blocks=32, block_size=4)
+    assert llm.runner.max_blocks_per_seq == -(-(32 * 4 + 2) // 4)
+    out = llm.generate([tok.encode("The quick brown fox", add_bos=True)], SamplingParams(max_tokens=6, ignore_eos=True))
+    assert len(out[0].token_ids) == 6

@@ -70,6 +70,9 @@ class ModelRunner:
             for _ in range(model.num_attention_layers)
         ]
         self.sampler = Sampler()
+        # Sizes derived from the context limit stop at what the KV cache can hold: no sequence
+        # outgrows it, whatever max_position_embeddings says (issue 23).
+        max_model_len = min(max_model_len, num_blocks * block_size)
         self.max_blocks_per_seq = -(-(max_model_len + max_tokens_per_seq_decode) // block_size)
         self.buffers = DecodeBuffers(max_num_seqs, max_tokens_per_seq_decode, self.max_blocks_per_seq,
                                      num_blocks * block_size, self.device)
