@@ -395,6 +395,9 @@ def test_differences_left_by_the_checkers_link(sandbox: Sandbox) -> None:
                             "def f():\n    return np.int64(3), I(4), np.float64(0.5), np.bool_(True)\n",
                             tests="assert f() == (3, 4, 0.5, True)\nassert [type(x) for x in f()] == [int, int, float, bool]\n"))
     assert plain.status == "passed", plain
+    cyclic = sandbox.run(Job("loop = []\nloop.append(loop)\nLIMIT = 7\ndef f():\n    return LIMIT\n",
+                             tests="assert f() == LIMIT == 7\nassert loop is not None\n"))
+    assert cyclic.status == "passed", cyclic  # a global that is not data stays a handle
 
 
 def test_link_codec_round_trip_and_tags_cannot_be_forged() -> None:

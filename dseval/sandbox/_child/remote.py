@@ -109,7 +109,11 @@ def decoder(handle: Callable[[dict], object]) -> Callable[[bytes], object]:
 
 
 def send(fd: int, message: object, other: Encoder) -> None:
-    data = json.dumps(encode(message, other), separators=(",", ":")).encode()
+    write_encoded(fd, encode(message, other))
+
+
+def write_encoded(fd: int, encoded: object) -> None:
+    data = json.dumps(encoded, separators=(",", ":")).encode()
     view = memoryview(len(data).to_bytes(_HEADER, "little") + data)
     while view:
         view = view[os.write(fd, view):]
@@ -170,11 +174,21 @@ def serve(names: dict, req_fd: int, resp_fd: int) -> None:
             return encode(plain, other)
         if type(value).__name__ == "module" and isinstance(getattr(value, "__name__", None), str):
             return {"$": "m", "v": value.__name__}  # type: ignore[attr-defined]
+        return handle(value)
+
+    def handle(value: object) -> object:
         objects.append(value)
         return {"$": "h", "v": len(objects) - 1, "n": type(value).__qualname__[:80]}
 
+    def name(value: object) -> object:
+        """A global as data when it encodes (a cyclic or too deep one stays a handle)."""
+        try:
+            return encode(value, other)
+        except (RecursionError, ValueError, TypeError):
+            return handle(value)
+
     loads = decoder(lambda obj: objects[obj["v"]])
-    send(resp_fd, {k: v for k, v in names.items() if k != "__builtins__"}, other)
+    write_encoded(resp_fd, {"$": "d", "v": [[k, name(v)] for k, v in names.items() if k != "__builtins__"]})
     while True:
         try:
             op, target, args, kwargs = receive(req_fd, loads)  # type: ignore[misc]
