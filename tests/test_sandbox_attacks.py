@@ -398,6 +398,9 @@ def test_differences_left_by_the_checkers_link(sandbox: Sandbox) -> None:
     cyclic = sandbox.run(Job("loop = []\nloop.append(loop)\nLIMIT = 7\ndef f():\n    return LIMIT\n",
                              tests="assert f() == LIMIT == 7\nassert loop is not None\n"))
     assert cyclic.status == "passed", cyclic  # a global that is not data stays a handle
+    module = sandbox.run(Job("import numpy as np\nimport statistics as st\n",
+                             tests="assert st.mean([1, 3]) == 2\nassert np.int64(2) == 2\n"))
+    assert module.status == "failed" and "only if they import it" in module.reason, module
 
 
 def test_link_codec_round_trip_and_tags_cannot_be_forged() -> None:

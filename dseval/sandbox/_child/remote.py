@@ -316,7 +316,9 @@ class Remote:
 
 class LazyModule:
     """A module the program imported, imported again on the checker's side when the tests use it
-    (the checker's own copy: a module the program patched stays patched only in its process)."""
+    (the checker's own copy: a module the program patched stays patched only in its process).
+    Only standard-library modules and ones the checker already has: the name comes from the
+    program, and importing runs a module's code in the checker."""
 
     __slots__ = ("_name",)
 
@@ -325,5 +327,9 @@ class LazyModule:
 
     def __getattr__(self, attr: str) -> object:
         name = object.__getattribute__(self, "_name")
-        module = sys.modules.get(name) or importlib.import_module(name)
+        module = sys.modules.get(name)
+        if module is None:
+            if name.partition(".")[0] not in sys.stdlib_module_names:
+                raise ImportError(f"the checks may use the program's module {name!r} only if they import it")
+            module = importlib.import_module(name)
         return getattr(module, attr)
