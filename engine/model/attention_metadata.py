@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from dseval.kernels.mla_prefill import PrefillAttention
+from dseval.kernels.mla_prefill import PrefillAttention, VarlenLayout
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """The cached context rows of all of a step's sequences, in sequence order, and where each
+    sequence's queries and context sit; built on the host once per step."""
+
+    slots: torch.Tensor  # [sum of context_lens] int64, cache slot of every context row
+    layout: VarlenLayout
 
 
 @dataclass
@@ -27,6 +36,9 @@ class AttentionMetadata:
     absorbed: bool  # weight-absorbed (latent-space) attention form; the runner sets it for decode steps
     #: Which CUDA kernel computes prefill attention; resolved once when the engine starts.
     prefill: PrefillAttention = PrefillAttention()  # noqa: RUF009 (frozen)
+    #: Set by the runner on prefill steps of several sequences: every sequence's context
+    #: gathered and attended at once (one varlen call per layer, no host syncs).
+    packed: PackedContext | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
 import torch
 
 from dseval.engine.model.attention_metadata import AttentionMetadata
@@ -32,6 +33,13 @@ class StepLayout:
     offsets: list[int]
     ctx: list[int]
     tables: list[list[int]]
+
+
+def context_slots(table: list[int], start: int, end: int, block_size: int) -> np.ndarray:
+    """Cache slots (int64) of positions ``[start, end)`` of the sequence with block ``table``."""
+    pos = np.arange(start, end, dtype=np.int64)
+    blocks = np.asarray(table[: -(-end // block_size)], dtype=np.int64)
+    return blocks[pos // block_size] * block_size + pos % block_size
 
 
 def round_up_pow2(n: int) -> int:

@@ -23,23 +23,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
+import numpy as np
 import torch
 
-from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.model.attention_metadata import AttentionMetadata, PackedContext
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.runtime.cuda_graphs import DecodeGraphs, graph_batch_sizes
-from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout
+from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout, context_slots
 from dseval.engine.runtime.sampler import Sampler, token_logprobs
 from dseval.engine.runtime.scheduler import ScheduledBatch
 from dseval.engine.runtime.sequence import SamplingParams, TokenLogprob
 from dseval.engine.runtime.step import RowSpec, SampledTokens, StepInputs, StepOutput, TokenFeed
-from dseval.kernels.mla_prefill import PrefillAttention
+from dseval.kernels.mla_prefill import PrefillAttention, VarlenLayout
 
 
 class ModelRunner:
     #: Prompt positions scored per vocabulary projection (bounds the logits' memory).
     logprob_rows_per_pass: int = 256
+    #: Most context rows a prefill step gathers at once for the varlen attention (each expands
+    #: to H * (nope + v) values per layer); a step over more attends sequence by sequence.
+    packed_context_rows: int = 1 << 16
 
     def __init__(
         self,
@@ -123,7 +127,13 @@ class ModelRunner:
             t = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.int64)
             return t.to(self.device, non_blocking=True)
 
+        packed = None
+        if not absorbed and B > 1 and self.prefill_attention.varlen and sum(step.ctx) <= self.packed_context_rows:
+            slots = np.concatenate([context_slots(t, 0, c, self.block_size) for t, c in zip(step.tables, step.ctx)])
+            new = [b - a for a, b in zip(step.offsets, step.offsets[1:])]
+            packed = PackedContext(dev(torch.from_numpy(slots)), VarlenLayout.build(new, step.ctx, self.device))
         meta = AttentionMetadata(
+            packed=packed,
             cu_seqlens_q=dev(step.offsets),
             context_lens=dev(step.ctx),
             block_tables=dev(tables),
@@ -139,12 +149,13 @@ class ModelRunner:
         bs = self.block_size
         step = StepLayout([], [], [], [0], [], [r.seq.block_table for r in rows])
         for r in rows:
-            table = r.seq.block_table
-            for j, tok in enumerate(r.tokens):
-                p = r.start + j
-                step.ids.append(tok)
-                step.pos.append(p)
-                step.slots.append(table[p // bs] * bs + p % bs)
+            table, n = r.seq.block_table, len(r.tokens)
+            step.ids.extend(r.tokens)
+            step.pos.extend(range(r.start, r.start + n))
+            if n > 1:  # a prompt chunk: thousands of tokens, vectorised
+                step.slots.extend(context_slots(table, r.start, r.start + n, bs).tolist())
+            else:
+                step.slots.extend(table[p // bs] * bs + p % bs for p in range(r.start, r.start + n))
             step.offsets.append(len(step.ids))
             step.ctx.append(r.start + len(r.tokens))
         return step
