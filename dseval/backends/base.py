@@ -151,5 +151,11 @@ class ModelBackend(ABC):
         Backends that cannot see token probabilities refuse."""
         raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
 
+    def counters(self) -> dict[str, float]:
+        """Running totals this backend can report for ``timing.json`` (the engine's: prompt
+        and generated tokens and the seconds spent in prefill and decode steps); the harness
+        records their growth over each task. None by default."""
+        return {}
+
     def close(self) -> None:
         """Release devices, worker processes or connections."""

@@ -347,6 +347,11 @@ class EngineBackend(ModelBackend):
             for (a, b), t in zip(spans[1:], scored.tokens, strict=True)
         ]
 
+    def counters(self) -> dict[str, float]:
+        st = self.llm.stats
+        return {"prefill_tokens": st.prefill_tokens, "prefix_hit_tokens": st.prefix_hit_tokens,
+                "decode_tokens": st.generated_tokens, "prefill_s": st.prefill_seconds, "decode_s": st.decode_seconds}
+
     def close(self) -> None:
         del self.llm
         if torch.cuda.is_available():

@@ -1,8 +1,7 @@
 """The engine: requests in, finished outputs out, through schedule -> run -> postprocess steps.
 
-``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP
-speculator, end-of-request rules) and owns only the step loop. Generation and scoring (loglikelihood) are the same machinery:
-a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
+``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP speculator,
+end-of-request rules) and owns only the step loop. Generation and scoring are the same machinery: a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
 ``logprob_start`` are scored during prefill, so scoring shares batching, chunking and the
 prefix cache with generation.
 
@@ -210,15 +209,16 @@ class LLM:
                 self.stats.draft_accepted = self.speculator.stats.accepted
 
     def step(self) -> list[Sequence]:
-        """Apply one model step's tokens; returns the sequences that finished.
-
-        The step applied is the one in flight, or a freshly scheduled one. With overlap
-        scheduling the decode step after it is launched first, its input tokens taken from the
-        device, so the host's bookkeeping here runs while the GPU computes that next step.
-        """
+        """Apply one model step's tokens; returns the sequences that finished. The step applied
+        is the one in flight, or a freshly scheduled one. With overlap scheduling the decode step
+        after it is launched first, its input tokens taken from the device, so the host's
+        bookkeeping here runs while the GPU computes that next step."""
+        t0 = time.perf_counter()
         current = self._inflight or self._launch(self._schedule())
         self._inflight = self._launch_next(current) if self.engine_config.overlap_schedule else None
-        return self._apply(current)
+        finished = self._apply(current)
+        self.stats.add_step_time(current.batch.is_prefill, time.perf_counter() - t0)
+        return finished
 
     def drain(self) -> list[Sequence]:
         """Apply the step in flight, if any, without launching another."""
@@ -226,8 +226,7 @@ class LLM:
         return self._apply(current) if current is not None else []
 
     def _schedule(self) -> ScheduledBatch:
-        batch = self.scheduler.schedule()
-        if not batch:
+        if not (batch := self.scheduler.schedule()):
             raise RuntimeError("scheduler produced an empty step with requests pending (KV cache too small?)")
         return batch
 
