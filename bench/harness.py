@@ -231,7 +231,8 @@ def run_engine_generate(model_dir: Path, task: str, args: argparse.Namespace, li
     outs = backend.generate_ids(prompts, [params] * len(prompts))
     wall = time.perf_counter() - t0
     generated = sum(len(o.token_ids) for o in outs)
-    row = {"task": task, "requests": len(prompts), "max_num_seqs": backend.llm.max_num_seqs, "wall_s": round(wall, 2),
+    row = {"task": task, "requests": len(prompts), "max_num_seqs": backend.llm.max_num_seqs,
+           "prefill_attention": repr(backend.llm.runner.prefill_attention), "wall_s": round(wall, 2),
            "generated_tokens": generated, "tok_per_s": round(generated / wall, 1)}
     backend.close()
     return row

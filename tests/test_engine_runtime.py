@@ -455,25 +455,28 @@ def test_speculative_needs_an_mtp_layer():
 
 
 def test_scores_and_greedy_outputs_do_not_depend_on_speed_settings(tiny):
-    """Batch size (1, 32, 256: one at a time, packed varlen prefill, everything at once) and the
-    prefill chunk change only how work is grouped: loglikelihoods agree to float tolerance and
-    greedy outputs are equal. Requests share contexts as a loglikelihood task's choices do."""
+    """Batch size (1, 32, 256: one at a time, packed varlen prefill, everything at once), the
+    prefill chunk and the packed groups' size change only how work is grouped: loglikelihoods
+    agree to float tolerance and greedy outputs are equal. Requests share contexts as a
+    loglikelihood task's choices do."""
     rng = random.Random(7)
     contexts = [[0] + [rng.randrange(2, 120_000) for _ in range(rng.randrange(5, 40))] for _ in range(12)]
     reqs = [ScoreRequest(tuple(c + [rng.randrange(2, 120_000) for _ in range(k)]), len(c))
             for c in contexts for k in (1, 2, 3)]
     ps = prompts(10, seed=8)
     want_scores = want_greedy = None
-    for seqs, chunk in ((1, 2048), (32, 2048), (256, 2048), (32, 7), (256, 64)):
+    for seqs, chunk, group_rows in ((1, 2048, 1 << 15), (32, 2048, 1 << 15), (256, 2048, 1 << 15), (32, 7, 1 << 15),
+                                    (256, 64, 1 << 15), (256, 2048, 60)):
         llm = make_llm(tiny, max_num_seqs=seqs, max_num_batched_tokens=chunk)
+        llm.runner.packed_context_rows = group_rows
         scores = [o.token_logprobs for o in llm.score(reqs)]
         greedy = [o.token_ids for o in llm.generate(ps, SamplingParams(max_tokens=6, ignore_eos=True))]
         if want_scores is None:
             want_scores, want_greedy = scores, greedy
             continue
         for got, want in zip(scores, want_scores, strict=True):
-            assert got == pytest.approx(want, abs=1e-4), (seqs, chunk)
-        assert greedy == want_greedy, (seqs, chunk)
+            assert got == pytest.approx(want, abs=1e-4), (seqs, chunk, group_rows)
+        assert greedy == want_greedy, (seqs, chunk, group_rows)
 
 
 def test_max_num_seqs_is_chosen_from_the_kv_cache_when_unset():

@@ -16,11 +16,12 @@ from dseval.kernels.mla_prefill import PrefillAttention, VarlenLayout
 
 @dataclass(frozen=True)
 class PackedContext:
-    """The cached context rows of all of a step's sequences, in sequence order, and where each
-    sequence's queries and context sit; built on the host once per step."""
+    """The cached context rows of a group of a step's consecutive sequences, in sequence order,
+    and where each sequence's queries and context sit; built on the host once per step."""
 
-    slots: torch.Tensor  # [sum of context_lens] int64, cache slot of every context row
+    slots: torch.Tensor  # [sum of the group's context_lens] int64, cache slot of every context row
     layout: VarlenLayout
+    rows: tuple[int, int]  # the group's queries: rows [start, end) of the step's flat tokens
 
 
 @dataclass
@@ -36,9 +37,10 @@ class AttentionMetadata:
     absorbed: bool  # weight-absorbed (latent-space) attention form; the runner sets it for decode steps
     #: Which CUDA kernel computes prefill attention; resolved once when the engine starts.
     prefill: PrefillAttention = PrefillAttention()  # noqa: RUF009 (frozen)
-    #: Set by the runner on prefill steps of several sequences: every sequence's context
-    #: gathered and attended at once (one varlen call per layer, no host syncs).
-    packed: PackedContext | None = None
+    #: Set by the runner on prefill steps of several sequences: the sequences in groups, each
+    #: group's context gathered and attended at once (one varlen call per group and layer, no
+    #: host syncs); groups bound the gathered rows' memory.
+    packed: list[PackedContext] | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -139,14 +139,18 @@ def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch
 
 def _packed(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
             kv_cache: torch.Tensor) -> torch.Tensor:
-    """:func:`_expanded` for all of a step's sequences at once: one gather, one up-projection
-    and one varlen attention call instead of one of each per sequence."""
+    """:func:`_expanded` for groups of a step's sequences: per group one gather, one
+    up-projection and one varlen attention call instead of one of each per sequence."""
     assert meta.packed is not None
-    rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, meta.packed.slots).to(q_nope.dtype)
-    latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [K, C], [K, rope]
-    kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [K, H, nope+v]
-    k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
-    return mla_prefill_attention_varlen(q_nope, q_pe, k_nope, k_pe, v, attn.scale, meta.packed.layout)
+    outs = []
+    for group in meta.packed:
+        a, b = group.rows
+        rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, group.slots).to(q_nope.dtype)
+        latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [K, C], [K, rope]
+        kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [K, H, nope+v]
+        k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
+        outs.append(mla_prefill_attention_varlen(q_nope[a:b], q_pe[a:b], k_nope, k_pe, v, attn.scale, group.layout))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,

@@ -43,7 +43,7 @@ class ModelRunner:
     logprob_rows_per_pass: int = 256
     #: Most context rows a prefill step gathers at once for the varlen attention (each expands
     #: to H * (nope + v) values per layer); a step over more attends sequence by sequence.
-    packed_context_rows: int = 1 << 16
+    packed_context_rows: int = 1 << 15
 
     def __init__(
         self,
@@ -127,11 +127,7 @@ class ModelRunner:
             t = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.int64)
             return t.to(self.device, non_blocking=True)
 
-        packed = None
-        if not absorbed and B > 1 and self.prefill_attention.varlen and sum(step.ctx) <= self.packed_context_rows:
-            slots = np.concatenate([context_slots(t, 0, c, self.block_size) for t, c in zip(step.tables, step.ctx)])
-            new = [b - a for a, b in zip(step.offsets, step.offsets[1:])]
-            packed = PackedContext(dev(torch.from_numpy(slots)), VarlenLayout.build(new, step.ctx, self.device))
+        packed = self.pack(step) if not absorbed and B > 1 and self.prefill_attention.varlen else None
         meta = AttentionMetadata(
             packed=packed,
             cu_seqlens_q=dev(step.offsets),
@@ -143,6 +139,26 @@ class ModelRunner:
             prefill=self.prefill_attention,
         )
         return StepInputs(dev(step.ids), dev(step.pos), meta, step.offsets)
+
+    def pack(self, step: StepLayout) -> list[PackedContext]:
+        """The step's sequences in consecutive groups of at most ``packed_context_rows`` context
+        rows (a longer sequence alone), each with its context slots and varlen layout."""
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i, c in enumerate(step.ctx):
+            if groups[-1] and size + c > self.packed_context_rows:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += c
+        out = []
+        for g in groups:
+            slots = np.concatenate([context_slots(step.tables[i], 0, step.ctx[i], self.block_size) for i in g])
+            new = [step.offsets[i + 1] - step.offsets[i] for i in g]
+            layout = VarlenLayout.build(new, [step.ctx[i] for i in g], self.device)
+            rows = (step.offsets[g[0]], step.offsets[g[-1] + 1])
+            out.append(PackedContext(torch.from_numpy(slots).to(self.device, non_blocking=True), layout, rows))
+        return out
 
     def layout(self, rows: Seq[RowSpec]) -> StepLayout:
         """``rows`` flattened: one entry per token, then per sequence."""
