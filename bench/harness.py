@@ -20,6 +20,9 @@ user would otherwise write, on the same prompts, in one device call (issue 16).
         [--max-tokens 1024] [--hf-docs 500] [--out results/bench/harness.json]
     python bench/harness.py --smoke   # CPU: the tiny preset, a few docs: this script's logic, no measurement
 
+On the H200 machines math-verify (MATH-500's scorer) is missing: carry its wheels and their
+needs (math-verify, latex2sympy2_extended, antlr4-python3-runtime) as the device README says.
+
 Prints a table and writes JSON to ``--out`` and ``$OUT`` (if set) after every phase.
 """
 
@@ -247,22 +250,10 @@ def sync(device: str) -> None:
 
 # ---------------------------------------------------------------------------------------- table
 def print_table(data: dict[str, Any]) -> None:
-    print("\n| run | docs | process s | load s | run s (no load) | task s | docs/s | first doc s | prefill tok/s | "
-          "decode tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in data["cli"]:
-        print(f"| {r['name']} | {r.get('docs', '-')} | {r['process_s']} | {r.get('load_s', '-')} | {r.get('run_s', '-')} | "
-              f"{r.get('wall_s', '-')} | "
-              f"{r.get('docs_per_s', '-')} | {r.get('first_doc_s', '-')} | {r.get('prefill_tok_per_s', '-')} | "
-              f"{r.get('decode_tok_per_s', '-')} |")
-    if data["hf"]:
-        h = data["hf"]
-        print(f"\ntransformers loop (MMLU, {h['docs']} docs): {h['docs_per_s']} docs/s, {h['tok_per_s']} tok/s")
-    if data["engine"]:
-        e = data["engine"]
-        print(f"engine alone ({e['task']}, {e['requests']} prompts, {e['max_num_seqs']} in flight): {e['tok_per_s']} tok/s")
-    for k, v in data.get("ratios", {}).items():
-        print(f"{k}: {v}")
+    """The README's table (bench/tables.py) of this run."""
+    from tables import harness
+
+    print("\n" + harness(lambda _name: data))
 
 
 def ratios(data: dict[str, Any]) -> dict[str, float]:
