@@ -21,7 +21,19 @@ class PackedContext:
 
     slots: torch.Tensor  # [sum of the group's context_lens] int64, cache slot of every context row
     layout: VarlenLayout
-    rows: tuple[int, int]  # the group's queries: rows [start, end) of the step's flat tokens
+    rows: torch.Tensor  # [the group's new tokens] int64, the queries' rows in the step's flat tokens
+
+
+@dataclass(frozen=True)
+class LatentRows:
+    """Queries of a prefill step's sequences with few new tokens (a loglikelihood choice after
+    its shared context), attended in the absorbed (latent) form as decode rows are: one row per
+    query, each with its own block table and context length (its position + 1). Expanding
+    such a sequence's whole cached context per head costs far more than its few queries need."""
+
+    rows: torch.Tensor  # [N] int64, the queries' rows in the step's flat tokens
+    block_tables: torch.Tensor  # [N, width] int64 (pad -1)
+    context_lens: torch.Tensor  # [N] int64
 
 
 @dataclass
@@ -41,6 +53,8 @@ class AttentionMetadata:
     #: group's context gathered and attended at once (one varlen call per group and layer, no
     #: host syncs); groups bound the gathered rows' memory.
     packed: list[PackedContext] | None = None
+    #: With ``packed``: the queries that take the latent form instead (never in a group).
+    latent: LatentRows | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -23,6 +23,8 @@ opt-in FP8 kernel), the absorbed form is computed here in float32.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -139,18 +141,25 @@ def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch
 
 def _packed(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
             kv_cache: torch.Tensor) -> torch.Tensor:
-    """:func:`_expanded` for groups of a step's sequences: per group one gather, one
-    up-projection and one varlen attention call instead of one of each per sequence."""
+    """:func:`_expanded` for groups of a step's sequences (per group one gather, one
+    up-projection and one varlen attention call instead of one of each per sequence), and the
+    latent form for the queries of sequences with few new tokens."""
     assert meta.packed is not None
-    outs = []
+    out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_dim)
     for group in meta.packed:
-        a, b = group.rows
         rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, group.slots).to(q_nope.dtype)
         latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [K, C], [K, rope]
         kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [K, H, nope+v]
         k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
-        outs.append(mla_prefill_attention_varlen(q_nope[a:b], q_pe[a:b], k_nope, k_pe, v, attn.scale, group.layout))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+        qn, qp = q_nope.index_select(0, group.rows), q_pe.index_select(0, group.rows)
+        out.index_copy_(0, group.rows, mla_prefill_attention_varlen(qn, qp, k_nope, k_pe, v, attn.scale, group.layout))
+    if meta.latent is not None:
+        lat = meta.latent
+        w_uk, w_uv = attn._kv_b(q_nope.dtype)
+        rows_meta = replace(meta, block_tables=lat.block_tables, context_lens=lat.context_lens)
+        qn, qp = q_nope.index_select(0, lat.rows), q_pe.index_select(0, lat.rows)
+        out.index_copy_(0, lat.rows, absorbed_decode(qn, qp, w_uk, w_uv, attn.scale, rows_meta, kv_cache).to(out.dtype))
+    return out
 
 
 def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,

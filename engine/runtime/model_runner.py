@@ -26,11 +26,11 @@ from collections.abc import Sequence as Seq
 import numpy as np
 import torch
 
-from dseval.engine.model.attention_metadata import AttentionMetadata, PackedContext
+from dseval.engine.model.attention_metadata import AttentionMetadata, LatentRows, PackedContext
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.runtime.cuda_graphs import DecodeGraphs, graph_batch_sizes
-from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout, context_slots
+from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout, context_slots, latent_layout, query_rows
 from dseval.engine.runtime.sampler import Sampler, token_logprobs
 from dseval.engine.runtime.scheduler import ScheduledBatch
 from dseval.engine.runtime.sequence import SamplingParams, TokenLogprob
@@ -44,6 +44,9 @@ class ModelRunner:
     #: Most context rows a prefill step gathers at once for the varlen attention (each expands
     #: to H * (nope + v) values per layer); a step over more attends sequence by sequence.
     packed_context_rows: int = 1 << 15
+    #: Prefill sequences with at most this many new tokens attend in the latent form (as decode
+    #: rows) within a packed step: their cached context is not expanded per head.
+    latent_max_tokens: int = 16
 
     def __init__(
         self,
@@ -127,9 +130,10 @@ class ModelRunner:
             t = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.int64)
             return t.to(self.device, non_blocking=True)
 
-        packed = self.pack(step) if not absorbed and B > 1 and self.prefill_attention.varlen else None
+        packed, latent = self.pack(step) if not absorbed and B > 1 and self.prefill_attention.varlen else (None, None)
         meta = AttentionMetadata(
             packed=packed,
+            latent=latent,
             cu_seqlens_q=dev(step.offsets),
             context_lens=dev(step.ctx),
             block_tables=dev(tables),
@@ -140,25 +144,28 @@ class ModelRunner:
         )
         return StepInputs(dev(step.ids), dev(step.pos), meta, step.offsets)
 
-    def pack(self, step: StepLayout) -> list[PackedContext]:
-        """The step's sequences in consecutive groups of at most ``packed_context_rows`` context
-        rows (a longer sequence alone), each with its context slots and varlen layout."""
+    def pack(self, step: StepLayout) -> tuple[list[PackedContext], LatentRows | None]:
+        """Sequences with at most ``latent_max_tokens`` new tokens as latent (decode-form) rows;
+        the others in consecutive groups of at most ``packed_context_rows`` context rows (a
+        longer sequence alone), each with its context slots and varlen layout."""
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+        new = [b - a for a, b in zip(step.offsets, step.offsets[1:])]
+        short = [i for i, n in enumerate(new) if n <= self.latent_max_tokens]
         groups: list[list[int]] = [[]]
         size = 0
-        for i, c in enumerate(step.ctx):
-            if groups[-1] and size + c > self.packed_context_rows:
+        for i in (i for i, n in enumerate(new) if n > self.latent_max_tokens):
+            if groups[-1] and size + step.ctx[i] > self.packed_context_rows:
                 groups.append([])
                 size = 0
             groups[-1].append(i)
-            size += c
-        out = []
-        for g in groups:
-            slots = np.concatenate([context_slots(step.tables[i], 0, step.ctx[i], self.block_size) for i in g])
-            new = [step.offsets[i + 1] - step.offsets[i] for i in g]
-            layout = VarlenLayout.build(new, [step.ctx[i] for i in g], self.device)
-            rows = (step.offsets[g[0]], step.offsets[g[-1] + 1])
-            out.append(PackedContext(torch.from_numpy(slots).to(self.device, non_blocking=True), layout, rows))
-        return out
+            size += step.ctx[i]
+        packed = [PackedContext(dev(np.concatenate([context_slots(step.tables[i], 0, step.ctx[i], self.block_size)
+                                                    for i in g])),
+                                VarlenLayout.build([new[i] for i in g], [step.ctx[i] for i in g], self.device),
+                                dev(query_rows(step, g))) for g in groups if g]
+        return packed, LatentRows(*map(dev, latent_layout(step, short, self.block_size))) if short else None
 
     def layout(self, rows: Seq[RowSpec]) -> StepLayout:
         """``rows`` flattened: one entry per token, then per sequence."""
