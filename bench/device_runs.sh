@@ -17,6 +17,10 @@
 #           the FP8-attention one.
 #   chunks: every kernel check at real sizes, then the 128K prefill at token budgets of 16K, 32K
 #           and 64K per step (FP8 and bf16 attention; a kernel profile of the 16K FP8 one).
+#   harness: bench/harness.py: W3 written to disk, then `dseval run` per task as a user runs it,
+#           the transformers loglikelihood loop and the engine alone on the same prompts. Needs
+#           the benchmark data and the V3 tokenizer in DATA (default ../shared/data) and, on the
+#           device, math-verify's wheels (bench/harness.py's docstring).
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
 #           kernel (engine/parallel/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
@@ -49,6 +53,10 @@ par() { timeout 240 torchrun --nproc-per-node "${NPROC:-2}" bench/engine_w3.py -
 if [ "$what" = w3 ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 420 python3 bench/engine_w3.py --hf-prompts 256 4096 32768 --hf-budget-s 200 \
     --deadline-s 300 "${extra[@]}" --out "$out/engine_w3.json" 2>&1 | tee "$out/engine_w3.log"
+elif [ "$what" = harness ]; then
+  data=${DATA:-$root/../shared/data}
+  timeout 420 python3 bench/harness.py --data-dir "$data" --tokenizer-dir "$data/tokenizers/deepseek-v3" \
+    --cli-timeout 150 --hf-docs 300 "${extra[@]}" --out "$out/harness.json" 2>&1 | tee "$out/harness.log"
 elif [ "$what" = proof ]; then
   common=(--batches 1 32 --prompts 256 --skip e2e --eval-requests 512)
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \

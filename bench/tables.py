@@ -273,10 +273,32 @@ def layers_extrapolation(load: Load) -> str:
                for r in d["rows"]])
 
 
+def harness(load: Load) -> str:
+    """The user's ``dseval run`` per task (bench/harness.py), then the two references."""
+    d = load("harness")
+    rows = [[r["name"], r.get("docs", "-"), r["process_s"], r.get("load_s", "-"), r.get("run_s", "-"),
+             r.get("wall_s", "-"), r.get("first_doc_s", "-"), r.get("docs_per_s", "-"),
+             f"{r['prefill_tokens']:,} / {r['prefix_hit_tokens']:,}" if "prefill_tokens" in r else "-",
+             r.get("prefill_tok_per_s", "-"), r.get("decode_tok_per_s", "-")] for r in d["cli"]]
+    table = md(["run", "docs", "process s", "load s", "run s (no load)", "task s", "first doc s", "docs/s",
+                "prompt tokens computed / from prefix cache", "prefill tok/s", "decode tok/s"], rows)
+    notes = []
+    if d.get("hf"):
+        h = d["hf"]
+        notes.append(f"transformers loop (MMLU, first {h['docs']} docs, {h['continuations']} continuations): "
+                     f"{h['docs_per_s']} docs/s, {h['tok_per_s']:,} tok/s")
+    if d.get("engine"):
+        e = d["engine"]
+        notes.append(f"engine alone ({e['task']}, {e['requests']} prompts, {e['max_num_seqs']} in flight, "
+                     f"{e['generated_tokens']:,} tokens): {e['tok_per_s']:,} tok/s")
+    notes += [f"{k}: {v}" for k, v in d.get("ratios", {}).items()]
+    return table + "".join(f"\n\n{n}" for n in notes)
+
+
 TABLES: dict[str, Callable[[Load], str]] = {
     f.__name__: f for f in (
         humaneval_sandbox, kernel_checks, kernel_quant_norm, kernel_gemm_decode, kernel_sweep_gemm_decode,
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
-        w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation)
+        w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness)
 }

@@ -20,11 +20,11 @@ console = Console(stderr=True)
 
 
 class RateColumn(ProgressColumn):
-    """Items per second, the number a user compares between backends."""
+    """Docs per second, the number a user compares between backends."""
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("- it/s" if speed is None else f"{speed:.2f} it/s", style="progress.data.speed")
+        return Text("- docs/s" if speed is None else f"{speed:.2f} docs/s", style="progress.data.speed")
 
 
 def make_progress(enabled: bool = True) -> Progress:

@@ -11,6 +11,7 @@ equals an uninterrupted one's.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -243,6 +244,8 @@ class _Collector:
         self.ready: list[Sample] = []
         self.finished: list[Sample] = []
         self.last_flush = time.monotonic()
+        #: When the first doc had all its answers (timing.json's time to the first doc).
+        self.first_doc_at: float | None = None
 
     def flat_requests(self) -> list[Request]:
         return [self.prepared.requests[d][s] for d, s in self.owner]
@@ -252,6 +255,8 @@ class _Collector:
         self.answers[doc_index][slot] = result
         self.missing[doc_index] -= 1
         if self.missing[doc_index] == 0:
+            if self.first_doc_at is None:
+                self.first_doc_at = time.monotonic()
             self.ready.append(self._sample(doc_index))
             if len(self.ready) >= FLUSH_DOCS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
                 self.flush()
@@ -296,8 +301,11 @@ class _Collector:
         self.last_flush = time.monotonic()
 
 
-def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, topology: Topology, progress: Any) -> None:
-    """Compute this replica's share of the task's unfinished docs and record them."""
+def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, topology: Topology,
+             progress: Any) -> dict[str, Any]:
+    """Compute this replica's share of the task's unfinished docs and record them; returns
+    this replica's timing (docs, seconds, seconds to the first finished doc, the backend's
+    counters: see :meth:`ModelBackend.counters`)."""
     name = prepared.task.name
     if topology.is_leader:
         store.load_samples(name, repair=True)  # drop torn lines before anyone reads
@@ -317,6 +325,7 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
         writer = store.sample_writer(name, shard=None if topology.dp == 1 else topology.dp_rank)
     collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
     requests = collector.flat_requests()
+    before, start = backend.counters(), time.monotonic()
     try:
         if requests and isinstance(requests[0], ChatRequest):
             backend.chat(requests, collector.on_result)
@@ -330,6 +339,24 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
         collector.flush()  # whatever finished is kept, even when the backend fails
         if writer:
             writer.close()
+    wall = time.monotonic() - start
+    first = None if collector.first_doc_at is None else round(collector.first_doc_at - start, 3)
+    after = backend.counters()
+    return {"docs": len(pending), "wall_s": round(wall, 3), "first_doc_s": first,
+            "docs_per_s": round(len(pending) / wall, 2) if wall > 0 else None,
+            **{k: round(v - before.get(k, 0), 3) for k, v in after.items()}}
+
+
+def write_timing(out: str | Path, timing: dict[str, Any]) -> None:
+    """``timing.json`` in the run folder: where this invocation's time went (load, each task's
+    docs/s, time to its first doc and the backend's token counts and rates). Speed only, never
+    part of a result; each invocation replaces it."""
+    for t in timing["tasks"].values():
+        for kind in ("prefill", "decode"):
+            secs = t.get(f"{kind}_s")
+            if secs:
+                t[f"{kind}_tok_per_s"] = round(t.get(f"{kind}_tokens", 0) / secs, 1)
+    (Path(out) / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
 
 
 def build_tasks(config: RunConfig) -> list[Task]:
@@ -366,7 +393,9 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
     if owned and Path(config.model).is_dir() and (existing := store.read_run()) is not None:
         # before loading: a changed checkpoint is refused without reading its weights first
         check_fingerprint(store, existing.get("model_fingerprint"), checkpoint_fingerprint(Path(config.model)))
+    loading = time.monotonic()
     backend = backend or load_backend(config.model, config.options)
+    timing: dict[str, Any] = {"load_s": round(time.monotonic() - loading, 3) if owned else None, "tasks": {}}
     judge = None
     try:
         if topology.is_leader:
@@ -386,7 +415,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
         summaries = {}
         with make_progress(enabled=topology.is_leader) as progress:
             for name, item in prepared.items():
-                run_task(item, store, backend, topology, progress)
+                timing["tasks"][name] = run_task(item, store, backend, topology, progress)
                 barrier(topology)
                 if topology.is_leader:
                     samples = store.finalize(name)
@@ -403,6 +432,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
         return {}
     invocation["finished"] = now()
     store.write_run(run)
+    write_timing(config.out, timing)
     return store.merge_summary(config.model, summaries)
 
 

@@ -30,6 +30,14 @@ it with every call, as a :class:`PrefillAttention`; nothing here is process-wide
 * ``fp8``: :mod:`.mla_prefill_fp8`, one Triton kernel with e4m3 dots (twice the tensor-core
   rate, e4m3 rounding of Q, K, V and the probabilities; 735 TFLOP/s at that shape); opt-in,
   never chosen by ``auto``. CUDA only: elsewhere the float32 reference runs as for the others.
+
+Many sequences in one step (:func:`mla_prefill_attention_varlen`): a step that prefills dozens
+of short prompts (a loglikelihood task's choices) would pay one or two launches per sequence
+and layer, each far too small to fill the GPU; instead every sequence's queries and context
+go to one FlashAttention-2 varlen call (``cu_seqlens``; its causal mask is bottom-right
+aligned per sequence, which is what a chunk over its cached context needs). Whether the
+installed build computes that correctly is checked once, at start, against the reference
+(:attr:`PrefillAttention.varlen`); if not, the per-sequence calls run.
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-__all__ = ["PREFILL_BACKENDS", "PrefillAttention", "mla_prefill_attention", "mla_prefill_attention_torch",
-           "resolve_prefill_attention"]
+__all__ = ["PREFILL_BACKENDS", "PrefillAttention", "VarlenLayout", "mla_prefill_attention",
+           "mla_prefill_attention_torch", "mla_prefill_attention_varlen", "resolve_prefill_attention"]
 
 PREFILL_BACKENDS = ("auto", "causal_bias", "split_flash", "split_cudnn", "fp8")
 
@@ -53,6 +61,8 @@ class PrefillAttention:
 
     backend: str = "causal_bias"
     pad_v: bool = True
+    #: Steps of several sequences take one varlen call (:func:`mla_prefill_attention_varlen`).
+    varlen: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in PREFILL_BACKENDS[1:]:
@@ -70,20 +80,94 @@ def resolve_prefill_attention(name: str, device: torch.device, dtype: torch.dtyp
     """
     if name not in PREFILL_BACKENDS:
         raise ValueError(f"prefill attention backend must be one of {PREFILL_BACKENDS}, got {name!r}")
+    on_gpu = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    varlen = name != "fp8" and (not on_gpu or _varlen_agrees(device, dtype, nope, rope, v_dim))
     if name not in ("auto", "split_cudnn"):
-        return PrefillAttention(name)
-    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
-        return PrefillAttention("split_cudnn" if name == "split_cudnn" else "causal_bias")
+        return PrefillAttention(name, varlen=varlen)
+    if not on_gpu:
+        return PrefillAttention("split_cudnn" if name == "split_cudnn" else "causal_bias", varlen=varlen)
     t, s, h = 64, 128, 2  # t < s: both halves of the split (unmasked and square causal) run
     probe = [torch.zeros(*shape, device=device, dtype=dtype)
              for shape in ((t, h, nope), (t, h, rope), (s, h, nope), (s, rope), (s, h, v_dim))]
     for pad_v in (False, True):
         try:
             mla_prefill_attention(*probe, 1.0, PrefillAttention("split_cudnn", pad_v=pad_v))
-            return PrefillAttention("split_cudnn", pad_v=pad_v)
+            return PrefillAttention("split_cudnn", pad_v=pad_v, varlen=varlen)
         except RuntimeError:
             continue
-    return PrefillAttention("split_cudnn") if name == "split_cudnn" else PrefillAttention("causal_bias")
+    return PrefillAttention("split_cudnn" if name == "split_cudnn" else "causal_bias", varlen=varlen)
+
+
+@dataclass(frozen=True)
+class VarlenLayout:
+    """Where each of B sequences sits in the packed queries (``cu_q``) and contexts (``cu_k``):
+    device int32 offsets for the kernel, the same offsets on the host for the reference."""
+
+    cu_q: torch.Tensor  # [B+1] int32
+    cu_k: torch.Tensor  # [B+1] int32
+    host_cu_q: tuple[int, ...]
+    host_cu_k: tuple[int, ...]
+
+    @classmethod
+    def build(cls, new_tokens: list[int], context_lens: list[int], device: torch.device) -> VarlenLayout:
+        """From per-sequence new-token and context counts; one host-to-device copy."""
+        cu_q, cu_k = [0], [0]
+        for t, s in zip(new_tokens, context_lens, strict=True):
+            cu_q.append(cu_q[-1] + t)
+            cu_k.append(cu_k[-1] + s)
+        both = torch.tensor([cu_q, cu_k], dtype=torch.int32).to(device, non_blocking=True)
+        return cls(both[0], both[1], tuple(cu_q), tuple(cu_k))
+
+    def spans(self) -> list[tuple[int, int, int, int]]:
+        """``(q_start, q_end, k_start, k_end)`` of each sequence."""
+        q, k = self.host_cu_q, self.host_cu_k
+        return [(q[b], q[b + 1], k[b], k[b + 1]) for b in range(len(q) - 1)]
+
+
+def mla_prefill_attention_varlen(
+    q_nope: torch.Tensor, q_pe: torch.Tensor, k_nope: torch.Tensor, k_pe: torch.Tensor, v: torch.Tensor,
+    sm_scale: float, layout: VarlenLayout,
+) -> torch.Tensor:
+    """:func:`mla_prefill_attention` of B sequences packed along the first dimension (queries
+    by ``layout.cu_q``, contexts by ``layout.cu_k``; each sequence's queries are its context's
+    last positions) -> [T, H, v_dim]: one FlashAttention-2 varlen call on CUDA in bf16/fp16,
+    else the float32 reference per sequence."""
+    if not (q_nope.is_cuda and q_nope.dtype in (torch.bfloat16, torch.float16)):
+        return torch.cat([mla_prefill_attention_torch(q_nope[a:b], q_pe[a:b], k_nope[c:d], k_pe[c:d], v[c:d], sm_scale)
+                          for a, b, c, d in layout.spans()])
+    h, nope, rope, v_dim = q_nope.shape[1], q_nope.shape[2], q_pe.shape[-1], v.shape[-1]
+    dtype = q_nope.dtype
+    q = torch.cat([q_nope, q_pe.to(dtype)], dim=-1)  # [T, H, D]
+    k = torch.cat([k_nope, k_pe.to(dtype)[:, None, :].expand(-1, h, rope)], dim=-1)  # [K, H, D]
+    vp = F.pad(v.to(dtype), (0, nope + rope - v_dim))  # flash wants one head size
+    spans = layout.spans()
+    max_q = max(b - a for a, b, _, _ in spans)
+    max_k = max(d - c for _, _, c, d in spans)
+    out = torch.ops.aten._flash_attention_forward(q, k, vp, layout.cu_q, layout.cu_k, max_q, max_k, 0.0, True, False,
+                                                  scale=sm_scale)[0]
+    return out[..., :v_dim]
+
+
+def _varlen_agrees(device: torch.device, dtype: torch.dtype, nope: int, rope: int, v_dim: int) -> bool:
+    """Whether this build's varlen kernel runs the model's head sizes and matches the reference
+    on two sequences whose chunks are shorter than their contexts (bottom-right causal)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    t, s, h = (3, 5), (7, 5), 2
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    q_nope, q_pe = rand(sum(t), h, nope), rand(sum(t), h, rope)
+    k_nope, k_pe, v = rand(sum(s), h, nope), rand(sum(s), rope), rand(sum(s), h, v_dim)
+    layout = VarlenLayout.build(list(t), list(s), device)
+    try:
+        got = mla_prefill_attention_varlen(q_nope, q_pe, k_nope, k_pe, v, 0.1, layout).float()
+    except RuntimeError:
+        return False
+    want = torch.cat([mla_prefill_attention_torch(q_nope[a:b].float(), q_pe[a:b].float(), k_nope[c:d].float(),
+                                                  k_pe[c:d].float(), v[c:d].float(), 0.1)
+                      for a, b, c, d in layout.spans()])
+    return bool(torch.allclose(got, want, atol=3e-2, rtol=3e-2))
 
 
 def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,

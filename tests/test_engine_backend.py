@@ -110,6 +110,10 @@ def test_token_boundary_rule_and_bos(backend):
     chat = backend.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert backend.encode_prompt(chat).count(bos) == 1
     assert backend.encode_prompt("Hi")[:1] == [bos]
+    # One batch of pairs (contexts shared, repeated, empty, merging) encodes as pair by pair.
+    pairs = [("Answer: ", "A"), ("Answer:", " B"), ("", "Hello world"), (ctx, cont), ("Answer: ", "A"), (long_ctx, "end")]
+    assert backend.encode_pairs(pairs) == [backend.encode_pair(c, x) for c, x in pairs]
+    assert backend.encode_prompts(["Hi", chat]) == [backend.encode_prompt("Hi"), backend.encode_prompt(chat)]
 
 
 def test_loglikelihood_values_greedy_flags_and_shared_context(backend):

@@ -296,7 +296,9 @@ def test_random_fp8_model_refuses_a_split_through_scale_blocks() -> None:
 
 def test_prefill_backend_is_validated_and_resolved_once() -> None:
     """The engine config names the backend; off CUDA nothing is probed and ``auto`` resolves to
-    the always-available FlashAttention-2 path, which every step's metadata then carries."""
+    the always-available FlashAttention-2 path (steps of several sequences packed into one
+    varlen call, whose CPU form is the reference per sequence), which every step's metadata
+    then carries; ``fp8`` is never packed."""
     from dseval.engine.errors import ConfigError
     from dseval.engine.runtime.engine_config import EngineConfig
     from dseval.kernels.mla_prefill import PrefillAttention, resolve_prefill_attention
@@ -306,7 +308,8 @@ def test_prefill_backend_is_validated_and_resolved_once() -> None:
     with pytest.raises(ValueError, match="prefill attention backend"):
         PrefillAttention("auto")  # a resolved choice is never auto
     cpu = torch.device("cpu")
-    assert resolve_prefill_attention("auto", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("causal_bias")
+    assert resolve_prefill_attention("auto", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("causal_bias",
+                                                                                                     varlen=True)
     assert resolve_prefill_attention("fp8", cpu, torch.bfloat16, 128, 64, 128) == PrefillAttention("fp8")
     runner = _meta_runner(PrefillAttention("split_flash"))
     seqs = [Sequence([5, 6, 7], SamplingParams())]

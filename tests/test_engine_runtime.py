@@ -494,3 +494,44 @@ def test_context_sized_tables_stop_at_the_kv_cache(tiny):
     assert llm.runner.max_blocks_per_seq == -(-(32 * 4 + 2) // 4)
     out = llm.generate([tok.encode("The quick brown fox", add_bos=True)], SamplingParams(max_tokens=6, ignore_eos=True))
     assert len(out[0].token_ids) == 6
+
+
+def test_scores_and_greedy_outputs_do_not_depend_on_speed_settings(tiny):
+    """Batch size (1, 32, 256: one at a time, packed varlen prefill, everything at once), the
+    prefill chunk and the packed groups' size change only how work is grouped: loglikelihoods
+    agree to float tolerance and greedy outputs are equal. Requests share contexts as a
+    loglikelihood task's choices do."""
+    rng = random.Random(7)
+    contexts = [[0] + [rng.randrange(2, 120_000) for _ in range(rng.randrange(5, 40))] for _ in range(12)]
+    reqs = [ScoreRequest(tuple(c + [rng.randrange(2, 120_000) for _ in range(k)]), len(c))
+            for c in contexts for k in (1, 2, 3)]
+    ps = prompts(10, seed=8)
+    want_scores = want_greedy = None
+    for seqs, chunk, group_rows in ((1, 2048, 1 << 15), (32, 2048, 1 << 15), (256, 2048, 1 << 15), (32, 7, 1 << 15),
+                                    (256, 64, 1 << 15), (256, 2048, 60)):
+        llm = make_llm(tiny, max_num_seqs=seqs, max_num_batched_tokens=chunk)
+        llm.runner.packed_context_rows = group_rows
+        scores = [o.token_logprobs for o in llm.score(reqs)]
+        greedy = [o.token_ids for o in llm.generate(ps, SamplingParams(max_tokens=6, ignore_eos=True))]
+        if want_scores is None:
+            want_scores, want_greedy = scores, greedy
+            continue
+        for got, want in zip(scores, want_scores, strict=True):
+            assert got == pytest.approx(want, abs=1e-4), (seqs, chunk, group_rows)
+        assert greedy == want_greedy, (seqs, chunk, group_rows)
+
+
+def test_max_num_seqs_is_chosen_from_the_kv_cache_when_unset():
+    """Unset, the GPU's concurrency follows the cache (one sequence per ``TOKENS_PER_SEQ`` tokens,
+    capped); on CPUs it is fixed; a given value is kept and a bad one refused."""
+    from dseval.engine.runtime.engine_config import (CPU_MAX_NUM_SEQS, GPU_MAX_NUM_SEQS, TOKENS_PER_SEQ,
+                                                      auto_max_num_seqs)
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert auto_max_num_seqs(gpu, 10 * TOKENS_PER_SEQ + 5) == 10
+    assert auto_max_num_seqs(gpu, 1) == 1
+    assert auto_max_num_seqs(gpu, 10**9) == GPU_MAX_NUM_SEQS
+    assert auto_max_num_seqs(cpu, 1) == CPU_MAX_NUM_SEQS
+    assert EngineConfig().max_num_seqs is None
+    with pytest.raises(ConfigError, match="'max_num_seqs' must be >= 1"):
+        EngineConfig(max_num_seqs=0)

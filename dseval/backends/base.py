@@ -30,6 +30,10 @@ R = TypeVar("R")
 OnResult = Callable[[int, R], None]
 
 
+#: HTTP backends' requests in flight when neither ``concurrency`` nor ``batch_size`` is given.
+HTTP_IN_FLIGHT = 32
+
+
 def _option(default: object, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -45,7 +49,8 @@ class BackendOptions:
     ``EngineConfig``, ``ParallelContext``), so no default or check is repeated up here.
     """
 
-    batch_size: int = _option(32, "Most sequences the model runs at once (requests in flight for openai:).")
+    batch_size: int | None = _option(None, "Most sequences the model runs at once (default: the engine's, chosen from "
+                                           "free KV-cache memory; openai: requests in flight, default 32).")
     device: str | None = _option(None, "cpu or cuda (default: cuda when available).")
     dtype: str | None = _option(None, "Compute dtype: bfloat16, float16 or float32 (default: bfloat16 on GPUs, float32 on CPU).")
     speculative: str | None = _option(None, "`mtp` to decode with the MTP draft.")
@@ -70,8 +75,12 @@ class BackendOptions:
     max_retries: int = _option(5, "HTTP backends: retries of a failed or malformed answer.")
     concurrency: int | None = _option(None, "HTTP backends: requests in flight (default: --batch-size).")
 
+    def in_flight(self) -> int:
+        """HTTP backends' requests in flight: ``concurrency``, else ``batch_size``, else 32."""
+        return self.concurrency or self.batch_size or HTTP_IN_FLIGHT
+
     def __post_init__(self) -> None:
-        if self.batch_size <= 0:  # every backend uses it (the engine's batch, openai's concurrency)
+        if self.batch_size is not None and self.batch_size <= 0:  # every backend uses it (the engine's batch, openai's concurrency)
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
 
 
@@ -141,6 +150,12 @@ class ModelBackend(ABC):
         with its log-probability: what ``dseval serve`` answers to ``echo`` with ``logprobs``.
         Backends that cannot see token probabilities refuse."""
         raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
+
+    def counters(self) -> dict[str, float]:
+        """Running totals this backend can report for ``timing.json`` (the engine's: prompt
+        and generated tokens and the seconds spent in prefill and decode steps); the harness
+        records their growth over each task. None by default."""
+        return {}
 
     def close(self) -> None:
         """Release devices, worker processes or connections."""

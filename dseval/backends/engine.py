@@ -159,23 +159,45 @@ class EngineBackend(ModelBackend):
         return backend
 
     # ------------------------------------------------------------------ tokenisation
+    def encode_prompts(self, texts: Seq[str]) -> list[list[int]]:
+        """Prompt ids with exactly one leading BOS (a rendered chat template already has it),
+        all texts tokenized in one batch."""
+        out = []
+        for ids in self.tokenizer.encode_batch(list(texts)):
+            if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+                ids = [self.bos_id] + ids
+            if not ids:
+                raise UserError("empty prompt and the tokenizer has no BOS token")
+            out.append(ids)
+        return out
+
     def encode_prompt(self, text: str) -> list[int]:
-        """Prompt ids with exactly one leading BOS (a rendered chat template already has it)."""
-        ids = self.tokenizer.encode(text, add_bos=False)
-        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
-            ids = [self.bos_id] + ids
-        if not ids:
-            raise UserError("empty prompt and the tokenizer has no BOS token")
-        return ids
+        """:meth:`encode_prompts` of one text."""
+        return self.encode_prompts([text])[0]
+
+    @staticmethod
+    def split_pair(context: str, continuation: str) -> tuple[str, str]:
+        """The documented boundary rule: trailing whitespace of the context moves to the front
+        of the continuation."""
+        stripped = context.rstrip()
+        return stripped, context[len(stripped):] + continuation
+
+    def encode_pairs(self, pairs: Seq[tuple[str, str]]) -> list[tuple[list[int], int]]:
+        """(tokens, index of the first continuation token) of each (context, continuation), by
+        the documented boundary rule; every text tokenized in one batch, each distinct
+        context once (a question's choices share theirs)."""
+        split = [self.split_pair(c, x) for c, x in pairs]
+        contexts = list(dict.fromkeys(c for c, _ in split if c))
+        encoded = self.tokenizer.encode_batch(contexts + [c + x for c, x in split])
+        n_ctx = {c: len(ids) for c, ids in zip(contexts, encoded)}
+        return [self._fit_pair(whole, n_ctx.get(c, 0)) for (c, _), whole in zip(split, encoded[len(contexts):])]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], int]:
-        """(tokens, index of the first continuation token) by the documented boundary rule."""
-        stripped = context.rstrip()
-        if stripped != context:
-            continuation = context[len(stripped):] + continuation
-            context = stripped
-        whole = self.tokenizer.encode(context + continuation, add_bos=False)
-        n_ctx = len(self.tokenizer.encode(context, add_bos=False)) if context else 0
+        """:meth:`encode_pairs` of one pair."""
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def _fit_pair(self, whole: list[int], n_ctx: int) -> tuple[list[int], int]:
+        """BOS + ``whole`` and its continuation's start, cut from the left to the context limit."""
         head = [self.bos_id] if self.bos_id is not None else []
         if not head and n_ctx == 0:
             raise UserError("loglikelihood with an empty context needs a BOS token, and the tokenizer has none")
@@ -208,8 +230,8 @@ class EngineBackend(ModelBackend):
         order = [i for members in groups.values() for i in members]
         score_reqs: list[ScoreRequest] = []
         index: list[int] = []
-        for i in order:
-            tokens, start = self.encode_pair(requests[i].context, requests[i].continuation)
+        encoded = self.encode_pairs([(requests[i].context, requests[i].continuation) for i in order])
+        for i, (tokens, start) in zip(order, encoded):
             if start >= len(tokens):  # empty continuation: probability 1
                 emit(i, LoglikelihoodResult(0.0, True))
                 continue
@@ -239,8 +261,8 @@ class EngineBackend(ModelBackend):
             if on_result is not None:
                 on_result(i, results[i])
 
-        for i, req in enumerate(requests):
-            tokens = head + self.tokenizer.encode(req.text, add_bos=False)
+        for i, ids in enumerate(self.tokenizer.encode_batch([r.text for r in requests])):
+            tokens = head + ids
             for begin, start, end in rolling_windows(len(tokens), self.llm.max_model_len, 1):
                 score_reqs.append(ScoreRequest(tuple(tokens[begin:end]), start - begin))
                 owner.append(i)
@@ -286,7 +308,7 @@ class EngineBackend(ModelBackend):
                                max_tokens=r.max_tokens, stop=tuple(r.stop))
                 for r in requests
             ]
-        prompts = [self.encode_prompt(r.prompt) for r in requests]
+        prompts = self.encode_prompts([r.prompt for r in requests])
         results: list[GenerateResult | None] = [None] * len(requests)
 
         def done(i: int, out: GenerationOutput) -> None:
@@ -324,6 +346,11 @@ class EngineBackend(ModelBackend):
             PromptToken(prompt[a:b], a, t.logprob, self.tokenizer.decode([t.top_id]), t.top_logprob)
             for (a, b), t in zip(spans[1:], scored.tokens, strict=True)
         ]
+
+    def counters(self) -> dict[str, float]:
+        st = self.llm.stats
+        return {"prefill_tokens": st.prefill_tokens, "prefix_hit_tokens": st.prefix_hit_tokens,
+                "decode_tokens": st.generated_tokens, "prefill_s": st.prefill_seconds, "decode_s": st.decode_seconds}
 
     def close(self) -> None:
         del self.llm

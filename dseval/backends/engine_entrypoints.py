@@ -67,7 +67,7 @@ def generate_file(
     backend = EngineBackend.from_spec(model_spec.removeprefix("engine:"), options)
     try:
         texts = [backend.apply_chat_template([{"role": "user", "content": p}]) if chat else p for p in prompts]
-        ids = [backend.encode_prompt(t) for t in texts]
+        ids = backend.encode_prompts(texts)
         sink: IO[str] = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
         try:
             pending: dict[int, GenerationOutput] = {}

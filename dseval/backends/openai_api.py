@@ -76,7 +76,7 @@ class OpenAIBackend(ModelBackend):
         url, _, model = arg.partition("#")
         if not url.startswith(("http://", "https://")) or not model:
             raise UserError(f"openai spec needs URL#MODEL, e.g. openai:http://127.0.0.1:8000/v1#deepseek-v3; got {arg!r}")
-        return cls(url, model, options.concurrency or options.batch_size, os.environ.get("OPENAI_API_KEY"),
+        return cls(url, model, options.in_flight(), os.environ.get("OPENAI_API_KEY"),
                    options.timeout or 600.0, options.max_retries)
 
     def _redact(self, text: str) -> str:

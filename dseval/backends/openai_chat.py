@@ -37,7 +37,7 @@ class OpenAIChatBackend(OpenAIBackend):
         if not url.startswith(("http://", "https://")):
             raise UserError(f"openai-chat spec needs URL[#MODEL], e.g. openai-chat:http://127.0.0.1:8000/v1; got {arg!r}")
         key = os.environ.get("OPENAI_API_KEY")
-        return cls(url, model or first_model(url, key), options.concurrency or options.batch_size, key,
+        return cls(url, model or first_model(url, key), options.in_flight(), key,
                    options.timeout or 600.0, options.max_retries)
 
     def _chat_one(self, request: ChatRequest) -> GenerateResult:

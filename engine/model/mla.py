@@ -23,6 +23,8 @@ opt-in FP8 kernel), the absorbed form is computed here in float32.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -34,7 +36,7 @@ from dseval.engine.model.norm import RMSNorm
 from dseval.engine.model.rope import RotaryEmbedding, softmax_scale
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.parallel.sharding import local_size
-from dseval.kernels.mla_prefill import mla_prefill_attention
+from dseval.kernels.mla_prefill import mla_prefill_attention, mla_prefill_attention_varlen
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
@@ -137,6 +139,29 @@ def _expanded(attn: MLAttention, qn: torch.Tensor, qp: torch.Tensor, rows: torch
     return mla_prefill_attention(qn, qp, k_nope, k_pe, v, attn.scale, meta.prefill)
 
 
+def _packed(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
+            kv_cache: torch.Tensor) -> torch.Tensor:
+    """:func:`_expanded` for groups of a step's sequences (per group one gather, one
+    up-projection and one varlen attention call instead of one of each per sequence), and the
+    latent form for the queries of sequences with few new tokens."""
+    assert meta.packed is not None
+    out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_dim)
+    for group in meta.packed:
+        rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, group.slots).to(q_nope.dtype)
+        latent, k_pe = rows.split([attn.kv_rank, attn.rope_dim], dim=-1)  # [K, C], [K, rope]
+        kv = attn.kv_b_proj(latent).view(-1, attn.n_heads, attn.nope + attn.v_dim)  # [K, H, nope+v]
+        k_nope, v = kv.split([attn.nope, attn.v_dim], dim=-1)
+        qn, qp = q_nope.index_select(0, group.rows), q_pe.index_select(0, group.rows)
+        out.index_copy_(0, group.rows, mla_prefill_attention_varlen(qn, qp, k_nope, k_pe, v, attn.scale, group.layout))
+    if meta.latent is not None:
+        lat = meta.latent
+        w_uk, w_uv = attn._kv_b(q_nope.dtype)
+        rows_meta = replace(meta, block_tables=lat.block_tables, context_lens=lat.context_lens)
+        qn, qp = q_nope.index_select(0, lat.rows), q_pe.index_select(0, lat.rows)
+        out.index_copy_(0, lat.rows, absorbed_decode(qn, qp, w_uk, w_uv, attn.scale, rows_meta, kv_cache).to(out.dtype))
+    return out
+
+
 def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,
               meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its cached rows -> [T, H, v_head_dim].
@@ -147,6 +172,8 @@ def paged_mla(attn: MLAttention, q_nope: torch.Tensor, q_pe: torch.Tensor, posit
     if one_query_per_sequence(q_nope, meta, kv_cache):  # plain decode: one fused kernels.mla_decode call
         w_uk, w_uv = attn._kv_b(q_nope.dtype)  # [H, nope, C], [H, v, C]
         return absorbed_decode(q_nope, q_pe, w_uk, w_uv, attn.scale, meta, kv_cache)
+    if meta.packed is not None and not meta.absorbed:
+        return _packed(attn, q_nope, q_pe, meta, kv_cache)
     dtype = q_nope.dtype
     ctx = meta.context_lens.tolist()
     cu = meta.cu_seqlens_q.tolist()

@@ -15,6 +15,7 @@ least recently freed first, which makes the free list an LRU cache of old prefix
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ def chain_hash(parent: BlockHash | None, token_ids: list[int]) -> BlockHash:
     """Hash of a block given its parent's hash: equal only for equal whole prefixes."""
     h = hashlib.blake2b(digest_size=16)
     h.update(parent or b"\0" * 16)
-    h.update(b"".join(int(t).to_bytes(8, "little", signed=True) for t in token_ids))
+    h.update(array("q", token_ids).tobytes())  # int64 per token, in one C call (hashed per block of every request)
     return h.digest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
 import torch
 
 from dseval.engine.model.attention_metadata import AttentionMetadata
@@ -32,6 +33,32 @@ class StepLayout:
     offsets: list[int]
     ctx: list[int]
     tables: list[list[int]]
+
+
+def context_slots(table: list[int], start: int, end: int, block_size: int) -> np.ndarray:
+    """Cache slots (int64) of positions ``[start, end)`` of the sequence with block ``table``."""
+    pos = np.arange(start, end, dtype=np.int64)
+    blocks = np.asarray(table[: -(-end // block_size)], dtype=np.int64)
+    return blocks[pos // block_size] * block_size + pos % block_size
+
+
+def query_rows(step: StepLayout, seqs: list[int]) -> np.ndarray:
+    """Rows (int64) of the new tokens of sequences ``seqs`` in the step's flat tokens."""
+    return np.concatenate([np.arange(step.offsets[i], step.offsets[i + 1], dtype=np.int64) for i in seqs])
+
+
+def latent_layout(step: StepLayout, seqs: list[int], block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The new tokens of ``seqs`` as decode rows: their rows, block tables (-1 padded) and context
+    lengths (a query at position p attends to positions 0..p)."""
+    new = [step.offsets[i + 1] - step.offsets[i] for i in seqs]
+    ctx = np.concatenate([np.arange(step.ctx[i] - n + 1, step.ctx[i] + 1, dtype=np.int64) for i, n in zip(seqs, new)])
+    tables = np.full((len(ctx), -(-max(step.ctx[i] for i in seqs) // block_size)), -1, dtype=np.int64)
+    r = 0
+    for i, n in zip(seqs, new):
+        blocks = -(-step.ctx[i] // block_size)
+        tables[r : r + n, :blocks] = step.tables[i][:blocks]
+        r += n
+    return query_rows(step, seqs), tables, ctx
 
 
 def round_up_pow2(n: int) -> int:

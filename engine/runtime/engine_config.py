@@ -29,6 +29,23 @@ def default_prefill_tokens(device: torch.device) -> int:
     return GPU_PREFILL_TOKENS if device.type == "cuda" else CPU_PREFILL_TOKENS
 
 
+#: Most sequences in flight when unset: vLLM's default, enough to keep a GPU's decode busy.
+GPU_MAX_NUM_SEQS = 256
+#: On CPUs many sequences only make each step longer.
+CPU_MAX_NUM_SEQS = 64
+#: KV-cache tokens set aside per sequence when choosing ``max_num_seqs`` from the cache.
+TOKENS_PER_SEQ = 2048
+
+
+def auto_max_num_seqs(device: torch.device, kv_tokens: int) -> int:
+    """Sequences in flight for a GPU cache of ``kv_tokens``: as many as hold ``TOKENS_PER_SEQ``
+    tokens each (longer ones preempt the newest), at most ``GPU_MAX_NUM_SEQS``; on CPUs
+    ``CPU_MAX_NUM_SEQS``, whatever the cache."""
+    if device.type != "cuda":
+        return CPU_MAX_NUM_SEQS
+    return max(1, min(GPU_MAX_NUM_SEQS, kv_tokens // TOKENS_PER_SEQ))
+
+
 def parse_speculative(spec: str | None) -> str | None:
     """Validate the ``speculative`` field; only ``mtp`` exists."""
     if spec in (None, "", "none"):
@@ -47,7 +64,9 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     kv_cache_memory_fraction: float = 0.85
     cpu_kv_cache_gib: float = 0.25
-    max_num_seqs: int = 64
+    #: Most sequences in flight; None chooses from the KV cache (:func:`auto_max_num_seqs`), as
+    #: vLLM's ``max_num_seqs`` bounds a batch that its KV budget then shapes.
+    max_num_seqs: int | None = None
     #: Token budget of one step, i.e. the chunk of chunked prefill (vLLM's
     #: ``--max-num-batched-tokens``); None: :func:`default_prefill_tokens` of the device.
     max_num_batched_tokens: int | None = None
@@ -75,7 +94,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ConfigError(f"engine field 'block_size' must be >= 1, got {self.block_size}")
-        if self.max_num_seqs < 1:
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"engine field 'max_num_seqs' must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ConfigError(f"engine field 'max_num_batched_tokens' must be >= 1, got {self.max_num_batched_tokens}")

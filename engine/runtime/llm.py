@@ -1,8 +1,7 @@
 """The engine: requests in, finished outputs out, through schedule -> run -> postprocess steps.
 
-``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP
-speculator, end-of-request rules) and owns only the step loop. Generation and scoring (loglikelihood) are the same machinery:
-a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
+``LLM`` wires the pieces (block manager, scheduler, model runner, sampler, optional MTP speculator,
+end-of-request rules) and owns only the step loop. Generation and scoring are the same machinery: a scoring request is a sequence with ``max_tokens`` 0 whose prompt positions past
 ``logprob_start`` are scored during prefill, so scoring shares batching, chunking and the
 prefix cache with generation.
 
@@ -30,7 +29,8 @@ from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.parallel.collectives import min_over_ranks
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.runtime.block_manager import BlockManager
-from dseval.engine.runtime.engine_config import EngineConfig, default_device, default_prefill_tokens, parse_speculative
+from dseval.engine.runtime.engine_config import (GPU_MAX_NUM_SEQS, EngineConfig, auto_max_num_seqs, default_device,
+                                                  default_prefill_tokens, parse_speculative)
 from dseval.engine.runtime.model_runner import ModelRunner
 from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
 from dseval.engine.runtime.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -92,13 +92,14 @@ class LLM:
         if ec.fused_moe and dtype == torch.bfloat16 and self.device.type == "cuda":
             prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
         num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
+        self.max_num_seqs = ec.max_num_seqs or auto_max_num_seqs(device, num_blocks * ec.block_size)
         self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
         self.scheduler = Scheduler(
-            SchedulerConfig(ec.max_num_seqs, ec.max_num_batched_tokens or default_prefill_tokens(device),
+            SchedulerConfig(self.max_num_seqs, ec.max_num_batched_tokens or default_prefill_tokens(device),
                             ec.chunked_prefill), self.block_manager
         )
         self.runner = ModelRunner(
-            model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=ec.max_num_seqs,
+            model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=self.max_num_seqs,
             max_model_len=self.max_model_len, device=device, dtype=dtype,
             cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes, prefill_attention=prefill,
         )
@@ -111,7 +112,7 @@ class LLM:
                          device: torch.device, dtype: torch.dtype) -> int:
         per_block = ModelRunner.kv_bytes_per_block(model, config, ec.block_size, dtype)
         # Never more than every slot of every sequence at full context needs.
-        ceiling = ec.max_num_seqs * -(-(self.max_model_len + 2) // ec.block_size)
+        ceiling = (ec.max_num_seqs or GPU_MAX_NUM_SEQS) * -(-(self.max_model_len + 2) // ec.block_size)
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget = int(free * ec.kv_cache_memory_fraction)
@@ -208,15 +209,16 @@ class LLM:
                 self.stats.draft_accepted = self.speculator.stats.accepted
 
     def step(self) -> list[Sequence]:
-        """Apply one model step's tokens; returns the sequences that finished.
-
-        The step applied is the one in flight, or a freshly scheduled one. With overlap
-        scheduling the decode step after it is launched first, its input tokens taken from the
-        device, so the host's bookkeeping here runs while the GPU computes that next step.
-        """
+        """Apply one model step's tokens; returns the sequences that finished. The step applied
+        is the one in flight, or a freshly scheduled one. With overlap scheduling the decode step
+        after it is launched first, its input tokens taken from the device, so the host's
+        bookkeeping here runs while the GPU computes that next step."""
+        t0 = time.perf_counter()
         current = self._inflight or self._launch(self._schedule())
         self._inflight = self._launch_next(current) if self.engine_config.overlap_schedule else None
-        return self._apply(current)
+        finished = self._apply(current)
+        self.stats.add_step_time(current.batch.is_prefill, time.perf_counter() - t0)
+        return finished
 
     def drain(self) -> list[Sequence]:
         """Apply the step in flight, if any, without launching another."""
@@ -224,8 +226,7 @@ class LLM:
         return self._apply(current) if current is not None else []
 
     def _schedule(self) -> ScheduledBatch:
-        batch = self.scheduler.schedule()
-        if not batch:
+        if not (batch := self.scheduler.schedule()):
             raise RuntimeError("scheduler produced an empty step with requests pending (KV cache too small?)")
         return batch
 

@@ -23,23 +23,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
+import numpy as np
 import torch
 
-from dseval.engine.model.attention_metadata import AttentionMetadata
+from dseval.engine.model.attention_metadata import AttentionMetadata, LatentRows, PackedContext
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.runtime.cuda_graphs import DecodeGraphs, graph_batch_sizes
-from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout
+from dseval.engine.runtime.decode_buffers import DecodeBuffers, StepLayout, context_slots, latent_layout, query_rows
 from dseval.engine.runtime.sampler import Sampler, token_logprobs
 from dseval.engine.runtime.scheduler import ScheduledBatch
 from dseval.engine.runtime.sequence import SamplingParams, TokenLogprob
 from dseval.engine.runtime.step import RowSpec, SampledTokens, StepInputs, StepOutput, TokenFeed
-from dseval.kernels.mla_prefill import PrefillAttention
+from dseval.kernels.mla_prefill import PrefillAttention, VarlenLayout
 
 
 class ModelRunner:
     #: Prompt positions scored per vocabulary projection (bounds the logits' memory).
     logprob_rows_per_pass: int = 256
+    #: Most context rows a prefill step gathers at once for the varlen attention (each expands
+    #: to H * (nope + v) values per layer); a step over more attends sequence by sequence.
+    packed_context_rows: int = 1 << 15
+    #: Prefill sequences with at most this many new tokens attend in the latent form (as decode
+    #: rows) within a packed step: their cached context is not expanded per head.
+    latent_max_tokens: int = 16
 
     def __init__(
         self,
@@ -126,7 +133,10 @@ class ModelRunner:
             t = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.int64)
             return t.to(self.device, non_blocking=True)
 
+        packed, latent = self.pack(step) if not absorbed and B > 1 and self.prefill_attention.varlen else (None, None)
         meta = AttentionMetadata(
+            packed=packed,
+            latent=latent,
             cu_seqlens_q=dev(step.offsets),
             context_lens=dev(step.ctx),
             block_tables=dev(tables),
@@ -137,17 +147,41 @@ class ModelRunner:
         )
         return StepInputs(dev(step.ids), dev(step.pos), meta, step.offsets)
 
+    def pack(self, step: StepLayout) -> tuple[list[PackedContext], LatentRows | None]:
+        """Sequences with at most ``latent_max_tokens`` new tokens as latent (decode-form) rows;
+        the others in consecutive groups of at most ``packed_context_rows`` context rows (a
+        longer sequence alone), each with its context slots and varlen layout."""
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+        new = [b - a for a, b in zip(step.offsets, step.offsets[1:])]
+        short = [i for i, n in enumerate(new) if n <= self.latent_max_tokens]
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i in (i for i, n in enumerate(new) if n > self.latent_max_tokens):
+            if groups[-1] and size + step.ctx[i] > self.packed_context_rows:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += step.ctx[i]
+        packed = [PackedContext(dev(np.concatenate([context_slots(step.tables[i], 0, step.ctx[i], self.block_size)
+                                                    for i in g])),
+                                VarlenLayout.build([new[i] for i in g], [step.ctx[i] for i in g], self.device),
+                                dev(query_rows(step, g))) for g in groups if g]
+        return packed, LatentRows(*map(dev, latent_layout(step, short, self.block_size))) if short else None
+
     def layout(self, rows: Seq[RowSpec]) -> StepLayout:
         """``rows`` flattened: one entry per token, then per sequence."""
         bs = self.block_size
         step = StepLayout([], [], [], [0], [], [r.seq.block_table for r in rows])
         for r in rows:
-            table = r.seq.block_table
-            for j, tok in enumerate(r.tokens):
-                p = r.start + j
-                step.ids.append(tok)
-                step.pos.append(p)
-                step.slots.append(table[p // bs] * bs + p % bs)
+            table, n = r.seq.block_table, len(r.tokens)
+            step.ids.extend(r.tokens)
+            step.pos.extend(range(r.start, r.start + n))
+            if n > 1:  # a prompt chunk: thousands of tokens, vectorised
+                step.slots.extend(context_slots(table, r.start, r.start + n, bs).tolist())
+            else:
+                step.slots.extend(table[p // bs] * bs + p % bs for p in range(r.start, r.start + n))
             step.offsets.append(len(step.ids))
             step.ctx.append(r.start + len(r.tokens))
         return step

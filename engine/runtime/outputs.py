@@ -53,7 +53,16 @@ class EngineStats:
     draft_proposed: int = 0
     draft_accepted: int = 0
     seconds: float = 0.0
+    #: Wall time of the steps that applied a prefill (decode) batch, host work included.
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_step_time(self, prefill: bool, seconds: float) -> None:
+        if prefill:
+            self.prefill_seconds += seconds
+        else:
+            self.decode_seconds += seconds
 
     @property
     def acceptance_rate(self) -> float:

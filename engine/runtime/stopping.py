@@ -48,8 +48,9 @@ class StopRules:
             # A stop string completed by this token lies in the last few tokens' text; only
             # then is the whole output decoded (keeps long generations linear, not quadratic).
             # Byte-level tokens may carry a quarter of a character, hence 4 tokens per char.
+            # Sliced from token_ids itself: copying the whole output per token is quadratic.
             window = 4 * max(len(s) for s in p.stop) + 4
-            tail = self.tokenizer.decode(seq.output_token_ids[-window:])
+            tail = self.tokenizer.decode(seq.token_ids[max(seq.num_prompt_tokens, len(seq.token_ids) - window) :])
             if any(s in tail for s in p.stop):
                 text = self.tokenizer.decode(seq.output_token_ids)
                 cut = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
