@@ -137,8 +137,10 @@ def now() -> str:
 
 
 def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str, Any]],
-                 fingerprint: dict[str, str] | None = None) -> dict[str, Any]:
-    """run.json for this run: new, or the existing one if it agrees with these arguments."""
+                 fingerprint: dict[str, str] | None = None, prepared: dict[str, PreparedTask] | None = None,
+                 leader: bool = True) -> dict[str, Any]:
+    """run.json for this run: new, or the existing one if it agrees with these arguments (or,
+    for an extensible task, if its finished samples are docs of this run with the same prompts)."""
     existing = store.read_run()
     if existing is None:
         return new_run(config, records, fingerprint)
@@ -156,9 +158,35 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
         before = existing["tasks"].get(task)
         if before is None:
             existing["tasks"][task] = record
-            continue
-        explain_task_change(store, task, before, record)
+        elif before != record and prepared is not None and prepared[task].task.extensible:
+            grow_task(store, prepared[task], before, record, leader)
+            existing["tasks"][task] = record
+        else:
+            explain_task_change(store, task, before, record)
     return existing
+
+
+def grow_task(store: RunStore, prepared: PreparedTask, before: dict[str, Any], record: dict[str, Any], leader: bool) -> None:
+    """Take an extensible task's folder to a larger doc set (NIAH's grid with another length):
+    every finished sample must be a doc of this run whose prompt is unchanged; samples are
+    re-indexed (by the leader) to the new reference order."""
+    name, where = prepared.task.name, f"{store.run_file}: task {prepared.task.name}"
+    if before.get("version") != record["version"]:
+        explain_task_change(store, name, before, record)
+    if before.get("generation") != record.get("generation"):
+        raise UserError(f"{where}: the token limit or stop strings differ from the run in this folder; choose another --out")
+    position = {doc.id: i for i, doc in enumerate(prepared.docs)}
+    samples = store.load_samples(name)
+    for sample in samples:
+        if sample.id not in position:
+            raise UserError(f"{where} holds doc {sample.id}, which this run lacks: a folder's docs can grow (more "
+                            f"lengths, depths or samples) but not shrink; add it back or choose another --out")
+        if sample.prompt != prepared.prompts[position[sample.id]]:
+            raise UserError(f"{where}: doc {sample.id}'s prompt differs from the one in this folder (another "
+                            f"--haystack, chat template or prompt code); choose another --out")
+        sample.index = position[sample.id]
+    if leader and samples:
+        store.rewrite(name, samples)
 
 
 def apply_scoring_options(tasks: Sequence[Task], strict: bool) -> None:
@@ -374,7 +402,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
         for task in tasks:
             prepared[task.name], shots = prepare(task, config, source, backend)
             records[task.name] = prepared[task.name].record(shots)
-        run = check_resume(store, config, records, backend.fingerprint)
+        run = check_resume(store, config, records, backend.fingerprint, prepared, topology.is_leader)
         run["backend"] = backend.description
         invocation = {"argv": sys.argv, "tasks": list(prepared), "data_dir": source.describe(), "started": started,
                       "finished": None, "hardware": hardware()}
