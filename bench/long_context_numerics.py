@@ -28,7 +28,6 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from dseval.engine.model.attention_metadata import AttentionMetadata  # noqa: E4
 from dseval.engine.model.config import ModelConfig  # noqa: E402
 from dseval.engine.model.model import DeepseekV3ForCausalLM  # noqa: E402
 from dseval.engine.model.yarn import RopeScaling  # noqa: E402
+from dseval.kernels.mla_prefill import PREFILL_BACKENDS, resolve_prefill_attention  # noqa: E402
 
 ORIGINAL_POSITIONS = 4096
 #: DeepSeek-V3's rope_scaling (config.json), over a smaller original window.
@@ -147,10 +147,14 @@ def reference_last_logits(weights: dict[str, torch.Tensor], config: ModelConfig,
 
 # ---------------------------------------------------------------------------------- engine
 @torch.no_grad()
-def engine_last_logits(model: DeepseekV3ForCausalLM, ids: torch.Tensor, chunk: int, block_size: int = 64) -> torch.Tensor:
-    """Last-position logits [vocab] from chunked prefill through the engine's paged latent cache."""
+def engine_last_logits(model: DeepseekV3ForCausalLM, ids: torch.Tensor, chunk: int, prefill: str = "auto",
+                       block_size: int = 64) -> torch.Tensor:
+    """Last-position logits [vocab] from chunked prefill through the engine's paged latent cache,
+    with the prefill attention kernel ``prefill`` resolved as the engine resolves it."""
     config, device = model.config, ids.device
     dtype = model.model.embed_tokens.weight.dtype
+    kernel = resolve_prefill_attention(prefill, device, dtype, config.qk_nope_head_dim, config.qk_rope_head_dim,
+                                       config.v_head_dim)
     T = ids.shape[0]
     n_blocks = -(-T // block_size)
     width = DeepseekV3ForCausalLM.kv_cache_row_width(config)
@@ -161,7 +165,7 @@ def engine_last_logits(model: DeepseekV3ForCausalLM, ids: torch.Tensor, chunk: i
         positions = torch.arange(start, end, device=device)
         meta = AttentionMetadata(cu_seqlens_q=torch.tensor([0, end - start], device=device),
                                  context_lens=torch.tensor([end], device=device), block_tables=table,
-                                 slot_mapping=positions, kv_caches=caches, absorbed=False)
+                                 slot_mapping=positions, kv_caches=caches, absorbed=False, prefill=kernel)
         hidden = model(ids[start:end], positions, meta)
     return model.compute_logits(hidden[-1:])[0].double()
 
@@ -176,25 +180,27 @@ def build(max_length: int, device: str, dtype: torch.dtype, seed: int = 0) -> tu
     config = numerics_config(max_length + 1)
     weights = random_state_dict(config, seed)
     with tempfile.TemporaryDirectory() as folder:
-        path = write_checkpoint(folder, replace(config), weights, dtype=torch.float32, num_shards=1)
+        path = write_checkpoint(folder, config, weights, dtype=torch.float32, num_shards=1)
         model, _, _ = load_model(str(path), device=device, dtype=dtype)
     return model.eval(), weights
 
 
-def measure(lengths: list[int], device: str, dtype: torch.dtype, chunk: int, seed: int = 0) -> list[dict[str, Any]]:
+def measure(lengths: list[int], device: str, dtype: torch.dtype, chunk: int, prefill: str = "auto",
+            seed: int = 0) -> list[dict[str, Any]]:
     model, weights = build(max(lengths), device, dtype, seed)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for length in lengths:
         ids = torch.randint(0, model.config.vocab_size, (length,), generator=g).to(device)
         started = time.perf_counter()
-        ours = engine_last_logits(model, ids, chunk)
+        ours = engine_last_logits(model, ids, chunk, prefill)
         engine_s = time.perf_counter() - started
         started = time.perf_counter()
         ref = reference_last_logits(weights, model.config, ids)
         reference_s = time.perf_counter() - started
         plain = reference_last_logits(weights, model.config, ids, yarn=False)
         rows.append({"length": length, "device": device, "dtype": str(dtype).removeprefix("torch."), "chunk": chunk,
+                     "prefill_attention": prefill,
                      **{f"engine_{k}": v for k, v in compare(ours, ref).items()},
                      **{f"no_yarn_{k}": v for k, v in compare(plain, ref).items()},
                      "logit_scale": ref.abs().max().item(), "engine_s": round(engine_s, 3),
@@ -208,11 +214,14 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="engine dtype (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--lengths", default="32768,65536,131072")
     parser.add_argument("--chunk", type=int, default=None, help="prefill chunk (default: 16384 on cuda, 2048 on cpu)")
+    parser.add_argument("--prefill-attention", default="auto", choices=PREFILL_BACKENDS,
+                        help="the engine's CUDA prefill attention (fp8: the e4m3 kernel)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "long_context_numerics.json")
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
-    rows = measure([int(x) for x in args.lengths.split(",")], args.device, dtype, args.chunk or (16384 if on_gpu else 2048))
+    rows = measure([int(x) for x in args.lengths.split(",")], args.device, dtype, args.chunk or (16384 if on_gpu else 2048),
+                   args.prefill_attention)
     header = f"{'length':>7} {'dtype':>8} {'max|diff|':>10} {'rel':>9} {'top1':>4} {'no-YaRN rel':>11} {'scale':>6} {'engine s':>8} {'ref s':>7}"
     print(header)
     for r in rows:
