@@ -215,7 +215,7 @@ def explain_task_change(store: RunStore, task: str, before: dict[str, Any], reco
     if before.get("data_fingerprint") != record["data_fingerprint"]:
         if before.get("n_docs") != record["n_docs"]:
             raise UserError(f"{where} selected {before.get('n_docs')} docs, this run selects {record['n_docs']} "
-                            f"(--limit, --ids, the data or the task's grid such as niah --lengths/--depths changed); "
+                            f"(--limit, --ids or the data changed); "
                             f"a run folder holds one selection: choose another --out")
         raise UserError(f"{where}: the data differs from the run in this folder (another --data-dir or an edited "
                         f"file); choose another --out")
