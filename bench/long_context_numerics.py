@@ -176,9 +176,12 @@ def compare(engine: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def build(max_length: int, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[DeepseekV3ForCausalLM, dict[str, torch.Tensor]]:
-    """The random checkpoint written and loaded as any checkpoint is (so the engine's loader is in the path)."""
+    """The random checkpoint, written and loaded as any checkpoint is (the engine's loader is in the path),
+    and its weights for the reference."""
     config = numerics_config(max_length + 1)
-    weights = random_state_dict(config, seed)
+    # rounded to the engine's dtype first, so both sides hold the same weights and the
+    # difference is the computation's alone
+    weights = {name: t.to(dtype).float() for name, t in random_state_dict(config, seed).items()}
     with tempfile.TemporaryDirectory() as folder:
         path = write_checkpoint(folder, config, weights, dtype=torch.float32, num_shards=1)
         model, _, _ = load_model(str(path), device=device, dtype=dtype)

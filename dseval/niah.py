@@ -141,7 +141,7 @@ def draw_heatmap(table: dict[str, Any], title: str, path: Path) -> None:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
     n_max = max(max(row) for row in table["n"])
-    ax.set_title(title + (f"\n{n_max} samples per cell; 95% Wilson interval below each share" if several else ""))
+    ax.set_title(title + (f"\n{n_max} needles per cell, 95% interval" if several else ""), fontsize=9)
     for (row, col), value in np.ndenumerate(values):
         if not np.isnan(value):
             text = _cell_text(value, table["n"][row][col], table["lower"][row][col], table["upper"][row][col])
@@ -165,9 +165,9 @@ def draw_bars(table: dict[str, Any], title: str, path: Path) -> None:
     errors = [[a - lo for a, lo in zip(rows["acc"], rows["lower"], strict=True)],
               [hi - a for a, hi in zip(rows["acc"], rows["upper"], strict=True)]]
     ax.bar(labels, rows["acc"], yerr=errors, capsize=3, color=[plt.cm.RdYlGn(a) for a in rows["acc"]], edgecolor="black")
-    for i, (acc, n) in enumerate(zip(rows["acc"], rows["n"], strict=True)):
-        ax.text(i, min(acc, 0.9) + 0.03, f"{acc:.0%}\nn={n}", ha="center", va="bottom", fontsize=7)
-    ax.set_ylim(0, 1.1)
+    for i, (acc, n, high) in enumerate(zip(rows["acc"], rows["n"], rows["upper"], strict=True)):
+        ax.text(i, high + 0.02, f"{acc:.0%}\nn={n}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, 1.2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needles retrieved")
     ax.set_title(title, fontsize=9)

@@ -194,3 +194,17 @@ def test_a_run_folder_grows_with_its_grid(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="prompt differs .*--haystack"):
         run_sweep(out, FirstHalfReader(), lengths=(1024, 2048), depths=(0, 50, 100), samples=2,
                   haystack=str(tmp_path / "prose.txt"))
+
+
+def test_cli_grid_samples_and_haystack_reach_the_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dseval.runner as runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "evaluate", lambda config, tasks=None: seen.update(tasks=tasks) or {})
+    args = ["niah", "--model", "tiny", "--grid", "deepseek", "--lengths", "4k:16k:x2", "--samples", "3", "--haystack", "drop"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    [niah] = seen["tasks"]
+    assert niah.lengths == (4096, 8192, 16384) and niah.depths == GRIDS["deepseek"][1]
+    assert (niah.samples, niah.haystack_name) == (3, "drop")
+    result = CliRunner().invoke(app, ["niah", "--lengths", "1k"])
+    assert result.exit_code == 2 and "--model" in result.output and "--report" in result.output
