@@ -169,14 +169,16 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
 def grow_task(store: RunStore, prepared: PreparedTask, before: dict[str, Any], record: dict[str, Any], leader: bool) -> None:
     """Take an extensible task's folder to a larger doc set (NIAH's grid with another length):
     every finished sample must be a doc of this run whose prompt is unchanged; samples are
-    re-indexed (by the leader) to the new reference order."""
+    re-indexed to the new reference order."""
     name, where = prepared.task.name, f"{store.run_file}: task {prepared.task.name}"
     if before.get("version") != record["version"]:
         explain_task_change(store, name, before, record)
     if before.get("generation") != record.get("generation"):
         raise UserError(f"{where}: the token limit or stop strings differ from the run in this folder; choose another --out")
+    if not leader:  # the leader checks and re-indexes; torchrun stops every rank if it refuses
+        return
     position = {doc.id: i for i, doc in enumerate(prepared.docs)}
-    samples = store.load_samples(name)
+    samples = store.load_samples(name, repair=True)  # a killed run's torn last line is recomputed
     for sample in samples:
         if sample.id not in position:
             raise UserError(f"{where} holds doc {sample.id}, which this run lacks: a folder's docs can grow (more "
@@ -185,7 +187,7 @@ def grow_task(store: RunStore, prepared: PreparedTask, before: dict[str, Any], r
             raise UserError(f"{where}: doc {sample.id}'s prompt differs from the one in this folder (another "
                             f"--haystack, chat template or prompt code); choose another --out")
         sample.index = position[sample.id]
-    if leader and samples:
+    if samples:
         store.rewrite(name, samples)
 
 

@@ -181,6 +181,8 @@ def test_a_run_folder_grows_with_its_grid(tmp_path: Path) -> None:
     out, first = tmp_path / "run", FirstHalfReader()
     run_sweep(out, first, lengths=(2048,), depths=(0, 100))
     before = {s.id: s.outputs for s in RunStore(out).load_samples("niah")}
+    with (out / "niah" / "samples.jsonl").open("a") as torn:  # a kill in the middle of a write
+        torn.write('{"id": "niah/1024/0/0", "ind')
     again = FirstHalfReader()
     summary = run_sweep(out, again, lengths=(1024, 2048), depths=(0, 50, 100), samples=2)
     assert sorted(again.seen) == sorted({f"niah/{n}/{d}/{s}" for n in (1024, 2048) for d in (0, 50, 100) for s in (0, 1)}
