@@ -175,7 +175,8 @@ def compare(engine: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
             "top1_agree": float(engine.argmax().item() == ref.argmax().item())}
 
 
-def build(max_length: int, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[DeepseekV3ForCausalLM, dict[str, torch.Tensor]]:
+def build(max_length: int, device: str, dtype: torch.dtype,
+          seed: int = 0) -> tuple[DeepseekV3ForCausalLM, dict[str, torch.Tensor]]:
     """The random checkpoint, written and loaded as any checkpoint is (the engine's loader is in the path),
     and its weights for the reference."""
     config = numerics_config(max_length + 1)
@@ -225,7 +226,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     rows = measure([int(x) for x in args.lengths.split(",")], args.device, dtype, args.chunk or (16384 if on_gpu else 2048),
                    args.prefill_attention)
-    header = f"{'length':>7} {'dtype':>8} {'max|diff|':>10} {'rel':>9} {'top1':>4} {'no-YaRN rel':>11} {'scale':>6} {'engine s':>8} {'ref s':>7}"
+    header = (f"{'length':>7} {'dtype':>8} {'max|diff|':>10} {'rel':>9} {'top1':>4} {'no-YaRN rel':>11} {'scale':>6} "
+              f"{'engine s':>8} {'ref s':>7}")
     print(header)
     for r in rows:
         print(f"{r['length']:>7} {r['dtype']:>8} {r['engine_max_abs']:>10.3e} {r['engine_rel']:>9.2e} "
