@@ -295,10 +295,21 @@ def harness(load: Load) -> str:
     return table + "".join(f"\n\n{n}" for n in notes)
 
 
+def long_context_numerics(load: Load) -> str:
+    d = load("long_context_numerics")
+    rows = [[f"{r['length'] // 1024}K", r["device"], r["dtype"], r["prefill_attention"], f"{r['engine_max_abs']:.2e}",
+             f"{r['engine_rel']:.2e}", "yes" if r["engine_top1_agree"] else "no", f"{r['no_yarn_rel']:.2e}",
+             f"{r['logit_scale']:.2f}"] for r in d["rows"]]
+    return md(["length", "device", "engine dtype", "prefill attention", "max abs diff", "rel. L2 diff", "same top-1",
+               "plain-RoPE reference, rel.", "max abs logit"], rows) + \
+        f"\n\ntorch {d['meta']['torch']}" + (f", {d['meta']['gpu']}" if d["meta"]["gpu"] else ", CPU") + "."
+
+
 TABLES: dict[str, Callable[[Load], str]] = {
     f.__name__: f for f in (
         humaneval_sandbox, kernel_checks, kernel_quant_norm, kernel_gemm_decode, kernel_sweep_gemm_decode,
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
-        w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness)
+        w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness,
+        long_context_numerics)
 }

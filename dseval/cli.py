@@ -243,32 +243,49 @@ def baseline_update(
 @user_errors
 @model_options(batch_size=8)
 def niah(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     options: BackendOptions,
-    out: Annotated[Path, typer.Option(help="Run folder (resumable); niah.png and niah.json land here.")] = Path("runs/niah"),
-    lengths: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated (4k = 4096).")] = "1k,2k,4k,8k,16k,32k,64k,128k",
-    depths: Annotated[str, typer.Option(help="Needle depths in percent, comma-separated.")] = "0,10,20,30,40,50,60,70,80,90,100",
-    data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data (the haystack is DROP's passages).")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    out: Annotated[Path, typer.Option(help="Run folder (resumable; a larger grid extends it); niah.png, "
+                                           "niah_lengths.png and niah.json land here.")] = Path("runs/niah"),
+    grid: Annotated[str | None, typer.Option(help="Preset grid: deepseek (15 x 15, 2K-128K, the report's Figure 8) or "
+                                                  "readme (4K-128K, the README's figure).")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Context lengths in tokens: values and START:STOP:STEP ranges, "
+                                                     "comma-separated (1k,2k; 4k:128k:x2 doubles; 2k:128k:9k adds). "
+                                                     "Default: 1K-128K doubling, or the --grid's.")] = None,
+    depths: Annotated[str | None, typer.Option(help="Needle depths in percent, values or ranges (0:100:10, the "
+                                                    "default, or the --grid's).")] = None,
+    haystack: Annotated[str, typer.Option(help="noise (RULER's repeated sentences, needs no data), drop (DROP's "
+                                               "passages, from --data-dir) or the path of a text file.")] = "noise",
+    samples: Annotated[int, typer.Option(help="Needles per cell (each its own code and place); cells show a 95% "
+                                              "interval when above 1.")] = 1,
+    report: Annotated[Path | None, typer.Option(help="Draw the heatmap and bars of this finished or partial niah "
+                                                     "run folder; runs no model.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder laid out like shared/data (for --haystack drop).")] = None,
     chat: Annotated[bool, typer.Option(help="Ask through the chat template.")] = False,
 ) -> None:
     """The long-context sweep: needle retrieval over context length x depth, with its heatmap."""
-    from dseval.niah import length_label, parse_length, write_report
+    from dseval.niah import choose_grid, length_label, report_rows, write_report
     from dseval.runner import evaluate
     from dseval.store import RunStore
     from dseval.task import get_task
 
-    try:
-        grid = {"lengths": [parse_length(x) for x in lengths.split(",")], "depths": [int(x) for x in depths.split(",")]}
-    except ValueError as err:
-        raise UserError(f"--lengths/--depths: {err}") from None
-    config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, options=options)
-    if evaluate(config, tasks=[get_task("niah", **grid)]):
-        table = write_report(RunStore(out), f"needle in a haystack: {model}")
-        heat = Table("depth", *map(length_label, table["lengths"]), title="retrieved")
-        for depth, row in zip(table["depths"], table["acc"], strict=True):
-            heat.add_row(f"{depth}%", *["-" if v is None else f"{v:.0%}" for v in row])
-        Console().print(heat)
-        Console().print(f"heatmap: {out / 'niah.png'}")
+    if report is None and model is None:
+        raise UserError("give --model to run the sweep, or --report RUN_DIR to draw an existing one")
+    if report is None:
+        cells = choose_grid(grid, lengths, depths)
+        task = get_task("niah", **cells, haystack=haystack, samples=samples)
+        config = RunConfig(tasks=("niah",), model=model, out=out, data_dir=data_dir, chat=chat, options=options)
+        if not evaluate(config, tasks=[task]):
+            return  # a peer rank under torchrun: rank 0 draws
+    elif not (report / "run.json").is_file():
+        raise UserError(f"--report {report}: no run.json there; give the folder a `dseval niah` run wrote")
+    folder = report or out
+    table = write_report(RunStore(folder))
+    heat = Table("depth", *map(length_label, table["lengths"]), title="retrieved")
+    for row in report_rows(table):
+        heat.add_row(*row)
+    Console().print(heat)
+    Console().print(f"heatmap: {folder / 'niah.png'}  bars: {folder / 'niah_lengths.png'}")
 
 
 @app.command()

@@ -139,8 +139,10 @@ def now() -> str:
 
 
 def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str, Any]],
-                 fingerprint: dict[str, str] | None = None) -> dict[str, Any]:
-    """run.json for this run: new, or the existing one if it agrees with these arguments."""
+                 fingerprint: dict[str, str] | None = None, prepared: dict[str, PreparedTask] | None = None,
+                 leader: bool = True) -> dict[str, Any]:
+    """run.json for this run: new, or the existing one if it agrees with these arguments (or,
+    for an extensible task, if its finished samples are docs of this run with the same prompts)."""
     existing = store.read_run()
     if existing is None:
         return new_run(config, records, fingerprint)
@@ -158,9 +160,37 @@ def check_resume(store: RunStore, config: RunConfig, records: dict[str, dict[str
         before = existing["tasks"].get(task)
         if before is None:
             existing["tasks"][task] = record
-            continue
-        explain_task_change(store, task, before, record)
+        elif before != record and prepared is not None and prepared[task].task.extensible:
+            grow_task(store, prepared[task], before, record, leader)
+            existing["tasks"][task] = record
+        else:
+            explain_task_change(store, task, before, record)
     return existing
+
+
+def grow_task(store: RunStore, prepared: PreparedTask, before: dict[str, Any], record: dict[str, Any], leader: bool) -> None:
+    """Take an extensible task's folder to a larger doc set (NIAH's grid with another length):
+    every finished sample must be a doc of this run whose prompt is unchanged; samples are
+    re-indexed to the new reference order."""
+    name, where = prepared.task.name, f"{store.run_file}: task {prepared.task.name}"
+    if before.get("version") != record["version"]:
+        explain_task_change(store, name, before, record)
+    if before.get("generation") != record.get("generation"):
+        raise UserError(f"{where}: the token limit or stop strings differ from the run in this folder; choose another --out")
+    if not leader:  # the leader checks and re-indexes; torchrun stops every rank if it refuses
+        return
+    position = {doc.id: i for i, doc in enumerate(prepared.docs)}
+    samples = store.load_samples(name, repair=True)  # a killed run's torn last line is recomputed
+    for sample in samples:
+        if sample.id not in position:
+            raise UserError(f"{where} holds doc {sample.id}, which this run lacks: a folder's docs can grow (more "
+                            f"lengths, depths or samples) but not shrink; add it back or choose another --out")
+        if sample.prompt != prepared.prompts[position[sample.id]]:
+            raise UserError(f"{where}: doc {sample.id}'s prompt differs from the one in this folder (another "
+                            f"--haystack, chat template or prompt code); choose another --out")
+        sample.index = position[sample.id]
+    if samples:
+        store.rewrite(name, samples)
 
 
 def apply_scoring_options(tasks: Sequence[Task], strict: bool) -> None:
@@ -189,7 +219,7 @@ def explain_task_change(store: RunStore, task: str, before: dict[str, Any], reco
     if before.get("data_fingerprint") != record["data_fingerprint"]:
         if before.get("n_docs") != record["n_docs"]:
             raise UserError(f"{where} selected {before.get('n_docs')} docs, this run selects {record['n_docs']} "
-                            f"(--limit, --ids, the data or the task's grid such as niah --lengths/--depths changed); "
+                            f"(--limit, --ids or the data changed); "
                             f"a run folder holds one selection: choose another --out")
         raise UserError(f"{where}: the data differs from the run in this folder (another --data-dir or an edited "
                         f"file); choose another --out")
@@ -405,7 +435,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
         for task in tasks:
             prepared[task.name], shots = prepare(task, config, source, backend)
             records[task.name] = prepared[task.name].record(shots)
-        run = check_resume(store, config, records, backend.fingerprint)
+        run = check_resume(store, config, records, backend.fingerprint, prepared, topology.is_leader)
         run["backend"] = backend.description
         invocation = {"argv": sys.argv, "tasks": list(prepared), "data_dir": source.describe(), "started": started,
                       "finished": None, "hardware": hardware()}

@@ -86,6 +86,9 @@ class Task(ABC):
     #: change which docs load or how prompts are built, never how a sample is scored, so
     #: ``dseval score`` can rebuild the task without them.
     options: ClassVar[tuple[str, ...]] = ()
+    #: Docs are independent cells (NIAH's grid): a resumed run may select more of them, keeping
+    #: finished samples whose prompts are unchanged, instead of being refused.
+    extensible: ClassVar[bool] = False
 
     def configure(self, options: Mapping[str, str]) -> None:
         """Apply options (keys already checked against :attr:`options`); raise

@@ -267,7 +267,7 @@ def test_changed_selection_says_what_changed(tmp_path: Path, data_dir: Path) -> 
     run["tasks"]["mmlu"]["n_docs"] = 11
     run["tasks"]["mmlu"]["data_fingerprint"] = "other"
     store.write_run(run)
-    one_line_error(dseval(*run_args(out, data_dir)), "selected 11 docs", "selects 12", "--lengths/--depths")
+    one_line_error(dseval(*run_args(out, data_dir)), "selected 11 docs", "selects 12", "--limit, --ids")
 
 
 # ---- 8. what run.json and the samples record --------------------------------------------------------
@@ -326,11 +326,15 @@ def test_changed_checkpoint_is_refused_before_loading(tmp_path: Path, data_dir: 
     one_line_error(dseval(*args), str(out / "run.json"), "model checkpoint changed", ".safetensors differs")
 
 
-def test_adding_a_niah_length_names_the_change(tmp_path: Path, data_dir: Path) -> None:
+def test_adding_a_niah_length_extends_the_run(tmp_path: Path) -> None:
     from dseval.tasks.niah import NeedleInAHaystack
 
-    config = RunConfig(tasks=("niah",), model="fake:hash", out=tmp_path / "run", data_dir=str(data_dir))
+    config = RunConfig(tasks=("niah",), model="fake:hash", out=tmp_path / "run", data_dir=str(tmp_path))
     evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024,), (0, 50))])
-    with pytest.raises(UserError, match=r"task niah selected 2 docs, this run selects 4 .*--lengths/--depths"):
-        evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024, 2048), (0, 50))])
-    assert len(samples(tmp_path / "run", "niah")) == 2, "the finished run is untouched"
+    first = {s["id"]: s for s in samples(tmp_path / "run", "niah")}
+    evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024, 2048), (0, 50))])
+    grown = samples(tmp_path / "run", "niah")
+    assert len(grown) == 4 and all(s["output"] == first[s["id"]]["output"] for s in grown if s["id"] in first)
+    with pytest.raises(UserError, match=r"holds doc niah/2048/0/0, which this run lacks: .*can grow .* not shrink"):
+        evaluate(config, FakeBackend(), tasks=[NeedleInAHaystack((1024,), (0, 50))])
+    assert len(samples(tmp_path / "run", "niah")) == 4, "the finished run is untouched"
