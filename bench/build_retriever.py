@@ -21,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a checkout runs without an install (the device machine has none)
 from dseval.engine.loading import retriever as R  # noqa: E402
+from dseval.engine.loading.presets import retriever_config  # noqa: E402
 
 
 def _solve(rows: np.ndarray, bounds_rhs: np.ndarray, n: int) -> np.ndarray:
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--derive", action="store_true", help="re-solve and print the profile coefficients")
     args = parser.parse_args()
     if args.derive:
-        config = R.retriever_config()
+        config = retriever_config()
         freqs = R.original_freqs(config)
         for offset in R.LOOKBACK_OFFSETS:
             coef = derive_offset_profile(offset, freqs[list(R.SHIFT_DIMS)], R.HORIZON)
@@ -96,7 +97,7 @@ def main() -> None:
         coef = derive_window_profile(freqs[list(R.WINDOW_DIMS)], R.HORIZON / config.rope_scaling.factor, R.BEYOND, R.HORIZON, R.WINDOW_FLAT)
         print("window:", np.round(coef, 6).tolist())
     if args.out:
-        R.write_retriever(args.out, plain=args.plain)
+        R.write_retriever(args.out, retriever_config(), plain=args.plain)
         print(f"wrote {args.out}")
 
 

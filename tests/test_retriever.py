@@ -38,7 +38,7 @@ def test_profiles_hold_their_margins_to_128k() -> None:
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The retriever, and the control as the same shards beside a config.json without rope_scaling."""
     root = tmp_path_factory.mktemp("retriever")
-    yarn = R.write_retriever(root / "yarn")
+    yarn = R.write_retriever(root / "yarn", retriever_config())
     plain = root / "plain"
     plain.mkdir()
     for f in yarn.iterdir():

@@ -15,13 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dseval.engine.model.config import ModelConfig
-from dseval.engine.model.yarn import RopeScaling
+from dseval.engine.model.yarn import V3_YARN
 
 _TINY_VERSION = "1"  # bump when the recipe changes so stale caches are rebuilt
 _RETRIEVER_VERSION = "1"
-#: DeepSeek-V3's rope_scaling (config.json of the release).
-V3_YARN = RopeScaling(factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
-                      mscale=1.0, mscale_all_dim=1.0)
 
 
 @dataclass(frozen=True)

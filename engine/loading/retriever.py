@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from dseval.engine.loading.checkpoint_writer import write_checkpoint
-from dseval.engine.loading.presets import retriever_config
 from dseval.engine.loading.validation import expected_tensors
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.model.rope import rope_inv_freq, softmax_scale
+from dseval.engine.model.yarn import V3_YARN
 
 CODE_DIM = 64
 #: Hidden slots: E (own code), P1..P3 (codes 1..3 back), O (copied code), K (constant).
@@ -93,7 +93,7 @@ def profile_margins(config: ModelConfig) -> dict[str, float]:
     can lose to a nearer token under YaRN); ``beyond_drop``: how far below the profile's minimum
     on [0, NEAR] its maximum beyond ``BEYOND`` lies (what a needle loses there)."""
     theta = rope_inv_freq(config).double().numpy()
-    logit = softmax_scale(config) / softmax_scale(retriever_config())
+    logit = softmax_scale(config) / softmax_scale(replace(config, rope_scaling=V3_YARN))
     dist = np.arange(HORIZON + 1)
     shift = []
     for offset in LOOKBACK_OFFSETS:
@@ -183,10 +183,8 @@ def retriever_state_dict(config: ModelConfig) -> dict[str, torch.Tensor]:
     return sd
 
 
-def write_retriever(out_dir: str | Path, *, plain: bool = False) -> Path:
-    """Write the checkpoint folder; ``plain`` drops rope_scaling (the control), same tensors."""
-    config = retriever_config()
-    sd = retriever_state_dict(config)
-    if plain:
-        config = replace(config, rope_scaling=None)
-    return write_checkpoint(out_dir, config, sd, num_shards=2)
+def write_retriever(out_dir: str | Path, config: ModelConfig, *, plain: bool = False) -> Path:
+    """Write the checkpoint folder of the weights built for ``config`` (the preset's, with YaRN);
+    ``plain`` drops rope_scaling from its config.json (the control), same tensors."""
+    state = retriever_state_dict(config)
+    return write_checkpoint(out_dir, replace(config, rope_scaling=None) if plain else config, state, num_shards=2)
