@@ -50,10 +50,10 @@ def tiny_config() -> ModelConfig:
 def retriever_config() -> ModelConfig:
     """V3 layout sized for the constructed retriever (engine/loading/retriever.py): 64-dim token
     codes in five hidden slots plus a constant dim, 4 heads of nope 3 codes / rope 64 / v 1 code,
-    q and kv latents of 4 codes; 1 dense + 1 MoE layer, all FFN weights zero."""
+    q and kv latents of 4 codes; 1 dense + 1 MoE layer + 1 MTP module, all FFN weights zero."""
     return ModelConfig(
         vocab_size=129280, hidden_size=328, intermediate_size=64, moe_intermediate_size=32,
-        num_hidden_layers=2, num_nextn_predict_layers=0, num_attention_heads=4,
+        num_hidden_layers=2, num_nextn_predict_layers=1, num_attention_heads=4,
         q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=192, qk_rope_head_dim=64, v_head_dim=64,
         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
         topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,

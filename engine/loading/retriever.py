@@ -24,6 +24,8 @@ Why it works (docs/retriever.md has the full recipe and the numbers):
 
 The compressed caches carry exactly what the heads need: layer 1's ``c_kv`` is [P1, P2, P3, E]
 (``kv_lora_rank`` = 4 codes), its query latent [E, P1, P2, K]. MLP and MoE weights are zero.
+The MTP module's eh_proj shifts that layout by one token, so its copy of the induction head
+drafts the token after next.
 """
 
 from __future__ import annotations
@@ -135,37 +137,29 @@ def _rms(h_energy: float, hidden: int) -> float:
     return (h_energy / hidden) ** 0.5
 
 
-def retriever_state_dict(config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Checkpoint-named float32 tensors of the construction in the module docstring."""
-    with torch.device("meta"):
-        model = DeepseekV3ForCausalLM(config)
-    sd = {n: (torch.ones if n.endswith("norm.weight") else torch.zeros)(e.shape)
-          for n, e in expected_tensors(model).items()}
-    D, H, Q, C = CODE_DIM, config.hidden_size, config.q_lora_rank, config.kv_lora_rank
-    nope, rope, v = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
-    eye = torch.eye(D)
-    codes = _codes(config.vocab_size)
-    sd["model.embed_tokens.weight"][:, SLOT_E:SLOT_E + D] = codes
-    sd["model.embed_tokens.weight"][:, DIM_K] = KAPPA
-    sd["lm_head.weight"][:, SLOT_O:SLOT_O + D] = codes
-    qk_rows, kv_rows = nope + rope, nope + v  # rows per head in q_b / kv_b
-
-    # Layer 0: previous-token heads. Normalized input: codes/r0 and K = KAPPA/r0.
-    r0 = _rms(D + KAPPA ** 2, H)
-    p = "model.layers.0.self_attn."
+def _previous_token_heads(sd: dict[str, torch.Tensor], config: ModelConfig, p: str) -> None:
+    """Heads 0-2 of attention ``p``: rotary-only lookback by LOOKBACK_OFFSETS into slots P1..P3.
+    Normalized input: codes/r0 in E and K = KAPPA/r0."""
+    D, Q, C, v = CODE_DIM, config.q_lora_rank, config.kv_lora_rank, config.v_head_dim
+    qk_rows, kv_rows = config.qk_head_dim, config.qk_nope_head_dim + v  # rows per head in q_b / kv_b
+    eye, r0 = torch.eye(D), _rms(D + KAPPA ** 2, config.hidden_size)
     sd[p + "q_a_proj.weight"][0, DIM_K] = 1.0  # latent = (KAPPA/r0)·e0, normalized to sqrt(Q)·e0
     sd[p + "kv_a_proj_with_mqa.weight"][:D, SLOT_E:SLOT_E + D] = eye  # c_kv = [code/r0, 0...]
     sd[p + "kv_a_layernorm.weight"][:D] = (D / C) ** 0.5  # undo the norm's 1/sqrt(share): c_kv = code
     for h, offset in enumerate(LOOKBACK_OFFSETS):
         q_pe, k_pe = _rotary_qk(config, SHIFT_DIMS, SHIFT_PROFILES[offset], SHIFT_BUDGET)
-        sd[p + "q_b_proj.weight"][h * qk_rows + nope:(h + 1) * qk_rows, 0] = q_pe / Q ** 0.5
-        sd[p + "kv_b_proj.weight"][h * kv_rows + nope:h * kv_rows + nope + D, :D] = eye  # v = code
+        sd[p + "q_b_proj.weight"][h * qk_rows + config.qk_nope_head_dim:(h + 1) * qk_rows, 0] = q_pe / Q ** 0.5
+        nope = h * kv_rows + config.qk_nope_head_dim
+        sd[p + "kv_b_proj.weight"][nope:nope + D, :D] = eye  # v = code
         sd[p + "o_proj.weight"][SLOT_P[h]:SLOT_P[h] + D, h * v:h * v + D] = eye
     sd[p + "kv_a_proj_with_mqa.weight"][C:, DIM_K] = k_pe / (KAPPA / r0)  # k_pe is shared by all heads
 
-    # Layer 1: induction head 0. Normalized input: codes/r1 in E, P1..P3 and K = KAPPA/r1.
-    r1 = _rms(4 * D + KAPPA ** 2, H)
-    p = "model.layers.1.self_attn."
+
+def _induction_head(sd: dict[str, torch.Tensor], config: ModelConfig, p: str) -> None:
+    """Head 0 of attention ``p``: three-token match [E, P1, P2] · [P1, P2, P3] plus the window
+    profile, value E into slot O. Normalized input: codes/r1 in E, P1..P3 and K = KAPPA/r1."""
+    D, Q, C, nope = CODE_DIM, config.q_lora_rank, config.kv_lora_rank, config.qk_nope_head_dim
+    eye, r1 = torch.eye(D), _rms(4 * CODE_DIM + KAPPA ** 2, config.hidden_size)
     for j, slot in enumerate((SLOT_E, SLOT_P[0], SLOT_P[1])):  # query latent [E, P1, P2, K]
         sd[p + "q_a_proj.weight"][j * D:(j + 1) * D, slot:slot + D] = eye
     sd[p + "q_a_proj.weight"][3 * D, DIM_K] = 1.0
@@ -175,11 +169,44 @@ def retriever_state_dict(config: ModelConfig) -> dict[str, torch.Tensor]:
     gain = MATCH_GAIN / (D * softmax_scale(config))
     sd[p + "q_b_proj.weight"][:3 * D, :3 * D] = gain * torch.eye(3 * D)  # q_nope = gain·[E, P1, P2]
     q_pe, k_pe = _rotary_qk(config, WINDOW_DIMS, WINDOW_PROFILE, WINDOW_BUDGET)
-    sd[p + "q_b_proj.weight"][nope:qk_rows, 3 * D] = q_pe / KAPPA
+    sd[p + "q_b_proj.weight"][nope:config.qk_head_dim, 3 * D] = q_pe / KAPPA
     sd[p + "kv_a_proj_with_mqa.weight"][C:, DIM_K] = k_pe / (KAPPA / r1)
     sd[p + "kv_b_proj.weight"][:3 * D, :3 * D] = torch.eye(3 * D)  # k_nope = [P1, P2, P3]
     sd[p + "kv_b_proj.weight"][nope:nope + D, 3 * D:4 * D] = eye  # v = E
     sd[p + "o_proj.weight"][SLOT_O:SLOT_O + D, :D] = eye
+
+
+def _mtp_combine(sd: dict[str, torch.Tensor], config: ModelConfig, p: str) -> None:
+    """eh_proj of MTP module ``p``: from [enorm(emb(next)), hnorm(h)] build the layout layer 1
+    reads, shifted one token: E = next token, P1..P3 = the main model's E, P1, P2, K. The MTP
+    block's induction head then predicts the token after next (DeepSeek-V3 §2.2)."""
+    D, H = CODE_DIM, config.hidden_size
+    r0, rh = _rms(D + KAPPA ** 2, H), _rms(5 * D + KAPPA ** 2, H)  # rh: h with a full code in O
+    w = sd[p + "eh_proj.weight"]  # [H, 2H]
+    w[SLOT_E:SLOT_E + D, SLOT_E:SLOT_E + D] = r0 * torch.eye(D)
+    w[DIM_K, DIM_K] = r0
+    for dst, src in zip(SLOT_P, (SLOT_E, SLOT_P[0], SLOT_P[1]), strict=True):
+        w[dst:dst + D, H + src:H + src + D] = rh * torch.eye(D)
+
+
+def retriever_state_dict(config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Checkpoint-named float32 tensors of the construction in the module docstring."""
+    with torch.device("meta"):
+        model = DeepseekV3ForCausalLM(config)
+    sd = {n: (torch.ones if n.endswith("norm.weight") else torch.zeros)(e.shape)
+          for n, e in expected_tensors(model).items()}
+    codes = _codes(config.vocab_size)
+    sd["model.embed_tokens.weight"][:, SLOT_E:SLOT_E + CODE_DIM] = codes
+    sd["model.embed_tokens.weight"][:, DIM_K] = KAPPA
+    sd["lm_head.weight"][:, SLOT_O:SLOT_O + CODE_DIM] = codes
+    _previous_token_heads(sd, config, "model.layers.0.self_attn.")
+    _induction_head(sd, config, "model.layers.1.self_attn.")
+    for depth in range(config.num_nextn_predict_layers):
+        p = f"model.layers.{config.num_hidden_layers + depth}."
+        sd[p + "embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
+        sd[p + "shared_head.head.weight"] = sd["lm_head.weight"].clone()
+        _mtp_combine(sd, config, p)
+        _induction_head(sd, config, p + "self_attn.")
     return sd
 
 
