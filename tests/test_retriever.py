@@ -1,14 +1,15 @@
 """The constructed ``retriever`` model: its rotary profiles hold their margins at every distance
 to 128K, it copies a NIAH needle through the real engine (checkpoint folder, loader, paged MLA),
-and the control (the same tensors without ``rope_scaling``) fails where the profile predicts.
+the control (the same tensors without ``rope_scaling``) fails where the profile predicts, and
+the MTP module's drafts are accepted.
 
 CPU lengths only; the 32K-128K sweep is bench/retriever_niah.sh on a GPU (docs/retriever.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ import pytest
 from dseval.engine.api import LLM, EngineConfig, SamplingParams
 from dseval.engine.loading import retriever as R
 from dseval.engine.loading.presets import retriever_config, retriever_plain_config
-from dseval.tasks.niah import ANSWER_PREFIX, NEEDLE, QUESTION
 
-# A haystack with the repeated phrases (" is", " the") and numbers that tempt a weak match.
-SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-             "There and back again.", "In 1987 the team is 21 points ahead.", "The code of the game is 4 to 3.")
+ROOT = Path(__file__).resolve().parents[1]
+# The NIAH prompt builder of the MTP benchmark: the task's needle and answer prefix in a haystack
+# of repeated phrases (" is", " the") and numbers that tempt a weak match.
+_spec = importlib.util.spec_from_file_location("retriever_mtp", ROOT / "bench" / "retriever_mtp.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def test_profiles_hold_their_margins_to_128k() -> None:
@@ -51,26 +54,19 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"yarn": yarn, "plain": plain}
 
 
-def _prompt(llm: LLM, length: int, depth: int, code: str) -> list[int]:
-    """A NIAH prompt in the task's completion form, about ``length`` tokens, needle at ``depth`` %."""
-    rng = random.Random(length + depth)
-    hay = [rng.choice(SENTENCES) for _ in range(length // 7)]  # ~7 tokens a sentence
-    cut = len(hay) * depth // 100
-    text = " ".join([*hay[:cut], NEEDLE.format(place="Oslo", code=code), *hay[cut:]])
-    text += f"\n\nQuestion: {QUESTION.format(place='Oslo')}\nAnswer: {ANSWER_PREFIX.format(place='Oslo')}"
-    return llm.tokenizer.encode(text)
-
-
 @pytest.mark.parametrize("setting", ["yarn", "plain"])
 def test_needle_is_copied_and_the_control_fails_beyond_its_window(checkpoints: dict[str, Path], setting: str) -> None:
-    llm = LLM(str(checkpoints[setting]), EngineConfig(), device="cpu")
+    llm = LLM(str(checkpoints[setting]), EngineConfig(speculative="mtp" if setting == "yarn" else None), device="cpu")
     cells = [(2048, 50, "5550123"), (6656, 0, "3141592")]  # needle ~1K and ~6.6K tokens before the question
-    prompts = [_prompt(llm, n, d, code) for n, d, code in cells]
+    prompts = [llm.tokenizer.encode(bench.prompt_text(n, d, code)) for n, d, code in cells]
     assert len(prompts[0]) < R.NEAR and R.BEYOND < len(prompts[1]) < 7200  # the distances the cells claim
     outs = llm.generate(prompts, SamplingParams(max_tokens=6))
     answers = [llm.tokenizer.decode(o.token_ids) for o in outs]
     assert answers[0].startswith(" 5550123.")  # inside the original window: found either way
     if setting == "yarn":
         assert answers[1].startswith(" 3141592.")
+        # The MTP module drafts the token after next with its own induction head: while the model
+        # copies (the needle's tail, then the prose after it) most drafts are right.
+        assert llm.stats.draft_proposed >= 4 and llm.stats.draft_accepted / llm.stats.draft_proposed > 0.5
     else:  # beyond BEYOND without YaRN: the near tokens win and the code is lost
         assert "3141592" not in answers[1]
