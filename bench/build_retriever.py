@@ -94,7 +94,8 @@ def main() -> None:
         for offset in R.LOOKBACK_OFFSETS:
             coef = derive_offset_profile(offset, freqs[list(R.SHIFT_DIMS)], R.HORIZON)
             print(f"offset {offset}:", np.round(coef, 6).tolist())
-        coef = derive_window_profile(freqs[list(R.WINDOW_DIMS)], R.HORIZON / config.rope_scaling.factor, R.BEYOND, R.HORIZON, R.WINDOW_FLAT)
+        near = R.HORIZON / config.rope_scaling.factor
+        coef = derive_window_profile(freqs[list(R.WINDOW_DIMS)], near, R.BEYOND, R.HORIZON, R.WINDOW_FLAT)
         print("window:", np.round(coef, 6).tolist())
     if args.out:
         R.write_retriever(args.out, retriever_config(), plain=args.plain)

@@ -71,7 +71,8 @@ def main() -> None:
     print(f"{'spec':>5} {'prompt':>7} {'new':>4} {'steps':>5} {'accept':>7} {'s':>7}")
     for r in rows:
         acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
-        print(f"{r['speculative']:>5} {r['prompt_tokens']:>7} {r['new_tokens']:>4} {r['decode_steps']:>5} {acc:>7} {r['seconds']:>7.3f}")
+        print(f"{r['speculative']:>5} {r['prompt_tokens']:>7} {r['new_tokens']:>4} {r['decode_steps']:>5} {acc:>7} "
+              f"{r['seconds']:>7.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": args.model, "device": args.device, "rows": rows}, indent=2) + "\n")
 
