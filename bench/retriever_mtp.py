@@ -6,7 +6,7 @@ Random weights cannot show either number (their MTP drafts are random); the retr
 module drafts the token after next with its own induction head (docs/retriever.md), so greedy
 decoding of the copied needle and the prose after it can commit two tokens per step. Each prompt
 is decoded greedily with and without ``speculative="mtp"``; the outputs must be identical, and
-the table gives decode steps, draft acceptance and decode tokens/s. JSON: results/bench/retriever_mtp.json.
+the table gives decode steps, draft acceptance and decode tokens/s. JSON: results/niah/retriever/mtp.json.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "retriever_mtp.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "niah" / "retriever" / "mtp.json")
     args = parser.parse_args()
     rows = measure(args.model, args.device, args.lengths, args.new_tokens)
     print(f"{'spec':>5} {'prompt':>7} {'new':>4} {'steps':>5} {'accept':>7} {'s':>7}")
