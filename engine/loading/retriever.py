@@ -86,22 +86,31 @@ def original_freqs(config: ModelConfig) -> np.ndarray:
     return rope_inv_freq(replace(config, rope_scaling=None)).double().numpy()
 
 
+def _stored_scores(config: ModelConfig, dims: tuple[int, ...], coef: tuple[tuple[float, ...], tuple[float, ...]],
+                   budget: float, dist: np.ndarray) -> np.ndarray:
+    """Rotary logits of a key ``dist`` back from q_pe/k_pe as stored (built for YaRN, rounded to
+    bf16), under ``config``'s frequencies and softmax scale."""
+    built = replace(config, rope_scaling=V3_YARN)
+    q, k = (t.bfloat16().double().numpy() for t in _rotary_qk(built, dims, coef, budget))
+    pairs = [_pair(config, i) for i in dims]
+    cos, sin = np.array([q[a] * k[a] for a, _ in pairs]), np.array([-q[b] * k[a] for a, b in pairs])
+    return softmax_scale(config) * profile(cos, sin, rope_inv_freq(config).double().numpy()[list(dims)], dist)
+
+
 def profile_margins(config: ModelConfig) -> dict[str, float]:
-    """The built profiles in logits under ``config``'s frequencies and softmax scale (YaRN or the
-    control), at every integer distance up to ``HORIZON``:
+    """The stored profiles in logits under ``config`` (YaRN or the control), at every integer
+    distance up to ``HORIZON``:
 
     ``shift_margin``: least gap between a previous-token head's target offset and any other
     distance; ``window_spread``: the induction profile's range over [0, HORIZON] (what a needle
     can lose to a nearer token under YaRN); ``beyond_drop``: how far below the profile's minimum
     on [0, NEAR] its maximum beyond ``BEYOND`` lies (what a needle loses there)."""
-    theta = rope_inv_freq(config).double().numpy()
-    logit = softmax_scale(config) / softmax_scale(replace(config, rope_scaling=V3_YARN))
     dist = np.arange(HORIZON + 1)
     shift = []
     for offset in LOOKBACK_OFFSETS:
-        s = SHIFT_BUDGET * logit * profile(*SHIFT_PROFILES[offset], theta[list(SHIFT_DIMS)], dist)
+        s = _stored_scores(config, SHIFT_DIMS, SHIFT_PROFILES[offset], SHIFT_BUDGET, dist)
         shift.append(s[offset] - np.delete(s, offset).max())
-    w = WINDOW_BUDGET * logit * profile(*WINDOW_PROFILE, theta[list(WINDOW_DIMS)], dist)
+    w = _stored_scores(config, WINDOW_DIMS, WINDOW_PROFILE, WINDOW_BUDGET, dist)
     return {"shift_margin": float(min(shift)), "window_spread": float(w.max() - w.min()),
             "beyond_drop": float(w[:NEAR].min() - w[BEYOND:].max())}
 
