@@ -212,8 +212,8 @@ def retriever_state_dict(config: ModelConfig) -> dict[str, torch.Tensor]:
     _induction_head(sd, config, "model.layers.1.self_attn.")
     for depth in range(config.num_nextn_predict_layers):
         p = f"model.layers.{config.num_hidden_layers + depth}."
-        sd[p + "embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
-        sd[p + "shared_head.head.weight"] = sd["lm_head.weight"].clone()
+        sd[p + "embed_tokens.weight"] = sd["model.embed_tokens.weight"]  # the same tables, written twice
+        sd[p + "shared_head.head.weight"] = sd["lm_head.weight"]
         _mtp_combine(sd, config, p)
         _induction_head(sd, config, p + "self_attn.")
     return sd
