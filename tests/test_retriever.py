@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dseval.engine.api import LLM, EngineConfig, SamplingParams
 from dseval.engine.loading import retriever as R
 from dseval.engine.loading.presets import retriever_config, retriever_plain_config
+from dseval.engine.model.rope import rope_inv_freq
 
 ROOT = Path(__file__).resolve().parents[1]
 # The NIAH prompt builder of the MTP benchmark: the task's needle and answer prefix in a haystack
@@ -24,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("retriever_mtp", ROOT / "bench" / "retriever_mtp.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+
+
+def test_profiles_sit_on_the_dims_yarn_keeps_and_interpolates() -> None:
+    config = retriever_config()
+    yarn, plain = rope_inv_freq(config), rope_inv_freq(retriever_plain_config())
+    shift, window = list(R.SHIFT_DIMS), list(R.WINDOW_DIMS)
+    assert torch.equal(yarn[shift], plain[shift])
+    assert torch.allclose(yarn[window], plain[window] / config.rope_scaling.factor)
+    assert R.NEAR == R.HORIZON // int(config.rope_scaling.factor)
 
 
 def test_profiles_hold_their_margins_to_128k() -> None:
