@@ -392,6 +392,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
                         samples = judge_samples(item.task, samples, store, judge)
                     summaries[name] = task_summary(item.task, samples, len(item.docs), config.limit)
                 barrier(topology)
+        invocation["backend_stats"] = backend.stats()
     finally:
         if judge is not None and judge is not backend:
             judge.close()

@@ -142,5 +142,11 @@ class ModelBackend(ABC):
         Backends that cannot see token probabilities refuse."""
         raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
 
+    def stats(self) -> dict[str, Any]:
+        """Counters of the work done so far, kept per invocation in run.json (the engine's steps,
+        tokens and MTP draft acceptance: what a speculative run's speed-up comes from). Empty
+        where a backend counts nothing."""
+        return {}
+
     def close(self) -> None:
         """Release devices, worker processes or connections."""

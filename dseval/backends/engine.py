@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -297,6 +298,10 @@ class EngineBackend(ModelBackend):
 
         self.generate_ids(prompts, params, done)
         return [r for r in results if r is not None]
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.llm.stats
+        return {**asdict(counters), "acceptance_rate": counters.acceptance_rate}
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages)
