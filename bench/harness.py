@@ -266,7 +266,7 @@ def ratios(data: dict[str, Any]) -> dict[str, float]:
     eng = data["engine"]
     if eng and eng["task"] in rows:
         r = rows[eng["task"]]
-        out["generation_vs_engine"] = round(r["decode_tokens"] / r["wall_s"] / eng["tok_per_s"], 3)
+        out["generation_vs_engine"] = round(r["generated_tokens"] / r["wall_s"] / eng["tok_per_s"], 3)
     return out
 
 

@@ -335,7 +335,7 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
              progress: Any) -> dict[str, Any]:
     """Compute this replica's share of the task's unfinished docs and record them; returns
     this replica's timing (docs, seconds, seconds to the first finished doc, the backend's
-    counters: see :meth:`ModelBackend.counters`)."""
+    counters: see :meth:`ModelBackend.stats`)."""
     name = prepared.task.name
     if topology.is_leader:
         store.load_samples(name, repair=True)  # drop torn lines before anyone reads
@@ -355,7 +355,7 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
         writer = store.sample_writer(name, shard=None if topology.dp == 1 else topology.dp_rank)
     collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
     requests = collector.flat_requests()
-    before, start = backend.counters(), time.monotonic()
+    before, start = backend.stats(), time.monotonic()
     try:
         if requests and isinstance(requests[0], ChatRequest):
             backend.chat(requests, collector.on_result)
@@ -371,10 +371,10 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
             writer.close()
     wall = time.monotonic() - start
     first = None if collector.first_doc_at is None else round(collector.first_doc_at - start, 3)
-    after = backend.counters()
+    grown = {k: round(v - before.get(k, 0), 3) for k, v in backend.stats().items()
+             if isinstance(v, (int, float)) and k != "acceptance_rate"}
     return {"docs": len(pending), "wall_s": round(wall, 3), "first_doc_s": first,
-            "docs_per_s": round(len(pending) / wall, 2) if wall > 0 else None,
-            **{k: round(v - before.get(k, 0), 3) for k, v in after.items()}}
+            "docs_per_s": round(len(pending) / wall, 2) if wall > 0 else None, **grown}
 
 
 def write_timing(out: str | Path, timing: dict[str, Any]) -> None:
@@ -382,10 +382,10 @@ def write_timing(out: str | Path, timing: dict[str, Any]) -> None:
     docs/s, time to its first doc and the backend's token counts and rates). Speed only, never
     part of a result; each invocation replaces it."""
     for t in timing["tasks"].values():
-        for kind in ("prefill", "decode"):
-            secs = t.get(f"{kind}_s")
+        for kind, tokens in (("prefill", "prefill_tokens"), ("decode", "generated_tokens")):
+            secs = t.get(f"{kind}_seconds")
             if secs:
-                t[f"{kind}_tok_per_s"] = round(t.get(f"{kind}_tokens", 0) / secs, 1)
+                t[f"{kind}_tok_per_s"] = round(t.get(tokens, 0) / secs, 1)
     (Path(out) / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
 
 
@@ -453,6 +453,7 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
                         samples = judge_samples(item.task, samples, store, judge)
                     summaries[name] = task_summary(item.task, samples, len(item.docs), config.limit)
                 barrier(topology)
+        invocation["backend_stats"] = backend.stats()
     finally:
         if judge is not None and judge is not backend:
             judge.close()

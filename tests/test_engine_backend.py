@@ -244,4 +244,6 @@ def test_speculative_backend_generates_the_greedy_text(backend):
                                         EngineConfig(speculative="mtp")), "tiny")
     reqs = [GenerateRequest("Tell me a story", max_tokens=10), GenerateRequest("1 2 3", max_tokens=7, stop=("zz",))]
     assert [r.text for r in spec.generate(reqs)] == [r.text for r in backend.generate(reqs)]
-    assert spec.llm.stats.draft_proposed > 0
+    stats = spec.stats()  # what run.json records per invocation
+    assert stats["draft_proposed"] > 0 and stats["acceptance_rate"] == stats["draft_accepted"] / stats["draft_proposed"]
+    assert stats["generated_tokens"] >= 10 and backend.stats()["draft_proposed"] == 0

@@ -69,7 +69,7 @@ def test_engine_kill_and_resume(tmp_path: Path, data_dir: Path) -> None:
     mmlu = timing["tasks"]["mmlu"]  # where the time went: the engine's counters over this task
     assert timing["load_s"] is None and mmlu["docs"] == len(IDS) and 0 < mmlu["first_doc_s"] <= mmlu["wall_s"]
     assert mmlu["prefill_tokens"] + mmlu["prefix_hit_tokens"] == sum(sum(r["prompt_tokens"]) for r in reference)
-    assert mmlu["decode_tokens"] == 0 and mmlu["prefill_tok_per_s"] > 0
+    assert mmlu["generated_tokens"] == 0 and mmlu["prefill_tok_per_s"] > 0
     assert (tmp_path / "rerun" / "mmlu" / "samples.jsonl").read_bytes() == \
         (tmp_path / "reference" / "mmlu" / "samples.jsonl").read_bytes(), "same settings, same bits"
 

@@ -151,10 +151,11 @@ class ModelBackend(ABC):
         Backends that cannot see token probabilities refuse."""
         raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
 
-    def counters(self) -> dict[str, float]:
-        """Running totals this backend can report for ``timing.json`` (the engine's: prompt
-        and generated tokens and the seconds spent in prefill and decode steps); the harness
-        records their growth over each task. None by default."""
+    def stats(self) -> dict[str, Any]:
+        """Running totals of the work done so far (the engine's steps, prompt and generated
+        tokens, seconds in prefill and decode steps, MTP draft acceptance: what a speculative
+        run's speed-up comes from). run.json keeps them per invocation and timing.json their
+        growth over each task. Empty where a backend counts nothing."""
         return {}
 
     def close(self) -> None:

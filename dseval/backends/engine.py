@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -320,6 +321,10 @@ class EngineBackend(ModelBackend):
         self.generate_ids(prompts, params, done)
         return [r for r in results if r is not None]
 
+    def stats(self) -> dict[str, Any]:
+        counters = self.llm.stats
+        return {**asdict(counters), "acceptance_rate": counters.acceptance_rate}
+
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages)
 
@@ -346,11 +351,6 @@ class EngineBackend(ModelBackend):
             PromptToken(prompt[a:b], a, t.logprob, self.tokenizer.decode([t.top_id]), t.top_logprob)
             for (a, b), t in zip(spans[1:], scored.tokens, strict=True)
         ]
-
-    def counters(self) -> dict[str, float]:
-        st = self.llm.stats
-        return {"prefill_tokens": st.prefill_tokens, "prefix_hit_tokens": st.prefix_hit_tokens,
-                "decode_tokens": st.generated_tokens, "prefill_s": st.prefill_seconds, "decode_s": st.decode_seconds}
 
     def close(self) -> None:
         del self.llm

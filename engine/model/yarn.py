@@ -39,6 +39,11 @@ class RopeScaling:
         return d
 
 
+#: DeepSeek-V3's rope_scaling (config.json of the release).
+V3_YARN = RopeScaling(factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
+                      mscale=1.0, mscale_all_dim=1.0)
+
+
 def yarn_mscale(factor: float, mscale: float) -> float:
     """YaRN's attention temperature 0.1·mscale·ln(factor) + 1 (1 when not extending)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
