@@ -33,25 +33,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(port: int, *extra: str) -> subprocess.Popen:
+    """``dseval serve --model tiny`` on loopback ``port``, requiring :data:`KEY`; returns once
+    ``/health`` answers."""
+    env = {**os.environ, "DSEVAL_API_KEY": KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
+                             "--port", str(port), *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {proc.stdout.read().decode()[-2000:]}") from None
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "DSEVAL_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
-                             "--port", str(port), "--max-request-bytes", "100000"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc = start_server(port, "--max-request-bytes", "100000")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {proc.stdout.read().decode()[-2000:]}") from None
-                time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
