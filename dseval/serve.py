@@ -99,8 +99,8 @@ class Server:
     """Routes OpenAI requests to one backend through a batcher."""
 
     def __init__(self, backend: ModelBackend, model_name: str, api_key: str | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-        self.batcher = Batcher(backend)
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, replicated: bool = False) -> None:
+        self.batcher = Batcher(backend, replicated)
         self.backend = backend
         self.model_name = model_name
         self.api_key = api_key

@@ -98,7 +98,7 @@ def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, 
 
 
 @pytest.mark.parametrize("command,refusal", [(["generate", "--input-file", "p.txt"], "runs one model replica"),
-                                             (["chat"], "runs one model replica"), (["serve"], "runs the model in one process")])
+                                             (["chat"], "runs one model replica"), (["serve"], "runs one model replica")])
 def test_one_replica_commands_refuse_dp(command: list[str], refusal: str, captured: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
     assert result.exit_code == 2 and refusal in result.output

@@ -33,11 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, *extra: str) -> subprocess.Popen:
-    """``dseval serve --model tiny`` on loopback ``port``, requiring :data:`KEY`; returns once
-    ``/health`` answers."""
+def start_server(port: int, *extra: str, nproc: int = 1) -> subprocess.Popen:
+    """``dseval serve --model tiny`` on loopback ``port`` (under torchrun with ``nproc`` > 1),
+    requiring :data:`KEY`; returns once ``/health`` answers."""
     env = {**os.environ, "DSEVAL_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    proc = subprocess.Popen([sys.executable, *launcher, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
                              "--port", str(port), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

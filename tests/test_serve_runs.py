@@ -1,7 +1,8 @@
 """Whole runs through `dseval serve --model tiny` on loopback: base and ``--chat`` runs through
 ``openai:`` and ``openai-chat:`` give the in-process engine's samples; a server killed mid-run
 and started again lets the run finish with every sample once; the API key never reaches the
-run folder or the run's output."""
+run folder, the run's output or the server's; a model split over two torchrun ranks
+(``--tp 2``) serves the single process's answers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from test_serve import KEY, free_port, server, start_server  # noqa: F401 - the module-scoped server fixture
 
 from dseval.backends.base import BackendOptions
+from dseval.backends.registry import load_backend
 from dseval.config import RunConfig
+from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from dseval.runner import evaluate
 from dseval.store import RunStore
 
@@ -106,10 +109,34 @@ def test_server_killed_mid_run_and_restarted_lets_the_run_finish(tmp_path: Path,
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     finally:
         server_proc.kill()
-        server_proc.wait(timeout=30)
+        server_output = server_proc.communicate(timeout=30)[0].decode()
     ids = [json.loads(line)["id"] for line in samples.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == DOCS, "every sample once"
     assert set(kept) <= set(samples.read_text().splitlines()), "finished samples kept as they were"
-    assert KEY not in first_output + resumed.stdout + resumed.stderr
+    assert KEY not in first_output + resumed.stdout + resumed.stderr + server_output
     for path in out.rglob("*"):
         assert not path.is_file() or KEY not in path.read_text(errors="replace"), f"API key written to {path}"
+
+
+def test_split_model_serves_the_single_process_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchrun --nproc-per-node 2 -m dseval serve --model tiny --tp 2``: rank 0 serves, rank 1
+    follows its calls; greedy text and chat answers equal one process's, loglikelihoods to float
+    rounding, and stopping rank 0 stops both."""
+    port = free_port()
+    proc = start_server(port, "--tp", "2", nproc=2)
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        remote = load_backend(f"openai:http://127.0.0.1:{port}/v1#tiny", BackendOptions(batch_size=4))
+        local = load_backend("tiny", BackendOptions(device="cpu"))
+        generate = [GenerateRequest(prompt=p, max_tokens=8) for p in ("def add(a, b):", "Once upon a time", "1, 2, 3,")]
+        chat = [ChatRequest(messages=({"role": "user", "content": q},), max_tokens=8) for q in ("2 + 2?", "Hi")]
+        scored = [LoglikelihoodRequest("The capital of France is", c) for c in (" Paris", " Rome")]
+        assert [r.text for r in remote.generate(generate)] == [r.text for r in local.generate(generate)]
+        assert [r.text for r in remote.chat(chat)] == [r.text for r in local.chat(chat)]
+        got, want = remote.loglikelihood(scored), local.loglikelihood(scored)
+        assert [r.logprob for r in got] == pytest.approx([r.logprob for r in want], abs=2e-3)
+        local.close()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode is not None and KEY not in output
