@@ -223,6 +223,9 @@ def test_humaneval_answer_forms_are_recorded(humaneval) -> None:
     assert task.score(base)[0]["pass@1"] == pytest.approx(1 / 3)
     assert base[0].details["answer_form"] == ["fence in program", "code", "not code"]
     assert [v["status"] for v in base[0].details["exec"]] == ["failed", "passed", "failed"]
+    base[0].metrics = task.score(base)[0]
+    summary = task.summarize(base).metrics
+    assert (summary["answers/fence_in_program"], summary["answers/not_code"]) == (1.0, 1.0)
     task.score(chat)
     assert chat[0].details["answer_form"] == ["fenced code", "code", "not code"]
     assert chat[0].details["exec"][0]["status"] == "passed"

@@ -11,7 +11,8 @@ scores pass@k with the
 unbiased estimator of Chen et al. (2021) for every k in :data:`PASS_AT_K` not above the number
 of samples drawn, and adds to the summary how many programs passed, failed, timed out or could
 not run (``exec/<status>``) and how many passes were flagged (``exec/tampered``), plain counts
-without a standard error, so a run where the sandbox broke is never mistaken for a weak model.
+without a standard error, so a run where the sandbox broke is never mistaken for a weak model;
+likewise the answers that were no runnable code (``answers/<form>``).
 With ``strict`` a flagged pass counts as a failure in pass@k.
 """
 
@@ -57,6 +58,10 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
             if defines(body, entry_point):
                 return body
     return python[0]
+
+
+#: Answer forms counted in the summary (``answers/fence_in_program``, ``answers/not_code``).
+UNREADABLE_FORMS = ("fence in program", "not code")
 
 
 def answer_form(output: str, program: str) -> str:
@@ -138,4 +143,7 @@ class CodeExecution:
         for status in STATUSES:
             summary.metrics[f"exec/{status}"] = float(counts.get(status, 0))
         summary.metrics["exec/tampered"] = float(sum(v["status"] == "passed" and bool(v.get("tampered")) for v in verdicts))
+        forms = Counter(form for s in samples for form in s.details.get("answer_form", []))
+        for form in UNREADABLE_FORMS:  # answers that could not run as code, whatever the model knew
+            summary.metrics[f"answers/{form.replace(' ', '_')}"] = float(forms.get(form, 0))
         return summary
