@@ -73,11 +73,12 @@ def chat_requests(
 
 
 def chat_prompt(
-    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int, stop: tuple[str, ...] = ()
+    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int, stop: tuple[str, ...] = (),
+    protocol: SamplingProtocol | None = None,
 ) -> tuple[str, list[GenerateRequest]]:
     """What a chat-mode generation task's ``build`` returns: the prompt the sample records
     (:meth:`PromptContext.recorded`) and the chat requests. Tasks hand the backend messages,
     never a templated string, so ``openai:``/``openai-chat:`` servers apply their own template
     and the built-in engine the checkpoint's."""
-    requests = chat_requests(messages, doc_id, ctx, max_tokens, stop=stop)
+    requests = chat_requests(messages, doc_id, ctx, max_tokens, protocol, stop)
     return ctx.recorded(list(requests[0].messages)), list[GenerateRequest](requests)
