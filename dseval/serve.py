@@ -194,16 +194,17 @@ class Server:
         results: list[GenerateResult] = await asyncio.gather(
             *(self._ask("generate", r) for r in requests if r.max_tokens > 0))
         texts = iter(results)
-        choices, completion_tokens = [], 0
+        choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, req in enumerate(requests):
             result = next(texts) if req.max_tokens > 0 else GenerateResult(text="", finish_reason="length")
             completion_tokens += result.num_tokens
+            prompt_tokens += (result.prompt_tokens or 0) if index % n == 0 else 0  # each prompt once
             choice: dict[str, Any] = {"index": index, "text": (req.prompt if echo else "") + result.text,
                                       "logprobs": None, "finish_reason": result.finish_reason}
             if echo and want_logprobs:  # prompt (and generated) tokens, scored in one pass
                 choice["logprobs"] = logprobs_block(await self._ask("prompt_logprobs", (req.prompt, result.text)))
             choices.append(choice)
-        payload = self._envelope("text_completion", choices, 0, completion_tokens)
+        payload = self._envelope("text_completion", choices, prompt_tokens, completion_tokens)
         return self._stream(payload, "text") if body.get("stream") else JSONResponse(payload)
 
     async def chat_completions(self, request: Request) -> Response:
@@ -220,7 +221,7 @@ class Server:
         results: list[GenerateResult] = await asyncio.gather(*(self._ask("chat", r) for r in requests))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                    for i, r in enumerate(results)]
-        payload = self._envelope("chat.completion", choices, 0, sum(r.num_tokens for r in results))
+        payload = self._envelope("chat.completion", choices, results[0].prompt_tokens or 0, sum(r.num_tokens for r in results))
         return self._stream(payload, "delta") if body.get("stream") else JSONResponse(payload)
 
     @staticmethod

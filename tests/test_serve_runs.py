@@ -52,6 +52,7 @@ def test_base_run_through_openai_equals_the_engine(server: str, engine_runs, tmp
     want = engine_runs["base"]["gsm8k"]
     assert {i: s.outputs for i, s in remote["gsm8k"].items()} == {i: s.outputs for i, s in want.items()}
     assert {i: s.prompt for i, s in remote["gsm8k"].items()} == {i: s.prompt for i, s in want.items()}
+    assert {i: s.prompt_tokens for i, s in remote["gsm8k"].items()} == {i: s.prompt_tokens for i, s in want.items()}
     mmlu = dict(tasks=("mmlu",), model=f"openai:{server}/v1#tiny", ids=MMLU_IDS, data_dir=str(data_dir), options=CPU)
     evaluate(RunConfig(out=tmp_path / "mmlu-remote", **mmlu))
     evaluate(RunConfig(out=tmp_path / "mmlu-engine", **{**mmlu, "model": "tiny"}))
@@ -73,6 +74,7 @@ def test_chat_run_through_the_server_equals_the_engine(spec: str, server: str, e
     for task in tasks:
         want = engine_runs["chat"][task]
         assert {i: s.outputs for i, s in remote[task].items()} == {i: s.outputs for i, s in want.items()}, task
+        assert {i: s.prompt_tokens for i, s in remote[task].items()} == {i: s.prompt_tokens for i, s in want.items()}, task
         for doc_id, sample in remote[task].items():
             messages = json.loads(sample.prompt)
             assert messages[-1]["role"] == "user" and want[doc_id].prompt.startswith("<｜begin▁of▁sentence｜>")
