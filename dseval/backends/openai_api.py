@@ -265,6 +265,11 @@ class OpenAIBackend(ModelBackend):
     def recorded_chat(self, messages: list[dict[str, str]]) -> str:
         return json.dumps(messages, ensure_ascii=False)
 
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        raise UserError(f"{self.description}: the server applies its chat template to chat requests only, so "
+                        "loglikelihood tasks (e.g. mmlu) cannot run with --chat here; run them without --chat, or "
+                        "with --chat on the checkpoint itself")
+
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None
     ) -> list[LoglikelihoodResult]:
