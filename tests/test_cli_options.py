@@ -60,7 +60,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import dseval.serve as serve
 
     monkeypatch.setattr(registry, "load_backend", lambda model, options: seen.update(options=options))
-    monkeypatch.setattr(serve, "Server", lambda *args: type("App", (), {"app": lambda self: None})())
+    monkeypatch.setattr(serve, "Server", lambda *args, **kwargs: type("App", (), {"app": lambda self: None})())
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     return seen
 
