@@ -48,6 +48,10 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
+#: The roles a chat template renders; a message with another would silently vanish from the prompt.
+CHAT_ROLES = ("system", "user", "assistant")
+
+
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float | None = None,
             integer: bool = False) -> Any:
     value = body.get(name, default)
@@ -211,10 +215,10 @@ class Server:
         body = await self._body(request)
         messages = body.get("messages")
         if (not isinstance(messages, list) or not messages
-                or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                or not all(isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
                            for m in messages)):
-            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string values",
-                           param="messages")
+            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects, role one of "
+                           f"{', '.join(CHAT_ROLES)} (a chat template drops others) and content a string", param="messages")
         conversation = tuple({"role": m["role"], "content": m["content"]} for m in messages)
         n = _number(body, "n", 1, 1, 64, integer=True)
         requests = [ChatRequest(**{**vars(sampling_request(body, "", 1024, i)), "messages": conversation}) for i in range(n)]

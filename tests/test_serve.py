@@ -173,6 +173,21 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server: str, 
     assert code == 200
 
 
+@pytest.mark.parametrize(("payload", "status"), [
+    ({"messages": "hi"}, 400),
+    ({"messages": []}, 400),
+    ({"messages": [{"role": "user"}]}, 400),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}, 404),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 2}, 400),
+])
+def test_bad_chat_requests_get_json_errors(server: str, payload: dict[str, Any], status: int) -> None:
+    code, body = post(f"{server}/v1/chat/completions", payload)
+    assert code == status and body["error"]["message"]
+    code, _ = post(f"{server}/v1/chat/completions", {"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1})
+    assert code == 200
+
+
 def test_models_lists_the_served_name(server: str) -> None:
     request = urllib.request.Request(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     with urllib.request.urlopen(request, timeout=10) as response:
