@@ -342,19 +342,24 @@ def serve(
                                                   "bearer token; unset: no key.")] = "DSEVAL_API_KEY",
     max_request_bytes: Annotated[int, typer.Option(help="Larger request bodies are refused (413).")] = 8 * 1024 * 1024,
 ) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health)."""
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health).
+    Under torchrun with --tp/--ep, rank 0 serves and the other ranks run its model calls."""
     import uvicorn
 
     from dseval.backends.registry import load_backend
+    from dseval.batcher import follow
     from dseval.serve import Server
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
-    if max(options.dp, options.tp, options.ep) > 1:  # one HTTP server cannot yet drive a torchrun world
-        raise UserError("--dp/--tp/--ep: dseval serve runs the model in one process; serve a split model with "
-                        "vLLM or SGLang and evaluate it through openai:URL#MODEL")
+    topology = start_one_replica(options, "serve")
     backend = load_backend(model, options)
-    server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes)
+    if not topology.is_leader:
+        follow(backend)
+        backend.close()
+        return
+    server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes,
+                    replicated=topology.world_size > 1)
     Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")
 

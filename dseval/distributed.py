@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO
+from typing import IO, Any
 
 from dseval.backends.base import BackendOptions
 from dseval.errors import UserError
@@ -118,6 +118,16 @@ def shared_stdin(topology: Topology) -> tuple[IO[str], IO[str]]:
     0's terminal; only rank 0 writes to it."""
     out = sys.stdout if topology.is_leader else open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process-long)
     return _LeaderLines(), out  # type: ignore[return-value]
+
+
+def from_leader(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (others pass anything): how the ranks of one split model
+    under ``dseval serve`` learn which call rank 0 makes next."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(topology: Topology) -> None:

@@ -107,6 +107,7 @@ def prepare(task: Task, config: RunConfig, source: DataSource, backend: ModelBac
         seed=config.seed,
         samples=config.samples,
         render_chat=backend.apply_chat_template,
+        record_chat=backend.recorded_chat,
         max_tokens=config.max_tokens,
         temperature=config.temperature,
         top_p=config.top_p,

@@ -48,6 +48,10 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
+#: The roles a chat template renders; a message with another would silently vanish from the prompt.
+CHAT_ROLES = ("system", "user", "assistant")
+
+
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float | None = None,
             integer: bool = False) -> Any:
     value = body.get(name, default)
@@ -99,8 +103,8 @@ class Server:
     """Routes OpenAI requests to one backend through a batcher."""
 
     def __init__(self, backend: ModelBackend, model_name: str, api_key: str | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-        self.batcher = Batcher(backend)
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, replicated: bool = False) -> None:
+        self.batcher = Batcher(backend, replicated)
         self.backend = backend
         self.model_name = model_name
         self.api_key = api_key
@@ -194,33 +198,34 @@ class Server:
         results: list[GenerateResult] = await asyncio.gather(
             *(self._ask("generate", r) for r in requests if r.max_tokens > 0))
         texts = iter(results)
-        choices, completion_tokens = [], 0
+        choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, req in enumerate(requests):
             result = next(texts) if req.max_tokens > 0 else GenerateResult(text="", finish_reason="length")
             completion_tokens += result.num_tokens
+            prompt_tokens += (result.prompt_tokens or 0) if index % n == 0 else 0  # each prompt once
             choice: dict[str, Any] = {"index": index, "text": (req.prompt if echo else "") + result.text,
                                       "logprobs": None, "finish_reason": result.finish_reason}
             if echo and want_logprobs:  # prompt (and generated) tokens, scored in one pass
                 choice["logprobs"] = logprobs_block(await self._ask("prompt_logprobs", (req.prompt, result.text)))
             choices.append(choice)
-        payload = self._envelope("text_completion", choices, 0, completion_tokens)
+        payload = self._envelope("text_completion", choices, prompt_tokens, completion_tokens)
         return self._stream(payload, "text") if body.get("stream") else JSONResponse(payload)
 
     async def chat_completions(self, request: Request) -> Response:
         body = await self._body(request)
         messages = body.get("messages")
         if (not isinstance(messages, list) or not messages
-                or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                or not all(isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
                            for m in messages)):
-            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string values",
-                           param="messages")
+            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects, role one of "
+                           f"{', '.join(CHAT_ROLES)} (a chat template drops others) and content a string", param="messages")
         conversation = tuple({"role": m["role"], "content": m["content"]} for m in messages)
         n = _number(body, "n", 1, 1, 64, integer=True)
         requests = [ChatRequest(**{**vars(sampling_request(body, "", 1024, i)), "messages": conversation}) for i in range(n)]
         results: list[GenerateResult] = await asyncio.gather(*(self._ask("chat", r) for r in requests))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                    for i, r in enumerate(results)]
-        payload = self._envelope("chat.completion", choices, 0, sum(r.num_tokens for r in results))
+        payload = self._envelope("chat.completion", choices, results[0].prompt_tokens or 0, sum(r.num_tokens for r in results))
         return self._stream(payload, "delta") if body.get("stream") else JSONResponse(payload)
 
     @staticmethod

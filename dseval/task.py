@@ -38,6 +38,7 @@ class PromptContext:
     chat: bool
     seed: int
     samples: int
+    #: The backend's chat template: the exact string a chat-mode loglikelihood prompt is.
     render_chat: Callable[[list[dict[str, str]]], str]
     max_tokens: int | None = None
     #: Run-level sampling (``--temperature/--top-p/--top-k``): None keeps the task's protocol.
@@ -46,15 +47,30 @@ class PromptContext:
     top_k: int | None = None
     #: ``--system-prompt``: the system turn of chat prompts whose task sets none.
     system_prompt: str | None = None
+    #: What a sample records as the prompt of a chat request: the rendering where the backend
+    #: applies the template, the conversation's JSON where a server does (None: ``render_chat``).
+    record_chat: Callable[[list[dict[str, str]]], str] | None = None
 
-    def as_prompt(self, text: str, system: str | None = None) -> str:
-        """The exact string sent: raw text for base models, the chat template's rendering of a
-        single user turn for chat models."""
-        if not self.chat:
-            return text
+    def conversation(self, text: str, system: str | None = None,
+                     shots: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+        """A chat prompt's messages: the system turn (the task's, else ``--system-prompt``),
+        each few-shot exemplar as a user turn answered by an assistant turn (lm-evaluation-harness's
+        ``--fewshot_as_multiturn``), then ``text`` as the last user turn."""
         system = system or self.system_prompt
         messages = [{"role": "system", "content": system}] if system else []
-        return self.render_chat(messages + [{"role": "user", "content": text}])
+        for question, answer in shots:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return messages + [{"role": "user", "content": text}]
+
+    def recorded(self, messages: list[dict[str, str]]) -> str:
+        """The prompt a sample records for a chat request of ``messages``."""
+        return (self.record_chat or self.render_chat)(messages)
+
+    def as_prompt(self, text: str, system: str | None = None) -> str:
+        """The exact string scored: raw text for base models, the chat template's rendering of a
+        single user turn for chat models (loglikelihood requests need a string; generation
+        tasks send chat requests instead, see :func:`dseval.scoring.sampling.chat_prompt`)."""
+        return self.render_chat(self.conversation(text, system)) if self.chat else text
 
 
 class Task(ABC):

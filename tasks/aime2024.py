@@ -18,9 +18,9 @@ import re
 from collections.abc import Sequence
 
 from dseval.data import DatasetSpec, DataSource, local_rows
-from dseval.requests import ChatRequest
+from dseval.requests import GenerateRequest
 from dseval.scoring.math_answers import extract_answer, normalize_answer
-from dseval.scoring.sampling import SamplingProtocol, chat_requests
+from dseval.scoring.sampling import SamplingProtocol, chat_prompt
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 from dseval.tasks.math500 import CHAT_PROMPT
@@ -54,9 +54,9 @@ class Aime2024(Task):
         rows = local_rows(source, self.dataset, ("id", "problem", "answer"))
         return [Doc(id=f"aime2024/{row['id']}", data=row, target=str(row["answer"])) for row in rows]
 
-    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[ChatRequest]]:
-        prompt = CHAT_PROMPT.format(problem=doc.data["problem"])
-        return prompt, chat_requests([{"role": "user", "content": prompt}], doc.id, ctx, self.max_tokens, PROTOCOL)
+    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
+        return chat_prompt(ctx.conversation(CHAT_PROMPT.format(problem=doc.data["problem"])), doc.id, ctx, self.max_tokens,
+                           protocol=PROTOCOL)
 
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
         metrics = []

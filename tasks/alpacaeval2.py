@@ -36,9 +36,9 @@ from dseval.data import DatasetSpec, DataSource, local_rows
 from dseval.errors import UserError
 from dseval.judging import JudgedTask, verdicts
 from dseval.metrics import Summary
-from dseval.requests import ChatRequest
+from dseval.requests import ChatRequest, GenerateRequest
 from dseval.scoring.length_controlled import GamedRows, length_controlled_win_rate
-from dseval.scoring.sampling import chat_requests
+from dseval.scoring.sampling import chat_prompt
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 
@@ -135,9 +135,8 @@ class AlpacaEval2(JudgedTask, Task):
             docs.append(Doc(id=f"alpacaeval/{index}", data=row, target=target, fields={"dataset": row["dataset"]}))
         return docs
 
-    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[ChatRequest]]:
-        instruction = doc.data["instruction"]
-        return instruction, chat_requests([{"role": "user", "content": instruction}], doc.id, ctx, GENERATION_TOKENS)
+    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
+        return chat_prompt(ctx.conversation(doc.data["instruction"]), doc.id, ctx, GENERATION_TOKENS)
 
     def judge_requests(self, sample: Sample) -> list[ChatRequest]:
         if not sample.outputs:

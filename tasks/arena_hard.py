@@ -35,9 +35,9 @@ from dseval.data import DatasetSpec, DataSource, local_rows, read_jsonl, require
 from dseval.errors import UserError
 from dseval.judging import JudgedTask, verdicts
 from dseval.metrics import Summary
-from dseval.requests import ChatRequest
+from dseval.requests import ChatRequest, GenerateRequest
 from dseval.scoring.bradley_terry import battle_outcomes, win_rate_vs_baseline
-from dseval.scoring.sampling import chat_requests
+from dseval.scoring.sampling import chat_prompt
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 
@@ -142,9 +142,8 @@ class ArenaHard(JudgedTask, Task):
             for row in questions
         ]
 
-    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[ChatRequest]]:
-        question = doc.data["prompt"]
-        return question, chat_requests([{"role": "user", "content": question}], doc.id, ctx, GENERATION_TOKENS)
+    def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
+        return chat_prompt(ctx.conversation(doc.data["prompt"]), doc.id, ctx, GENERATION_TOKENS)
 
     def judge_requests(self, sample: Sample) -> list[ChatRequest]:
         question, baseline = sample.target["question"], sample.target["baseline"]

@@ -9,7 +9,9 @@ file, then the open question in the exemplars' form::
     {task description}\\n\\nQ: {shot 1}\\nA: Let's think step by step.\\n{reasoning} So the
     answer is {answer}.\\n\\n ... (3 shots) ... \\n\\nQ: {input}\\nA: Let's think step by step.
 
-The file's canary line and the ``-----`` separator under it are not part of the prompt.
+The file's canary line and the ``-----`` separator under it are not part of the prompt. Chat
+models get each exemplar as a user turn (up to "A: Let's think step by step.") answered by an
+assistant turn (its reasoning), the description opening the first user turn, without stops.
 ``--shots k`` keeps the first k exemplars. Generation stops at a blank line (every exemplar
 answer is one block, and a base model goes on with a new "Q:" after one), as
 lm-evaluation-harness's ``bbh_cot_fewshot`` does; its further stop at any "Q" is not copied,
@@ -31,7 +33,7 @@ from dseval.prompting import take_shots
 from dseval.metrics import Summary, add_macro
 from dseval.requests import GenerateRequest
 from dseval.scoring.answers import answer_after
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 
@@ -47,7 +49,8 @@ TASKS = (
 )  # fmt: skip
 #: The line that ends the release file's header (canary GUID above it).
 HEADER_END = "-----\n"
-QUESTION = "Q: {input}\nA: Let's think step by step."
+ANSWER_OPENING = "\nA: Let's think step by step."
+QUESTION = "Q: {input}" + ANSWER_OPENING
 BLOCK_SEPARATOR = "\n\n"
 STOP = ("\n\n",)
 ANSWER_PHRASE = "the answer is"
@@ -61,6 +64,12 @@ def split_cot_prompt(text: str, where: str) -> tuple[str, list[str]]:
     return description, ["Q: " + shot for shot in shots]
 
 
+def exemplar_turns(shot: str) -> tuple[str, str]:
+    """An exemplar block as (user turn up to "A: Let's think step by step.", assistant reasoning)."""
+    question, opening, reasoning = shot.partition(ANSWER_OPENING)
+    return question + opening, reasoning.lstrip("\n")
+
+
 def cot_prompt(description: str, shots: Sequence[str], question: str) -> str:
     return BLOCK_SEPARATOR.join([description, *shots, QUESTION.format(input=question)])
 
@@ -71,7 +80,7 @@ class BBH(Task):
     display_name = "BBH"
     metric_label = "EM"
     category = "English"
-    version = "1"
+    version = "2"  # 2: chat prompts as multi-turn messages
     dataset = DatasetSpec(hub_id="lukaemon/bbh", split="test", local="bbh")
     request_type = "generate"
     default_shots = 3
@@ -105,9 +114,15 @@ class BBH(Task):
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         description, shots = self._prompts[doc.fields["task"]]
         chosen = take_shots(shots, ctx.shots, f"bbh's cot-prompts/{doc.fields['task']}.txt")
-        prompt = ctx.as_prompt(cot_prompt(description, chosen, doc.data["input"]))
-        stop = () if ctx.chat else STOP
-        return prompt, generate_requests(prompt, doc.id, ctx, stop, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
+        if ctx.chat:
+            turns = [exemplar_turns(shot) for shot in chosen]
+            if turns:
+                turns[0] = (description + BLOCK_SEPARATOR + turns[0][0], turns[0][1])
+            question = QUESTION.format(input=doc.data["input"])
+            messages = ctx.conversation(question if turns else description + BLOCK_SEPARATOR + question, shots=turns)
+            return chat_prompt(messages, doc.id, ctx, self.max_tokens_chat)
+        prompt = cot_prompt(description, chosen, doc.data["input"])
+        return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_base)
 
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
         out = []

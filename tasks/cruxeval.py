@@ -27,7 +27,7 @@ from dseval.data import DatasetSpec, DataSource
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.code_exec import CodeExecution
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 
@@ -86,7 +86,9 @@ class CRUXEvalOutput(CodeExecution, Task):
                     target={"code": row["code"], "input": row["input"], "output": row["output"]}) for row in rows]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
-        prompt = ctx.as_prompt(self.prompt(doc.data["code"], doc.data["input"], doc.data["output"], ctx.shots))
+        prompt = self.prompt(doc.data["code"], doc.data["input"], doc.data["output"], ctx.shots)
+        if ctx.chat:  # the official prompt as one user turn (its examples stay inside it)
+            return chat_prompt(ctx.conversation(prompt), doc.id, ctx, self.max_tokens, STOP)
         return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens)
 
     @staticmethod

@@ -39,7 +39,7 @@ from dseval.errors import UserError
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.drop_f1 import best_em_f1
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.task import PromptContext, Task, register_task
 
 BASE_SHOT_SEPARATOR = "\n\n"
@@ -121,8 +121,7 @@ class Drop(Task):
         shots = [self._rows[i] for i in doc.data["shots"][: ctx.shots]]
         if ctx.chat:
             text = CHAT_INTRO + "".join(CHAT_SHOT.format(**shot) for shot in shots) + CHAT_TASK.format(context=doc.data["context"])
-            prompt = ctx.as_prompt(text)
-            return prompt, generate_requests(prompt, doc.id, ctx, (), self.max_tokens_chat)
+            return chat_prompt(ctx.conversation(text), doc.id, ctx, self.max_tokens_chat)
         blocks = [shot["context"] + shot["completion"] for shot in shots]
         prompt = BASE_SHOT_SEPARATOR.join([*blocks, doc.data["context"]])
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)

@@ -11,7 +11,8 @@ wording and layout of lm-evaluation-harness's ``gsm8k_cot`` task::
 
 The exemplars are fixed, not drawn from the train split, so every model sees the same prompt.
 Generation stops at "Q:" (the next question a base model writes), and at "</s>" and
-"<|im_end|>" as the reference does. Chat models get the same text in one user turn.
+"<|im_end|>" as the reference does. Chat models get each exemplar as a user turn ("Q: ...\nA:")
+answered by an assistant turn (its reasoning), then the question, without stop strings.
 
 Scoring: the number after the first "The answer is" (the reference's strict filter), or, when
 the output has no such sentence, its last number (the flexible filter); equal to the gold (the
@@ -28,7 +29,7 @@ from dseval.errors import UserError
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring.answers import answer_after, numbers, same_number
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 
@@ -57,10 +58,11 @@ SHOT_SEPARATOR = "\n\n"
 STOP = ("Q:", "</s>", "<|im_end|>")
 ANSWER_PHRASE = "The answer is"
 GOLD_MARK = "####"
+PROMPT_NAME = "gsm8k's chain-of-thought prompt"
 
 
 def cot_prompt(question: str, shots: int) -> str:
-    blocks = [SHOT.format(question=q, answer=a) for q, a in take_shots(COT_SHOTS, shots, "gsm8k's chain-of-thought prompt")]
+    blocks = [SHOT.format(question=q, answer=a) for q, a in take_shots(COT_SHOTS, shots, PROMPT_NAME)]
     return SHOT_SEPARATOR.join([*blocks, QUESTION.format(question=question)])
 
 
@@ -75,7 +77,7 @@ class GSM8K(Task):
     display_name = "GSM8K"
     metric_label = "EM"
     category = "Math"
-    version = "1"
+    version = "2"  # 2: chat prompts as multi-turn messages
     dataset = DatasetSpec(hub_id="openai/gsm8k", hub_config="main", split="test", local="gsm8k/test.jsonl")
     request_type = "generate"
     default_shots = 8
@@ -93,9 +95,12 @@ class GSM8K(Task):
                 for i, row in enumerate(rows)]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
-        prompt = ctx.as_prompt(cot_prompt(doc.data["question"], ctx.shots))
-        stop = () if ctx.chat else STOP
-        return prompt, generate_requests(prompt, doc.id, ctx, stop, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
+        question = doc.data["question"]
+        if ctx.chat:
+            shots = [(QUESTION.format(question=q), a) for q, a in take_shots(COT_SHOTS, ctx.shots, PROMPT_NAME)]
+            return chat_prompt(ctx.conversation(QUESTION.format(question=question), shots=shots), doc.id, ctx, self.max_tokens_chat)
+        prompt = cot_prompt(question, ctx.shots)
+        return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_base)
 
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
         out = []

@@ -23,7 +23,7 @@ from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.sandbox import Job
 from dseval.scoring.code_exec import CodeExecution, defines, extract_code
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.task import PromptContext, Task, register_task
 
 #: The Codex paper's stop sequences for completing a function body.
@@ -91,8 +91,8 @@ class HumanEval(CodeExecution, Task):
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         if ctx.chat:
-            prompt = ctx.as_prompt(CHAT_PROMPT.format(prompt=doc.data["prompt"].strip()))
-            return prompt, generate_requests(prompt, doc.id, ctx, (), self.max_tokens_chat)
+            return chat_prompt(ctx.conversation(CHAT_PROMPT.format(prompt=doc.data["prompt"].strip())), doc.id, ctx,
+                               self.max_tokens_chat)
         prompt = doc.data["prompt"]
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 

@@ -47,7 +47,7 @@ from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
 from dseval.scoring import io_tests
 from dseval.scoring.code_exec import CodeExecution, extract_code
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
 from dseval.tasks.livecodebench_examples import FUNCTIONAL_EXAMPLE, STDIN_EXAMPLE
@@ -75,7 +75,7 @@ def base_prompt(content: str, starter: str, shots: int) -> str:
     return "".join(block(e["question"], e.get("sample_code", ""), e["answer"]) for e in examples) + block(content, starter, "")
 
 
-def chat_prompt(content: str, starter: str) -> str:
+def chat_turn(content: str, starter: str) -> str:
     """The official generic user turn (its system message is :data:`SYSTEM_MESSAGE`)."""
     if starter:
         fmt = f"### Format: {WITH_STARTER}\n```python\n{starter}\n```\n\n"
@@ -200,8 +200,8 @@ class LiveCodeBench(CodeExecution, Task):
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         content, starter = doc.data["content"], doc.data["starter"]
         if ctx.chat:
-            prompt = ctx.as_prompt(chat_prompt(content, starter), system=SYSTEM_MESSAGE)
-            return prompt, generate_requests(prompt, doc.id, ctx, (), self.max_tokens_chat)
+            messages = ctx.conversation(chat_turn(content, starter), system=SYSTEM_MESSAGE)
+            return chat_prompt(messages, doc.id, ctx, self.max_tokens_chat)
         prompt = base_prompt(content, starter, ctx.shots)
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 

@@ -35,7 +35,7 @@ from dseval.prompting import take_shots
 from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.scoring.math_answers import answers_match, extract_answer, last_boxed
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.task import PromptContext, Task, register_task
 
 # The four Minerva exemplars (problem, solution), verbatim from the reference prompt.
@@ -97,8 +97,7 @@ class Math500(Task):
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
         problem = doc.data["problem"]
         if ctx.chat:
-            prompt = ctx.as_prompt(CHAT_PROMPT.format(problem=problem))
-            return prompt, generate_requests(prompt, doc.id, ctx, (), self.max_tokens_chat)
+            return chat_prompt(ctx.conversation(CHAT_PROMPT.format(problem=problem)), doc.id, ctx, self.max_tokens_chat)
         prompt = minerva_prompt(problem, ctx.shots)
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 

@@ -10,7 +10,8 @@ problems 2, 3 and 4 as the shots::
 and the open problem ending at ``[BEGIN]\\n``. Shot code is kept byte for byte as in the data
 (its ``\\r\\n`` line ends included, as the reference prompt has them). Generation stops at
 ``[DONE]``; a fenced code block in the answer, if any, is taken as the code (the reference's
-filter), which is also how chat answers are read. pass@1 runs ``code + setup + tests``: the
+filter), which is also how chat answers are read. Chat models get each shot as a user turn (its
+question, up to ``[BEGIN]``) answered by an assistant turn (``{code}\n[DONE]``), then the problem. pass@1 runs ``code + setup + tests``: the
 setup comes *after* the solution because tasks 367 and 927 build trees from the solution's
 ``Node`` class.
 
@@ -31,7 +32,7 @@ from dseval.records import Doc, Sample
 from dseval.requests import GenerateRequest
 from dseval.sandbox import Job
 from dseval.scoring.code_exec import CodeExecution, extract_code
-from dseval.scoring.sampling import generate_requests
+from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.task import PromptContext, Task, register_task
 
 QUESTION = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
@@ -63,7 +64,7 @@ class MBPP(CodeExecution, Task):
     display_name = "MBPP"
     metric_label = "Pass@1"
     category = "Code"
-    version = "1"
+    version = "2"  # 2: chat prompts as multi-turn messages
     dataset = DatasetSpec(hub_id="google-research-datasets/mbpp", hub_config="full", split="test", local="mbpp/mbpp.jsonl")
     default_shots = 3
     max_tokens_base = 512
@@ -104,8 +105,12 @@ class MBPP(CodeExecution, Task):
         ]
 
     def build(self, doc: Doc, ctx: PromptContext) -> tuple[str, list[GenerateRequest]]:
-        prompt = ctx.as_prompt(few_shot_prompt(take_shots(self._shots, ctx.shots, f"{self.name}'s prompt (task_ids 2-4)"), doc.data))
-        return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_chat if ctx.chat else self.max_tokens_base)
+        shots = take_shots(self._shots, ctx.shots, f"{self.name}'s prompt (task_ids 2-4)")
+        if ctx.chat:
+            turns = [(question(shot), SHOT_ANSWER.format(code=shot["code"])) for shot in shots]
+            return chat_prompt(ctx.conversation(question(doc.data), shots=turns), doc.id, ctx, self.max_tokens_chat, STOP)
+        prompt = few_shot_prompt(shots, doc.data)
+        return prompt, generate_requests(prompt, doc.id, ctx, STOP, self.max_tokens_base)
 
     def program(self, sample: Sample, output: str) -> Job:
         return build_program(extract_code(output), sample.target["setup"], sample.target["tests"])

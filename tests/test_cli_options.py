@@ -60,7 +60,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import dseval.serve as serve
 
     monkeypatch.setattr(registry, "load_backend", lambda model, options: seen.update(options=options))
-    monkeypatch.setattr(serve, "Server", lambda *args: type("App", (), {"app": lambda self: None})())
+    monkeypatch.setattr(serve, "Server", lambda *args, **kwargs: type("App", (), {"app": lambda self: None})())
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     return seen
 
@@ -98,7 +98,7 @@ def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, 
 
 
 @pytest.mark.parametrize("command,refusal", [(["generate", "--input-file", "p.txt"], "runs one model replica"),
-                                             (["chat"], "runs one model replica"), (["serve"], "runs the model in one process")])
+                                             (["chat"], "runs one model replica"), (["serve"], "runs one model replica")])
 def test_one_replica_commands_refuse_dp(command: list[str], refusal: str, captured: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
     assert result.exit_code == 2 and refusal in result.output

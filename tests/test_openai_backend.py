@@ -131,3 +131,12 @@ def test_mmlu_end_to_end(server: str, tmp_path: Path, data_dir: Path) -> None:
     best = max("ABCD", key=lambda letter: char_logprob(letter))
     lines = (tmp_path / "run" / "mmlu" / "samples.jsonl").read_text().splitlines()
     assert all(json.loads(line)["loglikelihoods"].index(max(json.loads(line)["loglikelihoods"])) == "ABCD".index(best) for line in lines)
+
+
+def test_chat_loglikelihood_task_is_refused_in_one_line(server: str, tmp_path: Path, data_dir: Path) -> None:
+    """A server applies its template to chat requests only: `mmlu --chat` (a templated context
+    to score) cannot run through it, and says so before any request."""
+    config = RunConfig(tasks=("mmlu",), model=f"openai:{server}#m", out=tmp_path / "run", limit=1, chat=True,
+                       data_dir=str(data_dir))
+    with pytest.raises(UserError, match="loglikelihood tasks .* cannot run with --chat"):
+        evaluate(config)

@@ -33,25 +33,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(port: int, *extra: str, nproc: int = 1) -> subprocess.Popen:
+    """``dseval serve --model tiny`` on loopback ``port`` (under torchrun with ``nproc`` > 1),
+    requiring :data:`KEY`; returns once ``/health`` answers."""
+    env = {**os.environ, "DSEVAL_API_KEY": KEY}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    proc = subprocess.Popen([sys.executable, *launcher, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
+                             "--port", str(port), *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {proc.stdout.read().decode()[-2000:]}") from None
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "DSEVAL_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
-                             "--port", str(port), "--max-request-bytes", "100000"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc = start_server(port, "--max-request-bytes", "100000")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {proc.stdout.read().decode()[-2000:]}") from None
-                time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -163,6 +170,21 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server: str, 
     assert code == status and body["error"]["message"]
     assert KEY not in json.dumps(body)
     code, body = post(f"{server}/v1/completions", {"prompt": "ok", "max_tokens": 1})
+    assert code == 200
+
+
+@pytest.mark.parametrize(("payload", "status"), [
+    ({"messages": "hi"}, 400),
+    ({"messages": []}, 400),
+    ({"messages": [{"role": "user"}]}, 400),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}, 404),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 2}, 400),
+])
+def test_bad_chat_requests_get_json_errors(server: str, payload: dict[str, Any], status: int) -> None:
+    code, body = post(f"{server}/v1/chat/completions", payload)
+    assert code == status and body["error"]["message"]
+    code, _ = post(f"{server}/v1/chat/completions", {"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1})
     assert code == 200
 
 

@@ -209,3 +209,36 @@ def test_humaneval_strict_run_and_rescore(tmp_path: Path, data_dir: Path, humane
             metrics[strict] = json.loads((out / "summary.json").read_text())["tasks"]["humaneval"]["metrics"]
             assert metrics[strict]["exec/tampered"] == 2.0
     assert metrics[False]["pass@1"] == pytest.approx(0.75) and metrics[True]["pass@1"] == pytest.approx(0.25)
+
+
+def test_humaneval_answer_forms_are_recorded(humaneval) -> None:
+    """A fenced chat answer scored as a base completion (replayed without --chat) fails, and the
+    sample says why; with --chat the block is taken out; prose and bare code are told apart."""
+    task, docs = humaneval
+    doc = docs[0]
+    prompt, entry = doc.data["prompt"], doc.data["entry_point"]
+    fenced = f"Here:\n```python\n{prompt[prompt.index(f'def {entry}('):]}{doc.data['canonical_solution']}```\n"
+    outputs = [fenced, doc.data["canonical_solution"], "I would loop over the pairs and compare them."]
+    base, chat = _samples(task, [doc], BASE, [outputs]), _samples(task, [doc], CHAT, [outputs])
+    assert task.score(base)[0]["pass@1"] == pytest.approx(1 / 3)
+    assert base[0].details["answer_form"] == ["fence in program", "code", "not code"]
+    assert [v["status"] for v in base[0].details["exec"]] == ["failed", "passed", "failed"]
+    base[0].metrics = task.score(base)[0]
+    summary = task.summarize(base).metrics
+    assert (summary["answers/fence_in_program"], summary["answers/not_code"]) == (1.0, 1.0)
+    task.score(chat)
+    assert chat[0].details["answer_form"] == ["fenced code", "code", "not code"]
+    assert chat[0].details["exec"][0]["status"] == "passed"
+
+
+def test_mbpp_chat_shots_are_alternating_turns(mbpp) -> None:
+    """Chat prompts are messages: each shot a user turn answered by its code, then the problem;
+    the turns hold exactly the base prompt's text, and generation still stops at [DONE]."""
+    task, docs = mbpp
+    base_prompt, _ = task.build(docs[0], BASE)
+    _, (request,) = task.build(docs[0], CHAT)
+    messages = list(request.messages)
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
+    pairs = [messages[i]["content"] + messages[i + 1]["content"] for i in range(0, 6, 2)]
+    assert "\n\n".join([*pairs, messages[-1]["content"]]) == base_prompt
+    assert request.stop == ("[DONE]",)

@@ -72,6 +72,25 @@ def test_bbh_prompt_is_the_release_cot_prompt(bbh, data_dir: Path) -> None:
     assert one_shot.count("\nA: Let's think step by step.") == 2 and one_shot.startswith("Given a series of navigation")
 
 
+def test_bbh_chat_prompt_is_the_exemplars_as_turns(bbh) -> None:
+    """Chat: each exemplar a user turn up to "A: Let's think step by step." answered by its
+    reasoning, the description opening the first turn; joined back they are the base prompt."""
+    task, docs = bbh
+    doc = next(d for d in docs if d.fields["task"] == "navigate")
+    base_prompt, _ = task.build(doc, BASE)
+    chat = PromptContext(shots=3, chat=True, seed=0, samples=1, render_chat=json.dumps, system_prompt="Be exact.")
+    prompt, (request,) = task.build(doc, chat)
+    messages = list(request.messages)
+    assert json.loads(prompt) == messages and request.stop == ()
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert messages[1]["content"].startswith("Given a series of navigation instructions")
+    shots = [f"{messages[i]['content']}\n{messages[i + 1]['content']}" for i in range(1, 7, 2)]
+    assert "\n\n".join([*shots, messages[-1]["content"]]) == base_prompt
+    zero = PromptContext(shots=0, chat=True, seed=0, samples=1, render_chat=json.dumps)
+    (only,) = task.build(doc, zero)[1][0].messages
+    assert only["content"] == task.build(doc, PromptContext(shots=0, chat=False, seed=0, samples=1, render_chat=json.dumps))[0]
+
+
 def test_bbh_answer_extraction_and_macro_average(bbh) -> None:
     task, docs = bbh
     by_task = {}
@@ -107,6 +126,17 @@ def test_gsm8k_prompt_is_the_chain_of_thought_prompt(gsm8k) -> None:
     assert requests[0].stop == ("Q:", "</s>", "<|im_end|>")
     zero, _ = task.build(docs[0], PromptContext(shots=0, chat=False, seed=0, samples=1, render_chat=lambda m: ""))
     assert zero == f"Q: {docs[0].data['question']}\nA:"
+
+
+def test_gsm8k_chat_prompt_is_the_exemplars_as_turns(gsm8k) -> None:
+    task, docs = gsm8k
+    prompt, (request,) = task.build(docs[0], PromptContext(shots=8, chat=True, seed=0, samples=1, render_chat=json.dumps))
+    messages = list(request.messages)
+    assert json.loads(prompt) == messages and request.stop == ()
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 8 + ["user"]
+    shots = [f"{messages[i]['content']} {messages[i + 1]['content']}" for i in range(0, 16, 2)]
+    assert "\n\n".join(shots) + "\n\n" == GSM8K_REFERENCE_SHOTS
+    assert messages[-1]["content"] == f"Q: {docs[0].data['question']}\nA:"
 
 
 def test_gsm8k_numbers_compared_by_value(gsm8k) -> None:

@@ -145,6 +145,12 @@ class ModelBackend(ABC):
         assistant's answer begins. Backends without a chat template refuse chat-mode tasks."""
         raise UserError(f"model backend {type(self).__name__} has no chat template; run without --chat")
 
+    def recorded_chat(self, messages: list[dict[str, str]]) -> str:
+        """What a sample records as the prompt of a chat request: the exact string the model
+        sees where this backend applies the template; backends that send the messages to a
+        server that applies its own record them as JSON."""
+        return self.apply_chat_template(messages)
+
     def prompt_logprobs(self, prompt: str, completion: str = "") -> list[PromptToken]:
         """Every token of ``prompt`` and then of ``completion`` (the text generated after it)
         with its log-probability: what ``dseval serve`` answers to ``echo`` with ``logprobs``.

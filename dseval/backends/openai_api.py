@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from dseval.backends.base import BackendOptions, ModelBackend, OnResult
 from dseval.errors import UserError
 from dseval.requests import (
+    ChatRequest,
     GenerateRequest,
     GenerateResult,
     LoglikelihoodRequest,
@@ -64,6 +65,7 @@ class OpenAIBackend(ModelBackend):
     def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 5) -> None:
         self.url = base_url.rstrip("/") + "/completions"
+        self.chat_url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.concurrency = concurrency
         self.api_key = api_key
@@ -82,9 +84,11 @@ class OpenAIBackend(ModelBackend):
     def _redact(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text
 
-    def _post(self, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T]) -> T:
-        """One completion turned into a result by ``parse``; retries what may pass (including
-        answers ``parse`` finds malformed), raises UserError for what will not."""
+    def _post(self, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T], url: str | None = None) -> T:
+        """One completion (from ``url``, default the completions endpoint) turned into a result
+        by ``parse``; retries what may pass (including answers ``parse`` finds malformed), raises
+        UserError for what will not."""
+        url = url or self.url
         body = json.dumps({"model": self.model, **payload}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -94,7 +98,7 @@ class OpenAIBackend(ModelBackend):
         for attempt in range(self.max_retries + 1):
             if stop.is_set():
                 raise _Stopped
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     raw = response.read()
@@ -102,7 +106,7 @@ class OpenAIBackend(ModelBackend):
             except urllib.error.HTTPError as err:
                 detail = " ".join(err.read().decode(errors="replace").split())[:200]
                 if err.code != 429 and err.code < 500:
-                    raise UserError(self._redact(f"{self.url}: HTTP {err.code}: {detail}; check the model name, "
+                    raise UserError(self._redact(f"{url}: HTTP {err.code}: {detail}; check the model name, "
                                                  f"the API key and the server's options")) from None
                 last = f"HTTP {err.code}: {detail}"
             except Malformed as err:
@@ -110,7 +114,7 @@ class OpenAIBackend(ModelBackend):
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
                 last = str(getattr(err, "reason", err))
             stop.wait(min(2**attempt * 0.5, 8.0))
-        raise UserError(self._redact(f"{self.url}: no valid answer after {self.max_retries + 1} tries (last: {last}); "
+        raise UserError(self._redact(f"{url}: no valid answer after {self.max_retries + 1} tries (last: {last}); "
                                      f"check the server, or raise --max-retries/--timeout; finished samples are kept"))
 
     def _fan_out(self, items: Sequence[Any], call: Callable[[Any], T], on_result: OnResult[T] | None) -> list[T]:
@@ -182,6 +186,11 @@ class OpenAIBackend(ModelBackend):
         text = choice.get("text")
         if not isinstance(text, str):
             raise Malformed(f"choice without a 'text' string: {str(choice)[:120]}")
+        return self._result(choice, answer, request, text)
+
+    @staticmethod
+    def _result(choice: dict[str, Any], answer: dict[str, Any], request: GenerateRequest, text: str) -> GenerateResult:
+        """A choice's text cut at the request's stop strings, with the answer's token counts."""
         for stop in request.stop:  # servers differ on whether they cut; cut here too
             cut = text.find(stop)
             text = text if cut < 0 else text[:cut]
@@ -189,6 +198,17 @@ class OpenAIBackend(ModelBackend):
         tokens = usage.get("completion_tokens", len((choice.get("logprobs") or {}).get("tokens", [])))
         return GenerateResult(text=text, num_tokens=tokens, finish_reason=choice.get("finish_reason") or "stop",
                               prompt_tokens=usage.get("prompt_tokens"))
+
+    def _chat_one(self, request: ChatRequest) -> GenerateResult:
+        payload = {"messages": [dict(m) for m in request.messages], **self.sampling_payload(request)}
+        return self._post(payload, lambda body: self._chatted(body, request), self.chat_url)
+
+    def _chatted(self, body: dict[str, Any], request: ChatRequest) -> GenerateResult:
+        choice = body["choices"][0]
+        message = choice.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content", 0), str | None):
+            raise Malformed(f"no choices[0].message.content in {json.dumps(body)[:120]}")  # retried
+        return self._result(choice, body, request, message["content"] or "")
 
     def _rolling_one(self, request: LoglikelihoodRollingRequest) -> LoglikelihoodRollingResult:
         payload = {"prompt": request.text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
@@ -236,6 +256,19 @@ class OpenAIBackend(ModelBackend):
 
     def generate(self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         return self._fan_out(requests, self._generate_one, on_result)
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
+        """Chat requests go to the server's ``/chat/completions`` as messages: the server applies
+        the model's chat template, so ``--chat`` runs need no template here."""
+        return self._fan_out(requests, self._chat_one, on_result)
+
+    def recorded_chat(self, messages: list[dict[str, str]]) -> str:
+        return json.dumps(messages, ensure_ascii=False)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        raise UserError(f"{self.description}: the server applies its chat template to chat requests only, so "
+                        "loglikelihood tasks (e.g. mmlu) cannot run with --chat here; run them without --chat, or "
+                        "with --chat on the checkpoint itself")
 
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], on_result: OnResult[LoglikelihoodResult] | None = None

@@ -14,12 +14,11 @@ import json
 import os
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
 
 from dseval.backends.base import BackendOptions, OnResult
-from dseval.backends.openai_api import Malformed, OpenAIBackend
+from dseval.backends.openai_api import OpenAIBackend
 from dseval.errors import UserError
-from dseval.requests import ChatRequest, GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 
 class OpenAIChatBackend(OpenAIBackend):
@@ -28,7 +27,6 @@ class OpenAIChatBackend(OpenAIBackend):
     def __init__(self, base_url: str, model: str, concurrency: int, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 5) -> None:
         super().__init__(base_url, model, concurrency, api_key, timeout, max_retries)
-        self.url = base_url.rstrip("/") + "/chat/completions"
         self.description = f"OpenAI-compatible chat endpoint {base_url} ({model})"
 
     @classmethod
@@ -39,26 +37,6 @@ class OpenAIChatBackend(OpenAIBackend):
         key = os.environ.get("OPENAI_API_KEY")
         return cls(url, model or first_model(url, key), options.in_flight(), key,
                    options.timeout or 600.0, options.max_retries)
-
-    def _chat_one(self, request: ChatRequest) -> GenerateResult:
-        payload = {"messages": [dict(m) for m in request.messages], **self.sampling_payload(request)}
-        return self._post(payload, lambda body: self._answered(body, request))
-
-    def _answered(self, body: dict[str, Any], request: ChatRequest) -> GenerateResult:
-        try:
-            choice = body["choices"][0]
-            text = choice["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):  # retried like any malformed answer
-            raise Malformed(f"no choices[0].message.content in {json.dumps(body)[:120]}") from None
-        for stop in request.stop:  # servers differ on whether they cut; cut here too
-            cut = text.find(stop)
-            text = text if cut < 0 else text[:cut]
-        usage = body.get("usage") or {}
-        return GenerateResult(text=text, num_tokens=int(usage.get("completion_tokens") or 0),
-                              finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=usage.get("prompt_tokens"))
-
-    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
-        return self._fan_out(requests, self._chat_one, on_result)
 
     def generate(self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         raise UserError("openai-chat: answers chat requests only; run the task with --chat, or use openai:URL#MODEL")

@@ -5,11 +5,14 @@ apart from it the task's setup and tests, which the program never sees); everyth
 that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
 sandbox in one batch, records each program's verdict (status, reason, and ``tampered`` when
 the sandbox saw signs of a forged pass) in ``Sample.details["exec"]`` and the protections
-that were in force in ``Sample.details["sandbox"]``, scores pass@k with the
+that were in force in ``Sample.details["sandbox"]``, says how each answer read (``details["answer_form"]``,
+see :func:`answer_form`, so a fenced or prose answer scored as bare code is never a silent 0),
+scores pass@k with the
 unbiased estimator of Chen et al. (2021) for every k in :data:`PASS_AT_K` not above the number
 of samples drawn, and adds to the summary how many programs passed, failed, timed out or could
 not run (``exec/<status>``) and how many passes were flagged (``exec/tampered``), plain counts
-without a standard error, so a run where the sandbox broke is never mistaken for a weak model.
+without a standard error, so a run where the sandbox broke is never mistaken for a weak model;
+likewise the answers that were no runnable code (``answers/<form>``).
 With ``strict`` a flagged pass counts as a failure in pass@k.
 """
 
@@ -55,6 +58,24 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
             if defines(body, entry_point):
                 return body
     return python[0]
+
+
+#: Answer forms counted in the summary (``answers/fence_in_program``, ``answers/not_code``).
+UNREADABLE_FORMS = ("fence in program", "not code")
+
+
+def answer_form(output: str, program: str) -> str:
+    """How one answer read where a task expects code: "code" (no fence, the program compiles),
+    "fenced code" (a fenced block was taken out of it), "fence in program" (the fence markers
+    reached the program: a chat answer scored as a base-model completion, e.g. replayed without
+    ``--chat``) or "not code" (the program does not compile: prose, or code cut off)."""
+    if "```" in program:
+        return "fence in program"
+    try:
+        compile(program, "<answer>", "exec")
+    except (SyntaxError, ValueError):  # ValueError: NUL bytes
+        return "not code"
+    return "fenced code" if _FENCE.search(output) else "code"
 
 
 def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, Any]]:
@@ -103,9 +124,11 @@ class CodeExecution:
     def score(self, samples: Sequence[Sample]) -> list[dict[str, float]]:
         jobs = [self.program(sample, output) for sample in samples for output in sample.outputs or []]
         verdicts = iter(run_programs(jobs, self.timeout_s))
+        programs = iter(job.program if isinstance(job, Job) else job for job in jobs)
         metrics = []
         for sample in samples:
             mine = [next(verdicts) for _ in sample.outputs or []]
+            sample.details["answer_form"] = [answer_form(output, next(programs)) for output in sample.outputs or []]
             protections = [v.pop("protections") for v in mine]
             sample.details["exec"] = mine
             sample.details["sandbox"] = sorted({p for ps in protections for p in ps})
@@ -120,4 +143,7 @@ class CodeExecution:
         for status in STATUSES:
             summary.metrics[f"exec/{status}"] = float(counts.get(status, 0))
         summary.metrics["exec/tampered"] = float(sum(v["status"] == "passed" and bool(v.get("tampered")) for v in verdicts))
+        forms = Counter(form for s in samples for form in s.details.get("answer_form", []))
+        for form in UNREADABLE_FORMS:  # answers that could not run as code, whatever the model knew
+            summary.metrics[f"answers/{form.replace(' ', '_')}"] = float(forms.get(form, 0))
         return summary

@@ -62,10 +62,23 @@ def generate_requests(
 
 
 def chat_requests(
-    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int, protocol: SamplingProtocol | None = None
+    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int,
+    protocol: SamplingProtocol | None = None, stop: tuple[str, ...] = (),
 ) -> list[ChatRequest]:
-    """The chat counterpart of :func:`generate_requests`: one conversation, drawn as the run or
-    the task's ``protocol`` says."""
+    """The chat counterpart of :func:`generate_requests`: one conversation (given a system turn
+    from ``--system-prompt`` when it has none), drawn as the run or the task's ``protocol`` says."""
     if ctx.system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": ctx.system_prompt}, *messages]
-    return [ChatRequest(messages=tuple(messages), **draw) for draw in _draws(doc_id, ctx, max_tokens, protocol)]
+    return [ChatRequest(messages=tuple(messages), stop=stop, **draw) for draw in _draws(doc_id, ctx, max_tokens, protocol)]
+
+
+def chat_prompt(
+    messages: Sequence[dict[str, str]], doc_id: str, ctx: PromptContext, max_tokens: int, stop: tuple[str, ...] = (),
+    protocol: SamplingProtocol | None = None,
+) -> tuple[str, list[GenerateRequest]]:
+    """What a chat-mode generation task's ``build`` returns: the prompt the sample records
+    (:meth:`PromptContext.recorded`) and the chat requests. Tasks hand the backend messages,
+    never a templated string, so ``openai:``/``openai-chat:`` servers apply their own template
+    and the built-in engine the checkpoint's."""
+    requests = chat_requests(messages, doc_id, ctx, max_tokens, protocol, stop)
+    return ctx.recorded(list(requests[0].messages)), list[GenerateRequest](requests)
