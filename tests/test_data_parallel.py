@@ -3,6 +3,7 @@ interrupted under one replica count resumes under another."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dseval.store import LOCK_NAME
 
 TESTS = Path(__file__).parent
 
@@ -45,6 +48,22 @@ def test_a_replica_that_reads_the_finished_samples_late_still_computes_its_share
     assert finished(one) == finished(two)
 
 
+def wait_for_lock_release(path: Path, timeout_s: float = 60) -> None:
+    """The launcher is reaped at once, but a killed rank may hold the run folder's lock until the
+    kernel has finished tearing it down (on a loaded machine, a noticeable while): a resume started
+    in that window is refused as a second writer, rightly."""
+    deadline = time.monotonic() + timeout_s
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{path} still locked {timeout_s} s after the kill"
+                time.sleep(0.05)
+
+
 def test_interrupted_dp2_resumes_with_dp1(tmp_path: Path, data_dir: Path) -> None:
     reference, out = tmp_path / "reference", tmp_path / "run"
     assert launch(1, reference, data_dir).wait(timeout=300) == 0
@@ -56,6 +75,7 @@ def test_interrupted_dp2_resumes_with_dp1(tmp_path: Path, data_dir: Path) -> Non
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
     proc.wait()
+    wait_for_lock_release(out / LOCK_NAME)
     shard_lines = sum(len(p.read_bytes().splitlines()) for p in parts.glob("samples.part*"))
     assert 30 <= shard_lines < 171
     resumed = launch(1, out, data_dir)
