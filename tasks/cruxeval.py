@@ -14,19 +14,34 @@ worked examples are the two shots: an instruction, then ``[PYTHON]\\n{code}\\nas
 ending after ``[ANSWER]\\n``. Generation stops at ``[/ANSWER]``.
 
 Scoring follows the official ``evaluate_score``: the answer is the text after the first
-"==" (output) or between "assert" and the first "==" (input); the program ``{code}\\nassert
-{output} == {answer}`` runs in the sandbox (3 s), and pass@1 is the share that pass. An input
-answer that does not call ``f(`` fails, and so does an output answer that just restates the
-call ``f({input})``: both without running anything that matters.
+"==" (output) or between "assert" and the first "==" (input), and the official check is the
+Python statement ``{code}\\nassert {output} == {answer}`` (3 s); pass@1 is the share that pass.
+An input answer that does not call ``f(`` fails, and so does an output answer that just
+restates the call ``f({input})``: both without running anything that matters.
+
+Here the comparison of that statement runs in the sandbox's checker process, apart from the
+code that produces the answer: the program is ``{code}`` and a function returning the
+expression the statement compares with (read off the statement's own parse, so operator
+precedence is Python's, as there); the expected output is evaluated only in the checker, which
+calls that function through the sandbox's link and compares the returned plain value with its
+own ``==`` (:func:`dseval.scoring.checks.check_value`; :mod:`dseval.scoring.checks` says which
+values cross). Parity: on every answer whose statement is ``assert {output} == <expression>``
+(an assert message after it changes nothing) the verdict is the official one whenever the
+value is of a type that crosses (the 800 gold values all are). An answer that is not exactly
+that fails: a chained or boolean tail (``== x or True`` passes there without the right value)
+or statements after the assert (they could rewrite the value before the checker reads it).
 """
 
 from __future__ import annotations
 
+import ast
 
 from dseval.data import DatasetSpec, DataSource
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
-from dseval.scoring.code_exec import CodeExecution
+from dseval.sandbox import Job
+from dseval.scoring import checks
+from dseval.scoring.code_exec import CodeExecution, checked_job
 from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
@@ -54,8 +69,31 @@ QUESTION = "[PYTHON]\n{code}\n{question}\n[/PYTHON]\n[ANSWER]\n"
 ANSWER = "assert f({input}) == {output}\n[/ANSWER]"
 BLOCK_SEPARATOR = "\n\n"
 STOP = ("[/ANSWER]",)
-#: A program that fails at once: what an answer the official scorer rejects unrun becomes.
-REJECTED = "raise AssertionError('answer rejected before execution')\n"
+#: Programs that fail at once: what an answer the official scorer rejects unrun becomes, and an
+#: answer whose official statement compares more than the expected output with one value.
+REJECTED = Job("raise AssertionError('answer rejected before execution')\n")
+NOT_ONE_COMPARISON = Job("raise AssertionError('answer is not one == comparison with the expected output')\n")
+#: The program's function that returns the answer's value (a name no CRUXEval function uses).
+ANSWER_FUNCTION = "__cruxeval_answer__"
+
+
+def compared_expression(expected: str, answer: str) -> str | None:
+    """The source of what the official ``assert {expected} == {answer}`` compares ``expected``
+    with, or None when that statement is not a single ``==`` between ``expected`` and one
+    expression (or does not parse)."""
+    statement = f"assert {expected} == {answer}"
+    try:
+        body = ast.parse(statement).body
+        left = ast.parse(expected, mode="eval").body
+    except (SyntaxError, ValueError):  # ValueError: NUL bytes
+        return None
+    if len(body) != 1 or not isinstance(body[0], ast.Assert):
+        return None
+    test = body[0].test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and ast.dump(test.left) == ast.dump(left)):
+        return None
+    return ast.get_source_segment(statement, test.comparators[0])
 
 
 @register_task
@@ -97,11 +135,16 @@ class CRUXEvalOutput(CodeExecution, Task):
         answer = output.split("==")[1].strip() if "==" in output else output.strip()
         return None if f"f({target['input']})" in answer else answer
 
-    def program(self, sample: Sample, output: str) -> str:
-        answer = self.answer(output, sample.target)
+    def program(self, sample: Sample, output: str) -> Job:
+        target = sample.target
+        answer = self.answer(output, target)
         if answer is None:
             return REJECTED
-        return f"{sample.target['code']}\nassert {sample.target['output']} == {answer}\n"
+        expression = compared_expression(target["output"], answer)
+        if expression is None:
+            return NOT_ONE_COMPARISON
+        program = f"{target['code']}\n\n\ndef {ANSWER_FUNCTION}():\n    return (\n{expression}\n    )\n"
+        return checked_job(program, checks.check_value, ANSWER_FUNCTION, target["output"])
 
 
 @register_task

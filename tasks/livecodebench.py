@@ -27,7 +27,11 @@ them. Prompts are the official harness's (``lcb_runner/prompts/code_generation.p
 * chat models: the generic system message and ``### Question:/### Format:/### Answer:`` turn.
 
 Scoring: the code (a fenced block if the answer has one) runs in the sandbox against every test
-with LiveCodeBench's comparison rules (:mod:`dseval.scoring.io_tests`); pass@1.
+with LiveCodeBench's comparison rules, which run in the sandbox's checker process, never beside
+the program (:func:`dseval.scoring.checks.check_io_tests`): a functional solution is the program
+(after the official import prelude) and the checker calls it through the sandbox's link; a stdin
+solution is wrapped so that the checker hands it one test's input at a time and gets back its
+printout. pass@1.
 """
 
 from __future__ import annotations
@@ -45,8 +49,9 @@ from dseval.data import DatasetSpec, DataSource, read_jsonl, require_fields
 from dseval.errors import UserError
 from dseval.prompting import take_shots
 from dseval.requests import GenerateRequest
-from dseval.scoring import io_tests
-from dseval.scoring.code_exec import CodeExecution, extract_code
+from dseval.sandbox import Job
+from dseval.scoring import checks
+from dseval.scoring.code_exec import CHECKS_SOURCE, CodeExecution, checked_job, extract_code
 from dseval.scoring.sampling import chat_prompt, generate_requests
 from dseval.records import Doc, Sample
 from dseval.task import PromptContext, Task, register_task
@@ -58,6 +63,14 @@ SYSTEM_MESSAGE = ("You are an expert Python programmer. You will be given a ques
 WITH_STARTER = "You will use the following starter code to write the solution to the problem and enclose your code within delimiters."
 WITHOUT_STARTER = "Read the inputs from stdin solve the problem and write the answer to stdout (do not directly test on the sample inputs). Enclose your code within delimiters as follows."
 BASE_STOP = ("###",)
+#: Imports LeetCode-style solutions take for granted (``List``, ``defaultdict``, ``inf``...),
+#: the official ``import_string`` put before every functional solution.
+PRELUDE = "".join(f"from {m} import *\n" for m in (
+    "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+    "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")) + "".join(
+    f"import {m}\n" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math",
+                              "random", "statistics", "itertools", "functools", "operator", "io", "sys", "json")
+) + "sys.setrecursionlimit(50000)\n"  # fmt: skip
 # How the Qwen prompt file wraps a statement: its fixed opening, and where the statement ends.
 QWEN_OPENING = "You will be given a question (problem specification) and will generate a correct Python program that matches the specification and passes all tests.\n\nQuestion: "
 QWEN_STARTER = f"\n\n{WITH_STARTER}\n```python\n"
@@ -134,7 +147,7 @@ class LiveCodeBench(CodeExecution, Task):
     dataset = DatasetSpec(hub_id="livecodebench/code_generation_lite", split="test", local="livecodebench/livecodebench_v5.jsonl")
     default_shots = 1
     options = ("since", "until", "path")
-    #: Seconds for one solution's whole test run; each test also has io_tests' 6 s limit.
+    #: Seconds for one solution's whole test run; each test also has the checks' 6 s limit.
     timeout_s: ClassVar[float] = 60.0
     max_tokens_base = 2000
     max_tokens_chat = 4096
@@ -205,7 +218,16 @@ class LiveCodeBench(CodeExecution, Task):
         prompt = base_prompt(content, starter, ctx.shots)
         return prompt, generate_requests(prompt, doc.id, ctx, BASE_STOP, self.max_tokens_base)
 
-    def program(self, sample: Sample, output: str) -> str:
+    def program(self, sample: Sample, output: str) -> Job:
         target = sample.target
         tests = decode_tests(target["public"]) + decode_tests(target["private"])
-        return io_tests.program(extract_code(output).strip(), tests, target["fn_name"])
+        return io_job(extract_code(output).strip(), tests, target["fn_name"])
+
+
+def io_job(solution: str, tests: list[dict[str, str]], fn_name: str | None) -> Job:
+    """The sandbox job for one solution: the expected outputs go only to the checker."""
+    if any(test["testtype"] == "functional" for test in tests):
+        program = PRELUDE + solution
+    else:
+        program = f"{CHECKS_SOURCE}\nrun_stdin = stdin_runner({solution!r})\n"
+    return checked_job(program, checks.check_io_tests, tests, fn_name, "class Solution" in solution)

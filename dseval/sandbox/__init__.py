@@ -3,7 +3,7 @@
 Public API (other modules code against exactly this)::
 
     from dseval.sandbox import Sandbox, SandboxLimits, ExecResult, Job
-    Sandbox(limits, workers).run(Job(program, tests, setup)) -> ExecResult
+    Sandbox(limits, workers).run(Job(program, tests, setup, shared_globals)) -> ExecResult
     Sandbox(...).run_all(jobs, on_result) -> list[ExecResult]
 
 Design notes live in ``isolation`` (why namespaces, what the fallback lacks), ``_child``
@@ -13,8 +13,8 @@ tests run in a checker process that reaches the program only through data) and
 """
 
 from .core import Sandbox
-from .job import Job
+from .job import PROGRAM, Job
 from .limits import SandboxLimits
 from .result import STATUSES, ExecResult, Status, summarize
 
-__all__ = ["ExecResult", "Job", "STATUSES", "Sandbox", "SandboxLimits", "Status", "summarize"]
+__all__ = ["ExecResult", "Job", "PROGRAM", "STATUSES", "Sandbox", "SandboxLimits", "Status", "summarize"]

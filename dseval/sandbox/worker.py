@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .capture import Stream, read_until_done
 from .isolation import Mode
-from .job import Job
+from .job import PROGRAM, Job
 from .limits import SandboxLimits
 from .result import ExecResult
 from .verdict import decide, events
@@ -130,6 +130,7 @@ class Worker:
         self._seq += 1
         tests = job.tests.encode("utf-8", "surrogatepass")
         payload = {"seq": self._seq, "solution": job.program, "setup": job.setup, "tests_len": len(tests),
+                   "names_as": None if job.shared_globals else PROGRAM,
                    "rlimits": limits.rlimits(), "memory_bytes": limits.memory_bytes,
                    "tmpfs_bytes": limits.tmpfs_bytes, "max_inodes": limits.max_inodes}
         try:

@@ -1,8 +1,9 @@
 """Scoring by running generated code: code-block extraction, execution, pass@k.
 
-HumanEval and MBPP differ only in how a model output becomes a sandbox job (the program, and
-apart from it the task's setup and tests, which the program never sees); everything after
-that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
+The code tasks differ only in how a model output becomes a sandbox job (the program, and
+apart from it the task's setup and tests, which the program never sees: HumanEval's and MBPP's
+official tests as they are, LiveCodeBench's and CRUXEval's comparisons as a :func:`checked_job`
+of :mod:`.checks`); everything after that is shared and lives here: :class:`CodeExecution` runs every output of every sample in the
 sandbox in one batch, records each program's verdict (status, reason, and ``tampered`` when
 the sandbox saw signs of a forged pass) in ``Sample.details["exec"]`` and the protections
 that were in force in ``Sample.details["sandbox"]``, says how each answer read (``details["answer_form"]``,
@@ -18,15 +19,18 @@ With ``strict`` a flagged pass counts as a failure in pass@k.
 
 from __future__ import annotations
 
+import json
 import re
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dseval.metrics import Summary, pass_at_k
 from dseval.records import Sample
-from dseval.sandbox import Job, Sandbox, SandboxLimits
+from dseval.sandbox import PROGRAM, Job, Sandbox, SandboxLimits
+from dseval.scoring import checks
 
 #: The k of pass@k reported when at least k samples were drawn per problem.
 PASS_AT_K = (1, 10, 100)
@@ -76,6 +80,23 @@ def answer_form(output: str, program: str) -> str:
     except (SyntaxError, ValueError):  # ValueError: NUL bytes
         return "not code"
     return "fenced code" if _FENCE.search(output) else "code"
+
+
+#: :mod:`.checks` as text: the head of every checker that :func:`checked_job` builds.
+CHECKS_SOURCE = Path(checks.__file__).read_text(encoding="utf-8")
+
+
+def checked_job(program: str, check: Callable[..., None], *args: Any) -> Job:
+    """A job whose tests call ``check(<the program's globals>, *args)`` in the checker process.
+
+    ``check`` is a function of :mod:`.checks`; ``args`` (JSON values: the expected outputs, which
+    thus reach only the checker) travel as JSON text inside the tests. The tests' globals are
+    kept apart from the program's (``Job.shared_globals=False``), see :mod:`.checks`.
+    """
+    if getattr(checks, check.__name__, None) is not check:
+        raise ValueError(f"{check.__name__} is not a check of dseval.scoring.checks")
+    call = f"\n{check.__name__}({PROGRAM}, *json.loads({json.dumps(args)!r}))\n"
+    return Job(program, tests=CHECKS_SOURCE + call, shared_globals=False)
 
 
 def run_programs(jobs: Sequence[Job | str], timeout_s: float) -> list[dict[str, Any]]:

@@ -210,6 +210,9 @@ class Link:
     def __init__(self, req_fd: int, resp_fd: int, note: Callable[[str], None]) -> None:
         self._req, self._resp, self.note = req_fd, resp_fd, note
         self._loads = decoder(self._handle)
+        #: A question is out and its answer not read: true after checks that stopped waiting
+        #: (a time limit raised in the middle of a request); the link is then out of step.
+        self.busy = False
 
     def _handle(self, obj: dict) -> object:
         if obj["$"] == "m":
@@ -231,8 +234,10 @@ class Link:
         return names
 
     def request(self, op: str, target: Remote, *args: object, **kwargs: object) -> object:
+        self.busy = True
         send(self._req, [op, target, list(args), kwargs], self._other)
         answer = receive(self._resp, self._loads)
+        self.busy = False
         if type(answer) is dict and "ok" in answer:
             return answer["ok"]
         if type(answer) is dict and type(answer.get("exc")) is list and len(answer["exc"]) == 3:

@@ -15,17 +15,21 @@ Order, and why:
    (``remote.serve``). Tracing, frame, ``gc`` and ``ctypes`` access are reported as tamper
    evidence (``tamper``), but nothing the program does in its process can reach the checks.
 3. The checker builds the tests' globals from the program's names (data as data, program
-   objects as handles, modules as its own imports), runs the setup and the tests with its own
-   pristine built-ins, closes the link, waits for the program to end, and writes the verdict
-   on the trusted status channel, which the program's process never holds.
+   objects as handles, modules as its own imports; merged into the tests' globals as the
+   reference checkers share one namespace, or kept apart as one dict, ``Job.shared_globals``),
+   runs the setup and the tests with its own pristine built-ins, closes the link, waits for
+   the program to end (or kills it when the tests stopped waiting for an answer, e.g. at a
+   per-test time limit), and writes the verdict on the trusted status channel, which the
+   program's process never holds.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 import resource
+import signal
 import sys
-from collections.abc import Callable
 
 from . import guards, linux, remote, seccomp, tamper
 from .status import report, wait_status
@@ -124,11 +128,14 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     os.close(req_r)
     os.close(resp_w)
     notes: list[str] = []
+    link = remote.Link(req_w, resp_r, notes.append)
     try:
-        completed, reason = _check(job, req_w, resp_r, notes.append)
+        completed, reason = _check(job, link)
     except BaseException as exc:  # noqa: BLE001 - the checker itself failed: says nothing about the program
         report(sup_fd, event="error", message=f"checker: {_reason(exc)}")
         os._exit(70)
+    if link.busy:  # the checks gave up waiting for an answer (a per-test time limit): the verdict is in
+        os.kill(child, signal.SIGKILL)
     os.close(req_w)
     os.close(resp_r)
     _, status = os.waitpid(child, 0)
@@ -136,7 +143,7 @@ def run(job: dict, ctl_fd: int, sup_fd: int) -> None:
     os._exit(0)
 
 
-def _check(job: dict, req_w: int, resp_r: int, note: Callable[[str], None]) -> tuple[bool, str]:
+def _check(job: dict, link: remote.Link) -> tuple[bool, str]:
     """(the program ran to its end, why the checks failed or ''): the tests, in this process."""
     tests_fd = job["tests_fd"]
     try:
@@ -145,13 +152,14 @@ def _check(job: dict, req_w: int, resp_r: int, note: Callable[[str], None]) -> t
     finally:
         if tests_fd >= 0:
             os.close(tests_fd)
-    link = remote.Link(req_w, resp_r, note)
     try:
         names = link.names()
     except (remote.ProgramGone, ValueError):
         return False, ""  # the program failed (or left) before its end: its exit status says how
     try:
-        test_globals = dict(names)  # exec adds this process's own, untouched built-ins
+        test_globals = dict(names) if job["names_as"] is None else {job["names_as"]: names}
+        # This process's own, untouched built-ins, even where a forged names message carries some.
+        test_globals["__builtins__"] = builtins.__dict__
         if job["setup"]:
             exec(compile(job["setup"], "<setup>", "exec"), test_globals)  # noqa: S102 - the task's fixtures
         if source:
