@@ -48,21 +48,20 @@ class ProgramError(Exception):
     """An exception raised in the program's process whose type is not a built-in one."""
 
 
-def encode(value: object, other: Encoder) -> object:
-    """``value`` as JSON-able data; ``other`` handles anything that is not plain data."""
+def encode(value: object, other: Encoder, path: set[int] | None = None) -> object:
+    """``value`` as JSON-able data; ``other`` handles anything that is not plain data.
+
+    ``path``: the containers being encoded around ``value``. A container met again inside
+    itself raises ValueError at once: without it a cyclic global (``scope = globals()``) is
+    walked once per level of the recursion limit, which LeetCode preludes raise to 50,000.
+    """
     kind = type(value)
     if kind is str or kind is bool or kind is float or value is None:
         return value
     if kind is int:
         return value if -_BIG < value < _BIG else {"$": "i", "v": hex(value)}  # type: ignore[operator]
-    if kind is list:
-        return [encode(v, other) for v in value]  # type: ignore[attr-defined]
-    tag = _SEQUENCE_TAGS.get(kind)
-    if tag is not None:
-        return {"$": tag, "v": [encode(v, other) for v in value]}  # type: ignore[attr-defined]
-    tag = _MAPPING_TAGS.get(kind)
-    if tag is not None:
-        return {"$": tag, "v": [[encode(k, other), encode(v, other)] for k, v in value.items()]}  # type: ignore[attr-defined]
+    if kind is list or kind in _SEQUENCE_TAGS or kind in _MAPPING_TAGS:
+        return _container(value, kind, other, set() if path is None else path)
     if kind is bytes or kind is bytearray:
         return {"$": "b" if kind is bytes else "ba", "v": value.hex()}  # type: ignore[attr-defined]
     if kind is complex:
@@ -78,6 +77,23 @@ def encode(value: object, other: Encoder) -> object:
         if getattr(builtins, name, None) is value:
             return {"$": "bi", "v": name}  # int, len, ValueError...: the same object on both sides
     return other(value)
+
+
+def _container(value: object, kind: type, other: Encoder, path: set[int]) -> object:
+    key = id(value)
+    if key in path:
+        raise ValueError("a value that contains itself is not data")
+    path.add(key)
+    try:
+        if kind is list:
+            return [encode(v, other, path) for v in value]  # type: ignore[attr-defined]
+        tag = _SEQUENCE_TAGS.get(kind)
+        if tag is not None:
+            return {"$": tag, "v": [encode(v, other, path) for v in value]}  # type: ignore[attr-defined]
+        return {"$": _MAPPING_TAGS[kind],
+                "v": [[encode(k, other, path), encode(v, other, path)] for k, v in value.items()]}  # type: ignore[attr-defined]
+    finally:
+        path.discard(key)
 
 
 _BUILTIN_FUNCTION = type(len)
