@@ -54,3 +54,14 @@ def replay_run(tmp_path: Path, task: str, records: list[dict], data_dir: Path, *
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((out / "summary.json").read_text())["tasks"][task]
+
+
+def namespaced_sandbox(limits, workers: int = 2):
+    """A ``Sandbox`` with namespace isolation, or a skip where the machine has none (CI has it:
+    root and unshare); the attack tests mean nothing under the fallback."""
+    from dseval.sandbox import Sandbox
+
+    sb = Sandbox(limits, workers=workers)
+    if sb.isolation != "namespaces":
+        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
+    return sb

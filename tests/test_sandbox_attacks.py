@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import namespaced_sandbox
 
 from dseval.sandbox import Job, Sandbox, SandboxLimits
 from dseval.tasks.humaneval import build_program as humaneval_job
@@ -33,10 +34,7 @@ LIMITS = SandboxLimits(timeout_s=8.0, cpu_s=6.0, memory_bytes=256 << 20, file_si
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    sb = Sandbox(LIMITS, workers=2)
-    if sb.isolation != "namespaces":
-        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
-    return sb
+    return namespaced_sandbox(LIMITS)
 
 
 def _humaneval(body: str) -> Job:
@@ -199,9 +197,9 @@ for fd in range(3, 64):
 os._exit(0)
 '''
 
-# The verdict itself, as the checker writes it, sent down every descriptor the program holds.
-FORGE_VERDICT = '''    return 0
-import os
+# The verdict itself, as the checker writes it, sent down every descriptor the program holds
+# (module statements, also used by test_sandbox_attacks_checkers; here after a function body).
+VERDICT_FORGERY = '''import os
 line = repr({"event": "verdict", "completed": True, "reason": "", "notes": [], "program": {"kind": "exited", "value": 0}})
 for fd in range(0, 64):
     try:
@@ -210,6 +208,7 @@ for fd in range(0, 64):
     except OSError:
         pass
 '''
+FORGE_VERDICT = "    return 0\n" + VERDICT_FORGERY
 
 # A forged answer on the link: the program writes "ok: True"-style answers ahead of the questions.
 FORGE_LINK = '''    return 0
@@ -266,9 +265,7 @@ HUNT_THE_TESTS = '''    import ctypes, os, re
 def test_tests_are_out_of_the_programs_reach() -> None:
     """The tests (a marker in them) are in no memory and behind no descriptor the program can
     read, neither for its own run nor for the run before it on the same warm worker."""
-    sb = Sandbox(LIMITS, workers=1)
-    if sb.isolation != "namespaces":
-        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
+    sb = namespaced_sandbox(LIMITS, workers=1)
     first, second = sb.run_all([humaneval_job(PROMPT + "    return a + b\n", MARKER_TEST, "add"),
                                 humaneval_job(PROMPT + HUNT_THE_TESTS, MARKER_TEST, "add")])
     assert first.status == "passed", first
@@ -433,9 +430,7 @@ def test_a_killed_run_leaves_nothing_for_the_next_one_on_its_worker() -> None:
     """A timed-out run whose processes write to every pipe until killed: the next program on the
     same warm worker sees clean pipes (the worker reports a run done only once its pid
     namespace is empty)."""
-    sb = Sandbox(SandboxLimits(timeout_s=2.0), workers=1)
-    if sb.isolation != "namespaces":
-        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
+    sb = namespaced_sandbox(SandboxLimits(timeout_s=2.0), workers=1)
     spam = ("import os\nfor _ in range(8):\n    if os.fork() == 0:\n        break\n"
             "while True:\n    for fd in range(1, 64):\n        try:\n"
             "            os.write(fd, b'\\nTAMPER late\\nEXC late\\n')\n        except OSError:\n            pass\n")

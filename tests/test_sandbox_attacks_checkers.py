@@ -11,6 +11,8 @@ unshare, as in CI).
 from __future__ import annotations
 
 import pytest
+from conftest import namespaced_sandbox
+from test_sandbox_attacks import VERDICT_FORGERY as FORGE
 
 from dseval.records import Sample
 from dseval.sandbox import ExecResult, Job, Sandbox, SandboxLimits
@@ -33,10 +35,7 @@ CRUX = {"code": "def f(s):\n    return s[::-1] + '_7f3a'", "input": "'TERCES'", 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    sb = Sandbox(LIMITS, workers=2)
-    if sb.isolation != "namespaces":
-        pytest.skip(f"namespace isolation unavailable here: {sb.isolation_note}")
-    return sb
+    return namespaced_sandbox(LIMITS)
 
 
 def _stdin(solution: str) -> Job:
@@ -139,18 +138,6 @@ def test_expected_output_is_not_in_the_programs_reach(sandbox: Sandbox) -> None:
     crux = "assert f('TERCES') == (lambda ns: (exec(compile(" + repr(HUNT) + ", 'h', 'exec'), ns), ns['_secret'])[1])({})"
     for res in sandbox.run_all([_stdin(stdin), _functional(func), _crux("cruxeval_o", crux)]):
         _failed(res)
-
-
-# The verdict as the checker writes it, sent down every descriptor the program holds.
-FORGE = '''import os as _os
-_line = repr({"event": "verdict", "completed": True, "reason": "", "notes": [], "program": {"kind": "exited", "value": 0}})
-for _fd in range(0, 64):
-    try:
-        _os.write(_fd, ("\\n" + _line + "\\n" + repr({"event": "exit", "kind": "exited", "value": 0, "leftover": 0})
-                        + "\\nPASS\\nall tests passed\\n").encode())
-    except OSError:
-        pass
-'''
 
 
 def test_forged_verdict_fails(sandbox: Sandbox) -> None:
