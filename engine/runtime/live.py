@@ -25,7 +25,7 @@ from dseval.engine.errors import RequestError
 from dseval.engine.loading.tokenizer import Tokenizer
 from dseval.engine.runtime.llm import LLM
 from dseval.engine.runtime.outputs import GenerationOutput
-from dseval.engine.runtime.sequence import SamplingParams, Sequence, SequenceStatus
+from dseval.engine.runtime.sequence import SamplingParams, Sequence
 
 #: What a byte-level decoder writes for bytes that are not (yet) a whole UTF-8 character.
 REPLACEMENT = "\ufffd"
@@ -120,26 +120,27 @@ class LiveSession:
         """Drop ``seq`` (no callback fires) and free its KV blocks now. A step in flight that
         computes a row for it still writes those blocks, before any later step that reuses
         them (steps run in order); the engine then skips its token."""
-        if self._streams.pop(seq.seq_id, None) is None:
-            return  # finished already
-        scheduler = self.llm.scheduler
-        if seq.status is SequenceStatus.RUNNING:
-            scheduler.finish(seq)
-        elif seq in scheduler.waiting:
-            scheduler.waiting.remove(seq)
-            seq.status = SequenceStatus.FINISHED
+        if self._streams.pop(seq.seq_id, None) is not None:  # else it finished already
+            self.llm.scheduler.abort(seq)
+            if not self.llm.scheduler.has_work():
+                self.llm.drain()  # its step in flight: nothing left to compute
 
     def has_work(self) -> bool:
-        return self.llm.scheduler.has_work() or self.llm._inflight is not None
+        return self.llm.scheduler.has_work()
 
     def step(self) -> None:
         """One engine step, then each live request's new text and each finished one's output.
         On an error every live request is dropped (its blocks freed) and the error raised."""
+        llm = self.llm
         try:
-            finished = {seq.seq_id for seq in self.llm.step()}
+            done = llm.step()
+            if not llm.scheduler.has_work():  # a step launched ahead (overlap scheduling) that nobody needs
+                done += llm.drain()
         except BaseException:
-            self._drop_all()
+            llm.abort_all()
+            self._streams.clear()
             raise
+        finished = {seq.seq_id for seq in done}
         for seq_id, (seq, stream) in list(self._streams.items()):
             if seq_id in finished:
                 del self._streams[seq_id]
@@ -158,11 +159,3 @@ class LiveSession:
         if text and stream.on_text is not None:
             stream.sent += len(text)
             stream.on_text(text)
-
-    def _drop_all(self) -> None:
-        llm = self.llm
-        llm._inflight = None  # its sequences are released below; its writes are stream-ordered
-        for seq in list(llm.scheduler.running):
-            llm.scheduler.finish(seq)
-        llm.scheduler.waiting.clear()
-        self._streams.clear()
