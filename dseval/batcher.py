@@ -190,7 +190,7 @@ def _settle(group: Sequence[_Job], answers: Sequence[Any]) -> None:
             job.future.set_result(result)
 
 
-def portable(err: BaseException, topology: Topology) -> Exception:
+def _portable(err: BaseException, topology: Topology) -> Exception:
     """``err`` as another rank sends it to rank 0: a bad request stays a :class:`UserError`
     (the server answers 4xx), anything else becomes a :class:`ReplicaError` naming the replica."""
     if isinstance(err, UserError):
@@ -207,5 +207,5 @@ def follow(backend: ModelBackend, topology: Topology) -> None:
         if kind == _KEEPALIVE:
             continue
         answers = answer(backend, kind, shares[topology.dp_rank])
-        mine = [portable(a, topology) if isinstance(a, BaseException) else a for a in answers]
+        mine = [_portable(a, topology) if isinstance(a, BaseException) else a for a in answers]
         to_leader(mine if topology.is_writer else None)

@@ -22,9 +22,9 @@ from test_serve import KEY, free_port, post, start_server
 
 from dseval.backends.base import BackendOptions, ModelBackend
 from dseval.backends.registry import load_backend
+from dseval.distributed import consecutive_shares
 from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest
 
-pytestmark = pytest.mark.slow
 FAKE_CLI = (str(Path(__file__).parent / "fake_cli.py"),)
 
 
@@ -56,6 +56,13 @@ def ask_together(url: str, prompts: list[str]) -> list[tuple[int, dict[str, Any]
         return list(pool.map(lambda p: complete(url, p), prompts))
 
 
+def test_a_batch_is_cut_into_consecutive_runs_the_first_ones_longer() -> None:
+    assert consecutive_shares(8, 2) == [range(0, 4), range(4, 8)]
+    assert consecutive_shares(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
+    assert consecutive_shares(1, 2) == [range(0, 1), range(1, 1)]  # a lone request: replica 0, no call elsewhere
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("nproc", "layout", "ranks"), [(2, ("--dp", "2"), [[0], [1]]),
                                                         (4, ("--dp", "2", "--tp", "2"), [[0, 1], [2, 3]])],
                          ids=["dp2", "dp2-tp2"])
@@ -96,6 +103,7 @@ def rank_pid(launcher: int, rank: int) -> int:
     raise LookupError(f"no worker of rank {rank} under process {launcher}")
 
 
+@pytest.mark.slow
 def test_a_failing_replica_fails_only_its_share_and_rank_0_stops_the_rest() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
