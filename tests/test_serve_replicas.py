@@ -132,12 +132,12 @@ def test_a_failing_replica_fails_only_its_share_and_rank_0_stops_the_rest() -> N
                 assert ("replica 1 failed" in failed[prompt]) == remote_failure, failed[prompt]
             else:
                 assert text((status, body)) == fake.generate([GenerateRequest(prompt=prompt)])[0].text
-        again = [f"again {i}" for i in range(8)]  # the server keeps serving, on both replicas
+        again = [f"again {i}" for i in range(8)]  # the server keeps serving
         assert [text(reply) for reply in ask_together(url, again)] == [
             r.text for r in fake.generate([GenerateRequest(prompt=p) for p in again])]
         assert sum(r["requests"] for r in health(url)) == 1 + len(prompts) + len(again)
         os.kill(rank_pid(proc.pid, 0), signal.SIGTERM)
-        proc.wait(timeout=60)  # rank 0's batcher tells rank 1 to stop; torchrun then ends
+        proc.wait(timeout=60)  # rank 0 stops serving and tells rank 1 to stop: the whole server ends
     finally:
         proc.kill()
         proc.communicate(timeout=60)
