@@ -10,7 +10,7 @@ With the built-in engine on one process, generation is continuous: a request joi
 ones at the next model step, and ``"stream": true`` sends its text as server-sent events piece
 by piece as it decodes (never half a UTF-8 character, never a stop string or text after it); a
 client that disconnects mid-stream has its request dropped from the engine. Other backends
-(``openai:``, ``replay:``) and a model split over torchrun ranks (``--tp``/``--ep``) answer
+(``openai:``, ``replay:``) and any torchrun launch (``--tp``/``--ep``/``--dp``) answer
 requests that arrive together in one batched call, and a stream carries the whole answer in one
 piece when it is done. Scoring requests (``echo`` with ``logprobs``) are always batched calls.
 
@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from dseval.backends.base import ModelBackend, PromptToken
 from dseval.batcher import Batcher
+from dseval.distributed import Topology
 from dseval.errors import UserError
 from dseval.requests import ChatRequest, GenerateRequest, GenerateResult
 
@@ -123,8 +124,8 @@ class Server:
     """Routes OpenAI requests to one backend through a batcher."""
 
     def __init__(self, backend: ModelBackend, model_name: str, api_key: str | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, replicated: bool = False) -> None:
-        self.batcher = Batcher(backend, replicated)
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, topology: Topology | None = None) -> None:
+        self.batcher = Batcher(backend, topology)
         self.backend = backend
         self.model_name = model_name
         self.api_key = api_key
@@ -197,7 +198,9 @@ class Server:
 
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        """Up, and each model replica's ranks and backend requests (so far, and failed): under
+        ``--dp`` it shows that every replica takes work."""
+        return JSONResponse({"status": "ok", "replicas": [vars(r) for r in self.batcher.replicas]})
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "dseval"}]})
