@@ -7,6 +7,7 @@ its engine; the incremental detokenizer is checked on a character split across t
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fake_model import FakeBackend
 from test_serve import free_port
 
-from dseval.backends.base import BackendOptions
+from dseval.backends.base import BackendOptions, ModelBackend
 from dseval.backends.registry import load_backend
 from dseval.engine.runtime.live import REPLACEMENT, IncrementalDetokenizer, stop_prefix_length
 from dseval.serve import Server
@@ -61,9 +63,9 @@ class Live:
             conn.close()
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
-    backend = load_backend("tiny", BackendOptions(device="cpu"))
+@contextlib.contextmanager
+def serving(backend: ModelBackend) -> Iterator[Live]:
+    """``backend`` served on a loopback port by uvicorn on a thread, until the block ends."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Server(backend, "tiny").app(), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -79,6 +81,12 @@ def live() -> Iterator[Live]:
         server.should_exit = True
         thread.join(timeout=60)
         backend.close()
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    with serving(load_backend("tiny", BackendOptions(device="cpu"))) as server:
+        yield server
 
 
 def texts(events: list[tuple[float, Any]], chat: bool) -> list[str]:
@@ -222,3 +230,15 @@ def test_the_detokenizer_never_splits_a_character(live: Live) -> None:
 ])
 def test_stop_prefix_length(text: str, stops: tuple[str, ...], held: int) -> None:
     assert stop_prefix_length(text, stops) == held
+
+
+def test_a_backend_without_live_generation_streams_its_whole_answer() -> None:
+    """Backends that answer whole lists keep the batched path: the stream carries each answer
+    in one piece when it is done."""
+    with serving(FakeBackend()) as fake:
+        _, whole = fake.post("/v1/completions", {"prompt": PROMPT, "n": 2})
+        events = list(fake.stream("/v1/completions", {"prompt": PROMPT, "n": 2}))
+    chunks = [e["choices"][0] for _, e in events[:-1]]
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in chunks] == [
+        (0, whole["choices"][0]["text"], None), (0, "", "stop"), (1, whole["choices"][1]["text"], None), (1, "", "stop")]
+    assert fake.backend.calls == [2, 2]  # one batched call per response
