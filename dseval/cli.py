@@ -24,7 +24,7 @@ from dseval.backends.base import BackendOptions
 from dseval.backends.registry import backend_kinds
 from dseval.cli_options import model_options, print_argument_types_in_words
 from dseval.config import RunConfig
-from dseval.distributed import shared_stdin, start_one_replica
+from dseval.distributed import shared_stdin, start_one_replica, start_processes
 from dseval.errors import UserError
 
 app = typer.Typer(help="Evaluate DeepSeek-V3-class models: run benchmarks, score, compare.", no_args_is_help=True, add_completion=False)
@@ -343,7 +343,8 @@ def serve(
     max_request_bytes: Annotated[int, typer.Option(help="Larger request bodies are refused (413).")] = 8 * 1024 * 1024,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, models, health).
-    Under torchrun with --tp/--ep, rank 0 serves and the other ranks run its model calls."""
+    Under torchrun rank 0 serves; with --dp each batch is shared among the replicas, and with
+    --tp/--ep the other ranks of a replica run its model calls."""
     import uvicorn
 
     from dseval.backends.registry import load_backend
@@ -352,14 +353,14 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
-    topology = start_one_replica(options, "serve")
+    topology = start_processes(options)
     backend = load_backend(model, options)
     if not topology.is_leader:
-        follow(backend)
+        follow(backend, topology)
         backend.close()
         return
     server = Server(backend, served_model_name or model, os.environ.get(api_key_env) or None, max_request_bytes,
-                    replicated=topology.world_size > 1)
+                    topology=topology)
     Console(stderr=True).print(f"serving {served_model_name or model!r} on http://{host}:{port}/v1", highlight=False)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")
 

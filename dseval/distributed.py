@@ -130,6 +130,16 @@ def from_leader(value: Any) -> Any:
     return box[0]
 
 
+def to_leader(value: Any) -> list[Any] | None:
+    """Every rank's ``value``, in rank order, on rank 0 (None elsewhere): how the replicas of
+    ``dseval serve --dp`` send their answers back to the rank that serves HTTP."""
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def barrier(topology: Topology) -> None:
     if topology.world_size > 1:
         import torch.distributed as dist
@@ -140,3 +150,13 @@ def barrier(topology: Topology) -> None:
 def share(items: list[int], topology: Topology) -> list[int]:
     """This replica's share of the pending docs: every dp-th, so long and short docs mix."""
     return items[topology.dp_rank :: topology.dp]
+
+
+def consecutive_shares(count: int, parts: int) -> list[range]:
+    """``count`` items cut into ``parts`` runs of consecutive items whose sizes differ by at most
+    one (the first runs take the extra). ``dseval serve --dp`` cuts each batch so: requests that
+    arrive together (one prompt's ``n`` choices, one question's answer options) stay on one
+    replica, whose prefix cache then shares their common start."""
+    size, extra = divmod(count, parts)
+    starts = [part * size + min(part, extra) for part in range(parts + 1)]
+    return [range(starts[part], starts[part + 1]) for part in range(parts)]

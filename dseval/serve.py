@@ -3,8 +3,16 @@
 Endpoints: ``POST /v1/completions`` (``echo`` with ``logprobs`` returns prompt log-probabilities,
 so loglikelihood clients such as lm-evaluation-harness's ``local-completions`` and dseval's own
 ``openai:`` backend work through it), ``POST /v1/chat/completions`` (the backend's chat
-template), ``GET /v1/models``, ``GET /health``; ``"stream": true`` answers as server-sent
-events. Concurrent requests share backend calls through :class:`dseval.batcher.Batcher`.
+template), ``GET /v1/models``, ``GET /health``. Concurrent requests share the backend through
+:class:`dseval.batcher.Batcher`.
+
+With the built-in engine on one process, generation is continuous: a request joins the running
+ones at the next model step, and ``"stream": true`` sends its text as server-sent events piece
+by piece as it decodes (never half a UTF-8 character, never a stop string or text after it); a
+client that disconnects mid-stream has its request dropped from the engine. Other backends
+(``openai:``, ``replay:``) and any torchrun launch (``--tp``/``--ep``/``--dp``) answer
+requests that arrive together in one batched call, and a stream carries the whole answer in one
+piece when it is done. Scoring requests (``echo`` with ``logprobs``) are always batched calls.
 
 Every error is an OpenAI-style JSON body with a 4xx status (5xx only for a backend failure),
 and the server keeps serving. The optional API key is compared in constant time and never
@@ -20,6 +28,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,6 +38,7 @@ from starlette.routing import Route
 
 from dseval.backends.base import ModelBackend, PromptToken
 from dseval.batcher import Batcher
+from dseval.distributed import Topology
 from dseval.errors import UserError
 from dseval.requests import ChatRequest, GenerateRequest, GenerateResult
 
@@ -43,9 +53,20 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
+
+    @classmethod
+    def of(cls, err: Exception) -> ApiError:
+        """``err`` as the client sees it: a bad request (400) or the backend's failure (500)."""
+        if isinstance(err, ApiError):
+            return err
+        if isinstance(err, UserError):
+            return cls(400, str(err))
+        return cls(500, f"{type(err).__name__}: {err}", kind="server_error")
 
 
 #: The roles a chat template renders; a message with another would silently vanish from the prompt.
@@ -103,8 +124,8 @@ class Server:
     """Routes OpenAI requests to one backend through a batcher."""
 
     def __init__(self, backend: ModelBackend, model_name: str, api_key: str | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, replicated: bool = False) -> None:
-        self.batcher = Batcher(backend, replicated)
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, topology: Topology | None = None) -> None:
+        self.batcher = Batcher(backend, topology)
         self.backend = backend
         self.model_name = model_name
         self.api_key = api_key
@@ -130,12 +151,8 @@ class Server:
             try:
                 self._authorize(request)
                 return await handler(request)
-            except ApiError as err:
-                return err.response()
-            except UserError as err:
-                return ApiError(400, str(err)).response()
             except Exception as err:  # noqa: BLE001 - a backend failure must not stop the server
-                return ApiError(500, f"{type(err).__name__}: {err}", kind="server_error").response()
+                return ApiError.of(err).response()
         return endpoint
 
     def _authorize(self, request: Request) -> None:
@@ -181,7 +198,9 @@ class Server:
 
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        """Up, and each model replica's ranks and backend requests (so far, and failed): under
+        ``--dp`` it shows that every replica takes work."""
+        return JSONResponse({"status": "ok", "replicas": [vars(r) for r in self.batcher.replicas]})
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "dseval"}]})
@@ -195,6 +214,8 @@ class Server:
         n = _number(body, "n", 1, 1, 64, integer=True)
         echo, want_logprobs = bool(body.get("echo")), body.get("logprobs") is not None
         requests = [sampling_request(body, p, 16, i) for p in prompts for i in range(n)]
+        if body.get("stream"):
+            return await self._stream("generate", requests, echo, echo and want_logprobs)
         results: list[GenerateResult] = await asyncio.gather(
             *(self._ask("generate", r) for r in requests if r.max_tokens > 0))
         texts = iter(results)
@@ -208,8 +229,7 @@ class Server:
             if echo and want_logprobs:  # prompt (and generated) tokens, scored in one pass
                 choice["logprobs"] = logprobs_block(await self._ask("prompt_logprobs", (req.prompt, result.text)))
             choices.append(choice)
-        payload = self._envelope("text_completion", choices, prompt_tokens, completion_tokens)
-        return self._stream(payload, "text") if body.get("stream") else JSONResponse(payload)
+        return JSONResponse(self._envelope("text_completion", choices, prompt_tokens, completion_tokens))
 
     async def chat_completions(self, request: Request) -> Response:
         body = await self._body(request)
@@ -222,28 +242,87 @@ class Server:
         conversation = tuple({"role": m["role"], "content": m["content"]} for m in messages)
         n = _number(body, "n", 1, 1, 64, integer=True)
         requests = [ChatRequest(**{**vars(sampling_request(body, "", 1024, i)), "messages": conversation}) for i in range(n)]
+        if body.get("stream"):
+            return await self._stream("chat", requests)
         results: list[GenerateResult] = await asyncio.gather(*(self._ask("chat", r) for r in requests))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                    for i, r in enumerate(results)]
-        payload = self._envelope("chat.completion", choices, results[0].prompt_tokens or 0, sum(r.num_tokens for r in results))
-        return self._stream(payload, "delta") if body.get("stream") else JSONResponse(payload)
+        return JSONResponse(self._envelope("chat.completion", choices, results[0].prompt_tokens or 0,
+                                           sum(r.num_tokens for r in results)))
 
-    @staticmethod
-    def _stream(payload: dict[str, Any], field: str) -> StreamingResponse:
-        """Server-sent events: one chunk per choice with its whole text (the backends answer
-        whole completions), a final chunk per choice with its finish reason, then [DONE]."""
-        kind = "chat.completion.chunk" if field == "delta" else "text_completion"
+    async def _stream(self, kind: str, requests: list[GenerateRequest], echo: bool = False,
+                      logprobs: bool = False) -> StreamingResponse:
+        """Server-sent events of ``requests`` (the choices of one response): per choice an
+        opening chunk (chat: the role; ``echo``: the prompt), its text as the backend hands it
+        out, a chunk with its finish reason (and, with ``logprobs``, the echoed tokens'
+        log-probabilities), then ``[DONE]``. The response starts once the first piece is in,
+        so a request the backend refuses is still answered with an HTTP error; a failure later
+        ends the stream with an error event. A client gone mid-stream has its requests aborted."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, str | Future]] = asyncio.Queue()
 
-        async def events() -> AsyncIterator[str]:
-            for choice in payload["choices"]:
-                text = choice["message"]["content"] if field == "delta" else choice["text"]
-                part = {"role": "assistant", "content": text} if field == "delta" else text
-                chunks = [{field: part, "finish_reason": None}, {field: {} if field == "delta" else "",
-                                                                 "finish_reason": choice["finish_reason"]}]
-                for chunk in chunks:
-                    event = {**{k: payload[k] for k in ("id", "created", "model")}, "object": kind,
-                             "choices": [{"index": choice["index"], **chunk}]}
-                    yield f"data: {json.dumps(event)}\n\n"
-            yield "data: [DONE]\n\n"
+        def put(event: tuple[int, str | Future]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        futures: list[Future] = []
+        for i, req in enumerate(requests):
+            if kind == "generate" and req.max_tokens == 0:  # nothing to generate
+                future: Future = Future()
+                future.set_result(GenerateResult(text="", finish_reason="length"))
+            else:  # the batcher calls on_text before it resolves the future, both in order through put
+                future = self.batcher.submit(kind, req, lambda text, i=i: put((i, text)))
+            future.add_done_callback(lambda f, i=i: put((i, f)))
+            futures.append(future)
+        first = await events.get()
+        if isinstance(first[1], Future) and first[1].exception() is not None:
+            self._abort(futures)
+            raise first[1].exception()  # type: ignore[misc]
+        chat = kind == "chat"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": self.model_name}
+
+        def chunk(index: int, text: str | None, finish_reason: str | None = None, **extra: Any) -> str:
+            part = ({"delta": {} if text is None else {"content": text}} if chat
+                    else {"text": text or "", "logprobs": None})
+            choice = {"index": index, **part, **extra, "finish_reason": finish_reason}
+            return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            sent, left, event = [0] * len(requests), len(requests), first
+            try:
+                for i, req in enumerate(requests):
+                    if chat:
+                        yield chunk(i, None, delta={"role": "assistant", "content": ""})
+                    elif echo:
+                        yield chunk(i, req.prompt)
+                while True:
+                    i, item = event
+                    if isinstance(item, str):
+                        sent[i] += len(item)
+                        yield chunk(i, item)
+                    else:
+                        result: GenerateResult = item.result()
+                        if rest := result.text[sent[i]:]:
+                            yield chunk(i, rest)
+                        extra = {}
+                        if logprobs:
+                            scored = await self._ask("prompt_logprobs", (requests[i].prompt, result.text))
+                            extra["logprobs"] = logprobs_block(scored)
+                        yield chunk(i, None, result.finish_reason, **extra)
+                        left -= 1
+                        if not left:
+                            break
+                    event = await events.get()
+                yield "data: [DONE]\n\n"
+            except Exception as err:  # noqa: BLE001 - the status is sent already: an error event ends the stream
+                yield f"data: {json.dumps(ApiError.of(err).body())}\n\n"
+            finally:
+                self._abort(futures)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    def _abort(self, futures: list[Future]) -> None:
+        for future in futures:
+            if not future.done():
+                self.batcher.abort(future)

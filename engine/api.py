@@ -15,6 +15,8 @@ Typical use::
 * :class:`LLM` loads a checkpoint folder (Hugging Face DeepSeek-V2/V3 layout, FP8 or not) or a
   preset and serves :meth:`LLM.generate` and :meth:`LLM.score` with continuous batching, a
   prefix cache, chunked prefill and, on CUDA, graph-captured decode.
+* :class:`LiveSession` runs an LLM continuously for a server: requests join between steps,
+  their text streams out as it decodes, and an abandoned one frees its cache at once.
 * :class:`EngineConfig` holds the runtime knobs, :class:`SamplingParams` a request's sampling;
   both validate on construction.
 * :func:`load_model` builds the model alone (meta-device construction, streamed weights);
@@ -31,6 +33,7 @@ from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.model import DeepseekV3ForCausalLM
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.runtime.engine_config import EngineConfig, default_device
+from dseval.engine.runtime.live import LiveSession
 from dseval.engine.runtime.llm import LLM
 from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
 from dseval.engine.runtime.sequence import SamplingParams
@@ -47,6 +50,7 @@ __all__ = [
     "EngineStats",
     "GenerationOutput",
     "LayoutError",
+    "LiveSession",
     "ModelConfig",
     "ParallelContext",
     "RequestError",

@@ -17,6 +17,11 @@ from dseval.backends.registry import register_backend
 from dseval.requests import GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
 
 Scorer = Callable[[LoglikelihoodRequest], float]
+#: A prompt that fails the whole generate call it is in, as a model error would.
+FAIL_PROMPT = "<fake: fail>"
+#: A prompt whose generate call answers only after :data:`SLOW_S`, so that callers queue behind it.
+SLOW_PROMPT = "<fake: slow>"
+SLOW_S = 4.0
 
 
 def hashed_score(request: LoglikelihoodRequest) -> float:
@@ -64,6 +69,11 @@ class FakeBackend(ModelBackend):
 
     def generate(self, requests: Sequence[GenerateRequest], on_result: OnResult[GenerateResult] | None = None) -> list[GenerateResult]:
         self.calls.append(len(requests))
+        prompts = {request.prompt for request in requests}
+        if FAIL_PROMPT in prompts:
+            raise RuntimeError("fake failure")
+        if SLOW_PROMPT in prompts:
+            time.sleep(SLOW_S)
         results = []
         for index, request in enumerate(requests):
             result = GenerateResult(text=f"fake answer {hashlib.sha256(request.prompt.encode()).hexdigest()[:8]}")

@@ -98,8 +98,10 @@ def test_one_check_per_knob_for_every_command(command: str, captured: dict[str, 
 
 
 @pytest.mark.parametrize("command,refusal", [(["generate", "--input-file", "p.txt"], "runs one model replica"),
-                                             (["chat"], "runs one model replica"), (["serve"], "runs one model replica")])
-def test_one_replica_commands_refuse_dp(command: list[str], refusal: str, captured: dict[str, Any]) -> None:
+                                             (["chat"], "runs one model replica"),
+                                             (["serve"], "--dp 2 does not divide the 1 processes started by torchrun")])
+def test_commands_refuse_a_dp_they_cannot_run(command: list[str], refusal: str, captured: dict[str, Any]) -> None:
+    """generate and chat run one replica; serve shares batches among replicas, so it needs torchrun."""
     result = CliRunner().invoke(app, [*command, "--model", "tiny", "--dp", "2"])
     assert result.exit_code == 2 and refusal in result.output
 

@@ -33,12 +33,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, *extra: str, nproc: int = 1) -> subprocess.Popen:
-    """``dseval serve --model tiny`` on loopback ``port`` (under torchrun with ``nproc`` > 1),
-    requiring :data:`KEY`; returns once ``/health`` answers."""
+def start_server(port: int, *extra: str, nproc: int = 1, model: str = "tiny",
+                 program: tuple[str, ...] = ("-m", "dseval")) -> subprocess.Popen:
+    """``dseval serve --model tiny`` on loopback ``port`` (under torchrun with ``nproc`` > 1;
+    ``program`` may be ``tests/fake_cli.py`` for ``fake:`` models), requiring :data:`KEY`;
+    returns once ``/health`` answers."""
     env = {**os.environ, "DSEVAL_API_KEY": KEY}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    proc = subprocess.Popen([sys.executable, *launcher, "-m", "dseval", "serve", "--model", "tiny", "--device", "cpu",
+    proc = subprocess.Popen([sys.executable, *launcher, *program, "serve", "--model", model, "--device", "cpu",
                              "--port", str(port), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

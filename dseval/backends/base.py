@@ -97,6 +97,34 @@ class PromptToken:
     top_logprob: float | None
 
 
+class LiveGeneration(ABC):
+    """Generation that runs continuously, for ``dseval serve``: requests join between model
+    steps (one arriving mid-generation starts on the next step instead of waiting for the
+    others to end), their text is handed out as it decodes, and a request nobody waits for any
+    more is dropped. One thread owns it and calls every method; while :meth:`busy`, that thread
+    must not call the backend's batch methods (they would run the live requests too)."""
+
+    @abstractmethod
+    def add(self, request: GenerateRequest, on_done: Callable[[GenerateResult], None],
+            on_text: Callable[[str], None] | None = None) -> object:
+        """Queue ``request`` (a :class:`ChatRequest` is rendered with the chat template);
+        ``on_text(piece)`` gets its text piece by piece, the pieces joining to the result's
+        text, then ``on_done(result)`` fires once. Returns the handle :meth:`abort` takes;
+        raises :class:`UserError` for a request the model cannot take."""
+
+    @abstractmethod
+    def abort(self, handle: object) -> None:
+        """Drop a request that has not finished (no callback fires) and free what it holds."""
+
+    @abstractmethod
+    def busy(self) -> bool:
+        """Whether requests remain for :meth:`step`."""
+
+    @abstractmethod
+    def step(self) -> None:
+        """One model step over every queued request; raises (dropping them all) if it fails."""
+
+
 class ModelBackend(ABC):
     """A model that answers loglikelihood and generation requests in batches."""
 
@@ -156,6 +184,12 @@ class ModelBackend(ABC):
         with its log-probability: what ``dseval serve`` answers to ``echo`` with ``logprobs``.
         Backends that cannot see token probabilities refuse."""
         raise UserError(f"model backend {type(self).__name__} cannot score prompt tokens")
+
+    def live(self) -> LiveGeneration | None:
+        """Continuous generation for ``dseval serve`` (:class:`LiveGeneration`); None where the
+        backend answers whole lists only (an API, saved outputs), and the server then batches
+        the requests that arrive together."""
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Running totals of the work done so far (the engine's steps, prompt and generated

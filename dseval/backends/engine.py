@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
-from dseval.backends.base import BackendOptions, ModelBackend, OnResult, PromptToken
+from dseval.backends.base import BackendOptions, LiveGeneration, ModelBackend, OnResult, PromptToken
 from dseval.engine.api import (
     LLM,
     EngineConfig,
     EngineError,
     PREFILL_BACKENDS,
     GenerationOutput,
+    LiveSession,
     ParallelContext,
     SamplingParams,
     ScoreRequest,
@@ -46,6 +47,7 @@ from dseval.engine.loading.loader import resolve_checkpoint_dir
 from dseval.errors import UserError
 from dseval.provenance import checkpoint_fingerprint
 from dseval.requests import (
+    ChatRequest,
     GenerateRequest,
     GenerateResult,
     LoglikelihoodRequest,
@@ -290,36 +292,46 @@ class EngineBackend(ModelBackend):
         on_finish: Callable[[int, GenerationOutput], None] | None = None,
     ) -> list[GenerationOutput]:
         """Token-level generation (the ``dseval generate`` entry point needs the ids)."""
-        limit = self.llm.max_model_len
-        fitted = []
-        for ids, p in zip(prompts, params):
-            keep = max(2, limit - max(p.max_tokens, 1))
-            if len(ids) > keep:  # drop the oldest prompt tokens, keeping a leading BOS
-                ids = ids[:1] + ids[len(ids) - keep + 1 :] if ids[0] == self.bos_id else ids[-keep:]
-            fitted.append(ids)
+        fitted = [self.fit_prompt(ids, p) for ids, p in zip(prompts, params)]
         with user_errors():
             return self.llm.generate(fitted, list(params), on_finish)
+
+    def fit_prompt(self, ids: list[int], params: SamplingParams) -> list[int]:
+        """``ids`` without the oldest tokens (a leading BOS stays) that leave no room for
+        ``max_tokens`` in the context."""
+        keep = max(2, self.llm.max_model_len - max(params.max_tokens, 1))
+        if len(ids) <= keep:
+            return ids
+        return ids[:1] + ids[len(ids) - keep + 1 :] if ids[0] == self.bos_id else ids[-keep:]
+
+    @staticmethod
+    def sampling_params(request: GenerateRequest) -> SamplingParams:
+        """The engine's sampling of a harness request."""
+        r = request
+        with user_errors("generate request: "):
+            return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=r.seed,
+                                  max_tokens=r.max_tokens, stop=tuple(r.stop))
 
     def generate(
         self, requests: Seq[GenerateRequest], on_result: OnResult[GenerateResult] | None = None
     ) -> list[GenerateResult]:
-        with user_errors("generate request: "):
-            params = [
-                SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=r.seed,
-                               max_tokens=r.max_tokens, stop=tuple(r.stop))
-                for r in requests
-            ]
+        params = [self.sampling_params(r) for r in requests]
         prompts = self.encode_prompts([r.prompt for r in requests])
         results: list[GenerateResult | None] = [None] * len(requests)
 
         def done(i: int, out: GenerationOutput) -> None:
-            res = GenerateResult(out.text, len(out.token_ids), out.finish_reason, len(out.prompt_token_ids))
+            res = generate_result(out)
             results[i] = res
             if on_result is not None:
                 on_result(i, res)
 
         self.generate_ids(prompts, params, done)
         return [r for r in results if r is not None]
+
+    def live(self) -> LiveGeneration | None:
+        """Continuous generation over this engine; None for a model split over ranks, whose
+        steps every rank must take in lockstep (``dseval serve`` batches those calls)."""
+        return EngineLive(self) if self.llm.model.parallel.is_single else None
 
     def stats(self) -> dict[str, Any]:
         counters = self.llm.stats
@@ -356,3 +368,36 @@ class EngineBackend(ModelBackend):
         del self.llm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def generate_result(out: GenerationOutput) -> GenerateResult:
+    """The harness's result of an engine output."""
+    return GenerateResult(out.text, len(out.token_ids), out.finish_reason, len(out.prompt_token_ids))
+
+
+class EngineLive(LiveGeneration):
+    """:class:`LiveGeneration` over the engine's :class:`LiveSession`, with the backend's
+    tokenisation rules (BOS, left truncation, chat template)."""
+
+    def __init__(self, backend: EngineBackend) -> None:
+        self.backend = backend
+        self.session = LiveSession(backend.llm)
+
+    def add(self, request: GenerateRequest, on_done: Callable[[GenerateResult], None],
+            on_text: Callable[[str], None] | None = None) -> object:
+        if isinstance(request, ChatRequest):
+            request = request.rendered(self.backend.apply_chat_template(list(request.messages)))
+        params = self.backend.sampling_params(request)
+        ids = self.backend.fit_prompt(self.backend.encode_prompt(request.prompt), params)
+        with user_errors("generate request: "):
+            return self.session.add(ids, params, lambda out: on_done(generate_result(out)), on_text)
+
+    def abort(self, handle: Any) -> None:  # the engine Sequence that add returned
+        self.session.abort(handle)
+
+    def busy(self) -> bool:
+        return self.session.has_work()
+
+    def step(self) -> None:
+        with user_errors():
+            self.session.step()

@@ -196,17 +196,19 @@ class LLM:
                 for seq in self.step():
                     done(seq)
         finally:
-            self._inflight = None  # its sequences are released below; its writes are stream-ordered
-            # An exception (or KeyboardInterrupt) must not leave requests holding blocks.
-            for seq in list(self.scheduler.running):
-                self.scheduler.finish(seq)
-            self.scheduler.waiting.clear()
+            self.abort_all()  # an exception (or KeyboardInterrupt) must not leave requests holding blocks
             self.stats.seconds += time.perf_counter() - t0
             self.stats.preemptions = self.scheduler.num_preemptions
             self.stats.prefix_hit_tokens = self.block_manager.stats.hit_blocks * self.block_manager.block_size
             if self.speculator is not None:
                 self.stats.draft_proposed = self.speculator.stats.proposed
                 self.stats.draft_accepted = self.speculator.stats.accepted
+
+    def abort_all(self) -> None:
+        """Drop every request and the step in flight (its cache writes are stream-ordered
+        before any later step's, so the freed blocks are safe to reuse at once)."""
+        self._inflight = None
+        self.scheduler.abort_all()
 
     def step(self) -> list[Sequence]:
         """Apply one model step's tokens; returns the sequences that finished. The step applied

@@ -78,6 +78,20 @@ class Scheduler:
         self.running.remove(seq)
         self.block_manager.free(seq)
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop ``seq`` whether it runs or waits (its caller is gone), freeing its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.finish(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+            seq.status = SequenceStatus.FINISHED
+
+    def abort_all(self) -> None:
+        """Drop every sequence: after a failed step, none may keep holding blocks."""
+        for seq in list(self.running):
+            self.finish(seq)
+        self.waiting.clear()
+
     # ------------------------------------------------------------------ scheduling
     def schedule(self) -> ScheduledBatch:
         batch = self._schedule_prefill()
