@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 import json
-import signal
+import _signal as signal  # the C module: `signal` would import enum in every checker
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation

@@ -28,7 +28,7 @@ from __future__ import annotations
 import builtins
 import os
 import resource
-import signal
+import _signal as signal  # the C module, as in the zygote: `signal` imports enum, a cost in every run
 import sys
 
 from . import guards, linux, remote, seccomp, tamper
