@@ -231,6 +231,32 @@ def test_forged_completion_fails(sandbox: Sandbox, attack: str) -> None:
     assert res.status in ("failed", "timeout"), res
 
 
+# A names message of the program's own, ahead of the real one, whose `__builtins__` makes the
+# tests' `abs` the built-in `callable` (False, so below any bound), and the answer to the one
+# call; the real messages then go to /dev/null so the program still exits 0.
+FORGE_BUILTINS = '''    return 0
+import json, os
+def _message(value):
+    data = json.dumps(value).encode()
+    return len(data).to_bytes(4, "little") + data
+_names = {"$": "d", "v": [["add", {"$": "h", "v": 0, "n": "function"}],
+                          ["__builtins__", {"$": "d", "v": [["abs", {"$": "bi", "v": "callable"}]]}]]}
+for _fd in range(3, 64):
+    try:
+        os.write(_fd, _message(_names) + _message({"$": "d", "v": [["ok", 0]]}))
+        os.dup2(os.open(os.devnull, os.O_WRONLY), _fd)
+    except OSError:
+        pass
+'''
+
+
+def test_forged_builtins_in_the_names_fail(sandbox: Sandbox) -> None:
+    """The checker runs the tests with its own built-ins, whatever the names message holds."""
+    test = "def check(candidate):\n    assert abs(candidate(2, 3) - 5) < 1e-6\n"
+    res = sandbox.run(humaneval_job(PROMPT + FORGE_BUILTINS, test, "add"))
+    assert res.status == "failed" and "AssertionError" in res.reason, res
+
+
 MARKER_TEST = "# SECRET" + "_MARK_7f3a\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
 
 # Looks for the tests everywhere the old design left them: its own memory (the tests of this and
