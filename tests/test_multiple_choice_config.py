@@ -62,7 +62,10 @@ def test_same_scores_on_the_tiny_model(tmp_path: Path, both, data_dir: Path) -> 
     assert declared["metrics"]["acc"] == builtin["metrics"]["acc"]
     assert declared["metrics"]["acc_macro"] == builtin["metrics"]["acc_macro"]
     lines = {name: (tmp_path / name / name / "samples.jsonl").read_text().splitlines() for name in summaries}
-    assert [json.loads(x)["loglikelihoods"] for x in lines["mmlu"]] == [json.loads(x)["loglikelihoods"] for x in lines["mmlu_declared"]]
+    # the second run finds the first's prompts in the prefix cache, which changes only how the
+    # work is chunked: equal to float tolerance, as the speed-settings test in test_engine_runtime
+    for builtin_line, declared_line in zip(lines["mmlu"], lines["mmlu_declared"], strict=True):
+        assert json.loads(declared_line)["loglikelihoods"] == pytest.approx(json.loads(builtin_line)["loglikelihoods"], abs=1e-4)
 
 
 def test_user_config_folder_and_errors(tmp_path: Path, data_dir: Path) -> None:
