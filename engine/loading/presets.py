@@ -33,33 +33,31 @@ class Preset:
     weights: str = "random"
 
 
-def tiny_config() -> ModelConfig:
-    """V3 architecture at toy width: 2 layers (1 dense + 1 MoE) + 1 MTP layer."""
+def small_v3_config(**widths: int) -> ModelConfig:
+    """What both presets share with DeepSeek-V3 beyond their widths: the V3 vocabulary and YaRN,
+    sigmoid grouped routing over 8 experts in 4 groups, one dense layer then one MoE layer, one
+    MTP module."""
     return ModelConfig(
-        vocab_size=129280, hidden_size=16, intermediate_size=32, moe_intermediate_size=8,
-        num_hidden_layers=2, num_nextn_predict_layers=1, num_attention_heads=2,
-        q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+        vocab_size=129280, num_hidden_layers=2, num_nextn_predict_layers=1,
         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
         topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
-        first_k_dense_replace=1, rope_theta=10000.0,
-        rope_scaling=V3_YARN,
-        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
+        first_k_dense_replace=1, rope_theta=10000.0, rope_scaling=V3_YARN,
+        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1, **widths,
     )
+
+
+def tiny_config() -> ModelConfig:
+    """V3 architecture at toy width: 2 layers (1 dense + 1 MoE) + 1 MTP layer."""
+    return small_v3_config(hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_attention_heads=2,
+                           q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
 
 
 def retriever_config() -> ModelConfig:
     """V3 layout sized for the constructed retriever (engine/loading/retriever.py): 64-dim token
     codes in five hidden slots plus a constant dim, 4 heads of nope 3 codes / rope 64 / v 1 code,
     q and kv latents of 4 codes; 1 dense + 1 MoE layer + 1 MTP module, all FFN weights zero."""
-    return ModelConfig(
-        vocab_size=129280, hidden_size=328, intermediate_size=64, moe_intermediate_size=32,
-        num_hidden_layers=2, num_nextn_predict_layers=1, num_attention_heads=4,
-        q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=192, qk_rope_head_dim=64, v_head_dim=64,
-        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
-        topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
-        first_k_dense_replace=1, rope_theta=10000.0, rope_scaling=V3_YARN,
-        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
-    )
+    return small_v3_config(hidden_size=328, intermediate_size=64, moe_intermediate_size=32, num_attention_heads=4,
+                           q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=192, qk_rope_head_dim=64, v_head_dim=64)
 
 
 def retriever_plain_config() -> ModelConfig:
