@@ -3,6 +3,7 @@ interrupted under one replica count resumes under another."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -48,10 +49,36 @@ def test_a_replica_that_reads_the_finished_samples_late_still_computes_its_share
     assert finished(one) == finished(two)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (torchrun starts each rank in a session of its
+    own, so killing the launcher's process group leaves the ranks running)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it at once, as a machine failure would."""
+    for target in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+
+
 def wait_for_lock_release(path: Path, timeout_s: float = 60) -> None:
-    """The launcher is reaped at once, but a killed rank may hold the run folder's lock until the
-    kernel has finished tearing it down (on a loaded machine, a noticeable while): a resume started
-    in that window is refused as a second writer, rightly."""
+    """The launcher is reaped at once, but a killed rank holds the run folder's lock until the
+    kernel has finished tearing it down: a resume started in that window is refused as a second
+    writer, rightly."""
     deadline = time.monotonic() + timeout_s
     with path.open("a") as handle:
         while True:
@@ -73,7 +100,7 @@ def test_interrupted_dp2_resumes_with_dp1(tmp_path: Path, data_dir: Path) -> Non
     deadline = time.monotonic() + 300  # a loaded machine starts torchrun slowly
     while time.monotonic() < deadline and sum(len(p.read_bytes().splitlines()) for p in parts.glob("samples.part*")) < 30:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    kill_tree(proc.pid)  # the launcher and both ranks
     proc.wait()
     wait_for_lock_release(out / LOCK_NAME)
     shard_lines = sum(len(p.read_bytes().splitlines()) for p in parts.glob("samples.part*"))
