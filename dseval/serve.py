@@ -110,6 +110,19 @@ def sampling_request(body: dict[str, Any], prompt: str, default_max_tokens: int,
     )
 
 
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """OpenAI's ``stream_options: {"include_usage": true}``: a last chunk with the token counts."""
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+    return bool((options or {}).get("include_usage"))
+
+
 def logprobs_block(tokens: list[PromptToken]) -> dict[str, Any]:
     """The completions API's ``logprobs`` object for echoed prompt tokens."""
     return {
@@ -192,8 +205,7 @@ class Server:
             "created": int(time.time()),
             "model": self.model_name,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": usage(prompt_tokens, completion_tokens),
         }
 
     # ------------------------------------------------------------------ endpoints
@@ -215,7 +227,7 @@ class Server:
         echo, want_logprobs = bool(body.get("echo")), body.get("logprobs") is not None
         requests = [sampling_request(body, p, 16, i) for p in prompts for i in range(n)]
         if body.get("stream"):
-            return await self._stream("generate", requests, echo, echo and want_logprobs)
+            return await self._stream("generate", requests, wants_usage(body), echo, echo and want_logprobs)
         results: list[GenerateResult] = await asyncio.gather(
             *(self._ask("generate", r) for r in requests if r.max_tokens > 0))
         texts = iter(results)
@@ -243,19 +255,20 @@ class Server:
         n = _number(body, "n", 1, 1, 64, integer=True)
         requests = [ChatRequest(**{**vars(sampling_request(body, "", 1024, i)), "messages": conversation}) for i in range(n)]
         if body.get("stream"):
-            return await self._stream("chat", requests)
+            return await self._stream("chat", requests, wants_usage(body))
         results: list[GenerateResult] = await asyncio.gather(*(self._ask("chat", r) for r in requests))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                    for i, r in enumerate(results)]
         return JSONResponse(self._envelope("chat.completion", choices, results[0].prompt_tokens or 0,
                                            sum(r.num_tokens for r in results)))
 
-    async def _stream(self, kind: str, requests: list[GenerateRequest], echo: bool = False,
+    async def _stream(self, kind: str, requests: list[GenerateRequest], with_usage: bool, echo: bool = False,
                       logprobs: bool = False) -> StreamingResponse:
         """Server-sent events of ``requests`` (the choices of one response): per choice an
         opening chunk (chat: the role; ``echo``: the prompt), its text as the backend hands it
         out, a chunk with its finish reason (and, with ``logprobs``, the echoed tokens'
-        log-probabilities), then ``[DONE]``. The response starts once the first piece is in,
+        log-probabilities), ``with_usage`` a chunk with no choices and the token counts (each
+        distinct prompt counted once, as in a whole answer), then ``[DONE]``. The response starts once the first piece is in,
         so a request the backend refuses is still answered with an HTTP error; a failure later
         ends the stream with an error event. A client gone mid-stream has its requests aborted."""
         loop = asyncio.get_running_loop()
@@ -290,6 +303,8 @@ class Server:
 
         async def stream() -> AsyncIterator[str]:
             sent, left, event = [0] * len(requests), len(requests), first
+            prompt_tokens: dict[str, int] = {}  # per distinct prompt
+            completion_tokens = 0
             try:
                 for i, req in enumerate(requests):
                     if chat:
@@ -303,6 +318,9 @@ class Server:
                         yield chunk(i, item)
                     else:
                         result: GenerateResult = item.result()
+                        prompt = json.dumps([requests[i].prompt, getattr(requests[i], "messages", None)])
+                        prompt_tokens[prompt] = result.prompt_tokens or 0
+                        completion_tokens += result.num_tokens
                         if rest := result.text[sent[i]:]:
                             yield chunk(i, rest)
                         extra = {}
@@ -314,6 +332,9 @@ class Server:
                         if not left:
                             break
                     event = await events.get()
+                if with_usage:
+                    counts = usage(sum(prompt_tokens.values()), completion_tokens)
+                    yield f"data: {json.dumps({**head, 'choices': [], 'usage': counts})}\n\n"
                 yield "data: [DONE]\n\n"
             except Exception as err:  # noqa: BLE001 - the status is sent already: an error event ends the stream
                 yield f"data: {json.dumps(ApiError.of(err).body())}\n\n"

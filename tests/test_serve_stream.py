@@ -125,6 +125,24 @@ def test_streamed_pieces_join_to_the_greedy_answer(live: Live, chat: bool) -> No
     assert engine_idle(live)
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_include_usage_ends_the_stream_with_the_whole_answers_counts(live: Live, chat: bool) -> None:
+    """``stream_options.include_usage``: one last chunk with no choices and the counts a whole
+    answer reports (two choices of one prompt count its tokens once); without it, no such chunk."""
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    payload: dict[str, Any] = {"max_tokens": 7, "temperature": 0, "n": 2}
+    payload.update({"messages": [{"role": "user", "content": PROMPT}]} if chat else {"prompt": PROMPT})
+    _, whole = live.post(path, payload)
+    events = [e for _, e in live.stream(path, {**payload, "stream_options": {"include_usage": True}})]
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == []
+    assert events[-2]["usage"] == whole["usage"] and whole["usage"]["completion_tokens"] == 14
+    assert all("usage" not in e for e in events[:-2])
+    plain = [e for _, e in live.stream(path, payload)]
+    assert all(e == "[DONE]" or e["choices"] for e in plain)
+    status, error = live.post(path, {**payload, "stream": True, "stream_options": "yes"})
+    assert status == 400 and error["error"]["param"] == "stream_options"
+
+
 def test_a_request_arriving_mid_generation_finishes_before_the_long_one(live: Live) -> None:
     """Continuous admission: the short request joins the running long one at the next step;
     a batcher that waits for the batch in progress would answer it after the long one ends."""
