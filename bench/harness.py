@@ -130,7 +130,7 @@ def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: l
         return row
     timing = json.loads((out / "timing.json").read_text())
     t = timing["tasks"][task]
-    row.update(load_s=timing["load_s"], **t)  # wall_s: the task's own, docs to last answer
+    row.update(load_s=timing["load_s"], load_phases=timing.get("load_phases"), **t)  # wall_s: the task's own
     row["start_s"] = round(wall - (timing["load_s"] or 0) - t["wall_s"], 2)  # imports, data, prompts, exit
     row["run_s"] = round(wall - (timing["load_s"] or 0), 2)  # end to end, load excluded
     summary = json.loads((out / "summary.json").read_text())["tasks"][task]

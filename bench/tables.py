@@ -273,16 +273,25 @@ def layers_extrapolation(load: Load) -> str:
                for r in d["rows"]])
 
 
+def waiting_share(row: dict) -> str:
+    """Of a run's engine steps, the share of wall time the host spent waiting for the GPU's
+    results: near 100% the GPU bounds the run, low the host's per-step work does."""
+    steps = row.get("prefill_seconds", 0) + row.get("decode_seconds", 0)
+    return f"{row['wait_seconds'] / steps:.0%}" if "wait_seconds" in row and steps else "-"
+
+
 def harness(load: Load) -> str:
     """The user's ``dseval run`` per task (bench/harness.py), then the two references."""
     d = load("harness")
     rows = [[r["name"], r.get("docs", "-"), r["process_s"], r.get("load_s", "-"), r.get("run_s", "-"),
              r.get("wall_s", "-"), r.get("first_doc_s", "-"), r.get("docs_per_s", "-"),
              f"{r['prefill_tokens']:,} / {r['prefix_hit_tokens']:,}" if "prefill_tokens" in r else "-",
-             r.get("prefill_tok_per_s", "-"), r.get("decode_tok_per_s", "-")] for r in d["cli"]]
+             r.get("prefill_tok_per_s", "-"), r.get("decode_tok_per_s", "-"), waiting_share(r)] for r in d["cli"]]
     table = md(["run", "docs", "process s", "load s", "run s (no load)", "task s", "first doc s", "docs/s",
-                "prompt tokens computed / from prefix cache", "prefill tok/s", "decode tok/s"], rows)
-    notes = []
+                "prompt tokens computed / from prefix cache", "prefill tok/s", "decode tok/s",
+                "steps' time the host waited on the GPU"], rows)
+    notes = [f"load phases of `{r['name']}` (s): " + ", ".join(f"{k} {v}" for k, v in r["load_phases"].items())
+             for r in d["cli"] if r.get("load_phases")][-1:]
     if d.get("hf"):
         h = d["hf"]
         notes.append(f"transformers loop (MMLU, first {h['docs']} docs, {h['continuations']} continuations): "

@@ -40,9 +40,24 @@ def git_commit() -> str | None:
 
 
 def content_hash(items: Any) -> str:
-    """sha256 of a canonical JSON rendering: equal content, equal hash, whatever the source."""
-    blob = json.dumps(items, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()
+    """sha256 of a canonical JSON rendering: equal content, equal hash, whatever the source.
+
+    A list is hashed element by element as the bytes ``json.dumps`` gives the whole list
+    (``[``, the elements joined by ``, ``, ``]``), so a task's prompts (hundreds of MB of
+    JSON for the full MMLU) never exist as one string, and every hash stays what it was."""
+    digest = hashlib.sha256()
+    if isinstance(items, list):
+        digest.update(b"[")
+        for i, item in enumerate(items):
+            digest.update(b", " + _canonical(item) if i else _canonical(item))
+        digest.update(b"]")
+    else:
+        digest.update(_canonical(items))
+    return digest.hexdigest()
+
+
+def _canonical(item: Any) -> bytes:
+    return json.dumps(item, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8")
 
 
 def hardware() -> dict[str, object]:

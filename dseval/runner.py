@@ -28,6 +28,7 @@ from dseval.data import DataSource
 from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
 from dseval.finite import check_generations
+from dseval.gc_policy import long_lived
 from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
@@ -332,6 +333,18 @@ class _Collector:
         self.last_flush = time.monotonic()
 
 
+def call_backend(backend: ModelBackend, requests: list[Request], on_result: Callable[[int, Any], None]) -> None:
+    """One backend call for all of a task's requests (they are of one kind)."""
+    if requests and isinstance(requests[0], ChatRequest):
+        backend.chat(requests, on_result)
+    elif requests and isinstance(requests[0], GenerateRequest):
+        backend.generate(requests, on_result)
+    elif requests and isinstance(requests[0], LoglikelihoodRollingRequest):
+        backend.loglikelihood_rolling(requests, on_result)
+    elif requests:
+        backend.loglikelihood(requests, on_result)
+
+
 def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, topology: Topology,
              progress: Any) -> dict[str, Any]:
     """Compute this replica's share of the task's unfinished docs and record them; returns
@@ -358,14 +371,8 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
     requests = collector.flat_requests()
     before, start = backend.stats(), time.monotonic()
     try:
-        if requests and isinstance(requests[0], ChatRequest):
-            backend.chat(requests, collector.on_result)
-        elif requests and isinstance(requests[0], GenerateRequest):
-            backend.generate(requests, collector.on_result)
-        elif requests and isinstance(requests[0], LoglikelihoodRollingRequest):
-            backend.loglikelihood_rolling(requests, collector.on_result)
-        elif requests:
-            backend.loglikelihood(requests, collector.on_result)
+        with long_lived():  # docs, prompts and requests live for the whole task
+            call_backend(backend, requests, collector.on_result)
     finally:
         collector.flush()  # whatever finished is kept, even when the backend fails
         if writer:
@@ -427,6 +434,8 @@ def _evaluate(config: RunConfig, store: RunStore, topology: Topology, backend: M
     loading = time.monotonic()
     backend = backend or load_backend(config.model, config.options)
     timing: dict[str, Any] = {"load_s": round(time.monotonic() - loading, 3) if owned else None, "tasks": {}}
+    if owned and (phases := backend.stats().get("load_seconds")):
+        timing["load_phases"] = phases  # where the load went (the engine's start-up phases)
     judge = None
     try:
         if topology.is_leader:

@@ -45,6 +45,7 @@ from dseval.engine.api import (
 )
 from dseval.engine.loading.loader import resolve_checkpoint_dir
 from dseval.errors import UserError
+from dseval.gc_policy import bulk_building
 from dseval.provenance import checkpoint_fingerprint
 from dseval.requests import (
     ChatRequest,
@@ -190,10 +191,9 @@ class EngineBackend(ModelBackend):
         the documented boundary rule; every text tokenized in one batch, each distinct
         context once (a question's choices share theirs)."""
         split = [self.split_pair(c, x) for c, x in pairs]
-        contexts = list(dict.fromkeys(c for c, _ in split if c))
-        encoded = self.tokenizer.encode_batch(contexts + [c + x for c, x in split])
-        n_ctx = {c: len(ids) for c, ids in zip(contexts, encoded)}
-        return [self._fit_pair(whole, n_ctx.get(c, 0)) for (c, _), whole in zip(split, encoded[len(contexts):])]
+        index = {c: i for i, c in enumerate(dict.fromkeys(c for c, _ in split))}
+        contexts, wholes = self.tokenizer.encode_extended(list(index), [(index[c], x) for c, x in split])
+        return [self._fit_pair(whole, len(contexts[index[c]])) for (c, _), whole in zip(split, wholes)]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], int]:
         """:meth:`encode_pairs` of one pair."""
@@ -233,13 +233,14 @@ class EngineBackend(ModelBackend):
         order = [i for members in groups.values() for i in members]
         score_reqs: list[ScoreRequest] = []
         index: list[int] = []
-        encoded = self.encode_pairs([(requests[i].context, requests[i].continuation) for i in order])
-        for i, (tokens, start) in zip(order, encoded):
-            if start >= len(tokens):  # empty continuation: probability 1
-                emit(i, LoglikelihoodResult(0.0, True))
-                continue
-            score_reqs.append(ScoreRequest(tuple(tokens), start))
-            index.append(i)
+        with bulk_building():
+            encoded = self.encode_pairs([(requests[i].context, requests[i].continuation) for i in order])
+            for i, (tokens, start) in zip(order, encoded):
+                if start >= len(tokens):  # empty continuation: probability 1
+                    emit(i, LoglikelihoodResult(0.0, True))
+                    continue
+                score_reqs.append(ScoreRequest(tuple(tokens), start))
+                index.append(i)
         with user_errors():
             self.llm.score(score_reqs, lambda k, out: emit(
                 index[k], LoglikelihoodResult(out.logprob, out.is_greedy, len(score_reqs[k].token_ids))))

@@ -78,17 +78,38 @@ def _place(module: nn.Module, attr: str, tensor: torch.Tensor) -> None:
     setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
 
 
-def require_finite(tensor: torch.Tensor, name: str, reader: CheckpointReader) -> None:
-    """Refuse a tensor holding NaN or Inf as it streams in: such a model still answers, with
-    NaN log-likelihoods whose argmax looks like a choice. FP8 e4m3fn has no Inf; its NaN is
-    every exponent and mantissa bit set, found on the raw bytes without a float copy."""
-    if tensor.dtype == torch.float8_e4m3fn:
-        finite = bool(((tensor.view(torch.uint8) & 0x7F) != 0x7F).all())
-    else:
-        finite = bool(torch.isfinite(tensor).all())
-    if not finite:
-        raise CheckpointError(f"{reader.infos[name].file}: tensor '{name}' holds NaN or Inf values; the checkpoint "
-                              f"is corrupt (re-download or re-convert it)")
+class FiniteGuard:
+    """Refuses a checkpoint holding NaN or Inf: such a model still answers, with NaN
+    log-likelihoods whose argmax looks like a choice.
+
+    Each tensor is checked where it lands (on the GPU that is a pass at memory speed; on the
+    host it would cost longer than the copy itself), and the flags are read back in one
+    transfer once everything is loaded, so the check adds no per-tensor synchronization. FP8
+    e4m3fn has no Inf; its NaN is every exponent and mantissa bit set, found on the raw bytes
+    without a float copy."""
+
+    def __init__(self, reader: CheckpointReader) -> None:
+        self.reader = reader
+        self.flags: list[torch.Tensor] = []
+        self.names: list[str] = []
+
+    def add(self, tensor: torch.Tensor, name: str) -> None:
+        if tensor.dtype == torch.float8_e4m3fn:
+            ok = ((tensor.view(torch.uint8) & 0x7F) != 0x7F).all()
+        else:
+            ok = torch.isfinite(tensor).all()
+        self.flags.append(ok)
+        self.names.append(name)
+
+    def check(self) -> None:
+        """Raise naming the first tensor (in load order) that holds NaN or Inf."""
+        if not self.flags:
+            return
+        bad = (~torch.stack(self.flags)).nonzero()  # one device, one read-back
+        if bad.numel():
+            name = self.names[int(bad[0])]
+            raise CheckpointError(f"{self.reader.infos[name].file}: tensor '{name}' holds NaN or Inf values; the "
+                                  f"checkpoint is corrupt (re-download or re-convert it)")
 
 
 def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device: torch.device,
@@ -97,6 +118,7 @@ def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device:
     modules = dict(model.named_modules())
     quant = model.config.quantization
     block = quant.weight_block_size if quant is not None else (128, 128)
+    guard = FiniteGuard(reader)
     for _file, names in reader.names_by_file():
         for name in names:
             if name.endswith(SCALE_SUFFIX):
@@ -108,19 +130,22 @@ def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device:
             shard = getattr(module, "shard", None) if attr == "weight" else None
             if isinstance(module, Linear) and attr == "weight" and is_fp8(reader, name):
                 part = read_fp8_shard(reader, name, shard, block)
-                require_finite(part.weight, name, reader)
-                require_finite(part.scale_inv, name + SCALE_SUFFIX, reader)
                 if keep_fp8:
                     require_aligned(part, name, shard, block)
-                    module.set_fp8(part.weight.to(device), part.scale_inv.to(device))
+                part = part.to(device)
+                guard.add(part.weight, name)
+                guard.add(part.scale_inv, name + SCALE_SUFFIX)
+                if keep_fp8:
+                    module.set_fp8(part.weight, part.scale_inv)
                 else:
-                    _place(module, attr, dequantize_shard(part.to(device), block, dtype))
+                    _place(module, attr, dequantize_shard(part, block, dtype))
             else:  # routing in fp32
                 target = torch.float32 if isinstance(module, Router) else dtype
                 tensor = (reader.get(name) if isinstance(module, Router) else read_shard(reader, name, shard))
                 tensor = tensor.to(device=device, dtype=target)
-                require_finite(tensor, name, reader)  # after the cast: a value too large for dtype is Inf now
+                guard.add(tensor, name)  # after the cast: a value too large for dtype is Inf now
                 _place(module, attr, tensor)
+    guard.check()
     if model.config.tie_word_embeddings and "lm_head.weight" not in reader.infos:
         model.lm_head.weight = model.model.embed_tokens.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]

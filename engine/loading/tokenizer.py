@@ -5,7 +5,9 @@ environment, ``trim_blocks``/``lstrip_blocks``, variables ``messages``, ``add_ge
 
 from __future__ import annotations
 
+import hashlib
 import json
+import string
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,19 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
+
+
+#: sha256 of the ``pre_tokenizer`` JSON of tokenizers whose splitting was checked to break at
+#: every newline followed by a letter, digit or punctuation mark, whatever follows: DeepSeek-V3's
+#: (digits in runs of 1-3, CJK runs, then a GPT-style regex whose alternatives that can hold a
+#: newline all end before the next non-space character; no look-behind).
+LINE_SAFE_PRE_TOKENIZERS = frozenset({"d8d32910cbb77e54a181e9b3f9a6808eed7fc330747bbcd913ef8c390bc1c9f9"})
+#: A line starting with one of these begins a new pre-token in such a tokenizer.
+_LINE_START = frozenset(string.punctuation)
+
+
+def _pre_tokenizer_digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config.get("pre_tokenizer"), sort_keys=True).encode()).hexdigest()
 
 
 class Tokenizer:
@@ -43,6 +58,25 @@ class Tokenizer:
         self.add_bos_token = bool(cfg.get("add_bos_token", False))
         self.bos_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
+        self.line_safe = self._is_line_safe(path)
+
+    @staticmethod
+    def _is_line_safe(path: Path) -> bool:
+        """Whether encoding may restart at a line start (:meth:`encode_extended`): a checked
+        pre-tokenizer, no normalizer, and no added token that holds whitespace or absorbs its
+        neighbours' (which could reach across a newline)."""
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        normalizer = config.get("normalizer")
+        if normalizer and normalizer.get("normalizers", None) != []:
+            return False
+        for added in config.get("added_tokens", []):
+            content = added.get("content", "")
+            if added.get("lstrip") or added.get("rstrip") or added.get("single_word") or content != "".join(content.split()):
+                return False
+        return _pre_tokenizer_digest(config) in LINE_SAFE_PRE_TOKENIZERS
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> Tokenizer:
@@ -66,6 +100,30 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """:meth:`encode` of each text (no BOS), in one call that tokenizes on all cores."""
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_extended(self, heads: list[str], tails: list[tuple[int, str]]) -> tuple[list[list[int]], list[list[int]]]:
+        """The ids of each head, and for each ``(i, tail)`` the ids of ``heads[i] + tail``
+        encoded as one text (a tail's first token may merge with the head's last).
+
+        Many tails per head (the choices of a question after its few-shot prompt) would encode
+        the head again each time. With a line-safe tokenizer the ids of a head up to the start
+        of its last line are the same in ``head + tail`` whatever the tail, so only the last
+        line plus the tail is encoded per tail; otherwise each joined text is encoded whole."""
+        cuts = [self._last_line(h) if self.line_safe else 0 for h in heads]
+        lines = [h[k:] for h, k in zip(heads, cuts) if k]
+        joined = [heads[i][cuts[i]:] + tail for i, tail in tails]
+        encoded = self.encode_batch(heads + lines + joined)
+        head_ids = encoded[: len(heads)]
+        line_ids = iter(encoded[len(heads): len(heads) + len(lines)])
+        kept = [ids[: len(ids) - len(next(line_ids))] if k else [] for ids, k in zip(head_ids, cuts)]
+        return head_ids, [kept[i] + ids for (i, _), ids in zip(tails, encoded[len(heads) + len(lines):])]
+
+    @staticmethod
+    def _last_line(text: str) -> int:
+        """Where the last line of ``text`` starts, if a letter, digit or punctuation mark
+        starts it (a pre-token boundary then); else 0."""
+        k = text.rfind("\n") + 1
+        return k if 0 < k < len(text) and (text[k].isalnum() or text[k] in _LINE_START) else 0
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of ``text`` and each token's (start, end) character span in it."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from dseval.engine.errors import ConfigError
+from dseval.engine.parallel.collectives import min_over_ranks
+from dseval.engine.parallel.context import ParallelContext
 from dseval.kernels.mla_prefill import PREFILL_BACKENDS
 
 #: Prefill tokens per step on GPUs: larger chunks re-expand the cached context fewer times
@@ -44,6 +46,21 @@ def auto_max_num_seqs(device: torch.device, kv_tokens: int) -> int:
     if device.type != "cuda":
         return CPU_MAX_NUM_SEQS
     return max(1, min(GPU_MAX_NUM_SEQS, kv_tokens // TOKENS_PER_SEQ))
+
+
+def auto_num_blocks(ec: EngineConfig, bytes_per_block: int, max_model_len: int, device: torch.device,
+                    parallel: ParallelContext) -> int:
+    """KV-cache blocks when ``num_kv_blocks`` is unset: ``kv_cache_memory_fraction`` of the GPU
+    memory free once the weights are in (``cpu_kv_cache_gib`` on CPUs), never more than every
+    slot of every sequence at full context needs."""
+    ceiling = (ec.max_num_seqs or GPU_MAX_NUM_SEQS) * -(-(max_model_len + 2) // ec.block_size)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # TP/EP ranks must schedule identically (every step is a collective): agree on the least free memory
+        budget = min_over_ranks(int(free * ec.kv_cache_memory_fraction), parallel)
+    else:
+        budget = int(ec.cpu_kv_cache_gib * 2**30)
+    return max(1, min(ceiling, budget // bytes_per_block))
 
 
 def parse_speculative(spec: str | None) -> str | None:

@@ -14,6 +14,7 @@ N+1 instead of between them. A request that stops on step N's token wastes its r
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
@@ -26,10 +27,9 @@ from dseval.engine.loading.tokenizer import Tokenizer
 from dseval.engine.model.config import ModelConfig
 from dseval.engine.model.fused_weights import prepare_fused_moe
 from dseval.engine.model.model import DeepseekV3ForCausalLM
-from dseval.engine.parallel.collectives import min_over_ranks
 from dseval.engine.parallel.context import ParallelContext
 from dseval.engine.runtime.block_manager import BlockManager
-from dseval.engine.runtime.engine_config import (GPU_MAX_NUM_SEQS, EngineConfig, auto_max_num_seqs, default_device,
+from dseval.engine.runtime.engine_config import (EngineConfig, auto_max_num_seqs, auto_num_blocks, default_device,
                                                   default_prefill_tokens, parse_speculative)
 from dseval.engine.runtime.model_runner import ModelRunner
 from dseval.engine.runtime.outputs import EngineStats, GenerationOutput, ScoreOutput, ScoreRequest
@@ -63,8 +63,10 @@ class LLM:
         # FP8 checkpoints keep FP8 weights only for bf16 compute (the FP8 GEMM takes bf16
         # activations); any other compute dtype gets dequantized weights.
         fp8 = "auto" if dtype == torch.bfloat16 else "dequantize"
-        model, config, tokenizer = load_model(model_spec, device=str(dev), dtype=dtype, fp8_weights=fp8,
-                                              parallel=parallel)
+        self.stats = EngineStats()
+        with self.stats.timed_load("weights"):
+            model, config, tokenizer = load_model(model_spec, device=str(dev), dtype=dtype, fp8_weights=fp8,
+                                                  parallel=parallel)
         self._setup(model, config, tokenizer, engine_config, dev, dtype)
 
     @classmethod
@@ -76,6 +78,7 @@ class LLM:
         engine_config: EngineConfig = EngineConfig(),
     ) -> LLM:
         self = cls.__new__(cls)
+        self.stats = EngineStats()
         p = next(model.parameters())
         self._setup(model, config, tokenizer, engine_config, p.device, p.dtype)
         return self
@@ -87,40 +90,29 @@ class LLM:
         self.device, self.dtype = device, dtype
         self.max_model_len = ec.max_model_len or int(config.max_position_embeddings)
         spec = parse_speculative(ec.speculative)
-        prefill = resolve_prefill_attention(ec.prefill_attention, device, dtype, config.qk_nope_head_dim,
-                                            config.qk_rope_head_dim, config.v_head_dim)
+        with self.stats.timed_load("prefill_probe"):
+            prefill = resolve_prefill_attention(ec.prefill_attention, device, dtype, config.qk_nope_head_dim,
+                                                config.qk_rope_head_dim, config.v_head_dim)
         if ec.fused_moe and dtype == torch.bfloat16 and self.device.type == "cuda":
-            prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
-        num_blocks = ec.num_kv_blocks or self._auto_num_blocks(model, config, ec, device, dtype)
+            with self.stats.timed_load("fused_moe"):
+                prepare_fused_moe(model)  # before sizing the cache: stacking briefly needs a layer's copy
+        per_block = ModelRunner.kv_bytes_per_block(model, config, ec.block_size, dtype)
+        num_blocks = ec.num_kv_blocks or auto_num_blocks(ec, per_block, self.max_model_len, device, model.parallel)
         self.max_num_seqs = ec.max_num_seqs or auto_max_num_seqs(device, num_blocks * ec.block_size)
         self.block_manager = BlockManager(num_blocks, ec.block_size, ec.enable_prefix_cache)
         self.scheduler = Scheduler(
             SchedulerConfig(self.max_num_seqs, ec.max_num_batched_tokens or default_prefill_tokens(device),
                             ec.chunked_prefill), self.block_manager
         )
-        self.runner = ModelRunner(
-            model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=self.max_num_seqs,
-            max_model_len=self.max_model_len, device=device, dtype=dtype,
-            cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes, prefill_attention=prefill,
-        )
+        with self.stats.timed_load("kv_cache"):
+            self.runner = ModelRunner(
+                model, config, num_blocks=num_blocks, block_size=ec.block_size, max_num_seqs=self.max_num_seqs,
+                max_model_len=self.max_model_len, device=device, dtype=dtype,
+                cuda_graphs=ec.cuda_graphs, graph_sizes=ec.graph_batch_sizes, prefill_attention=prefill,
+            )
         self.speculator = MtpSpeculator(self.runner) if spec == "mtp" else None
         self.stopping = StopRules.for_model(config, tokenizer, self.max_model_len)
-        self.stats = EngineStats()
         self._inflight: InflightStep | None = None
-
-    def _auto_num_blocks(self, model: DeepseekV3ForCausalLM, config: ModelConfig, ec: EngineConfig,
-                         device: torch.device, dtype: torch.dtype) -> int:
-        per_block = ModelRunner.kv_bytes_per_block(model, config, ec.block_size, dtype)
-        # Never more than every slot of every sequence at full context needs.
-        ceiling = (ec.max_num_seqs or GPU_MAX_NUM_SEQS) * -(-(self.max_model_len + 2) // ec.block_size)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = int(free * ec.kv_cache_memory_fraction)
-            # TP/EP ranks must schedule identically (every step is a collective): agree on the least free memory
-            budget = min_over_ranks(budget, model.parallel)
-        else:
-            budget = int(ec.cpu_kv_cache_gib * 2**30)
-        return max(1, min(ceiling, budget // per_block))
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -163,15 +155,14 @@ class LLM:
         """Sum of log-probabilities of each request's continuation tokens, and whether each of
         them was the greedy choice. Requests sharing leading tokens share prefix-cache blocks;
         keep such requests adjacent so the shared part is computed once."""
-        seqs = []
+        seqs, scoring = [], SamplingParams(max_tokens=0)
         for i, r in enumerate(requests):
             if not 1 <= r.continuation_start < len(r.token_ids):
                 raise RequestError(f"score request {i}: continuation_start {r.continuation_start} must be in "
                                  f"[1, {len(r.token_ids)}) (at least one context and one continuation token)")
             if len(r.token_ids) > self.max_model_len:
                 raise RequestError(f"score request {i} has {len(r.token_ids)} tokens; the context limit is {self.max_model_len}")
-            seqs.append(Sequence(list(r.token_ids), SamplingParams(max_tokens=0),
-                                 logprob_start=r.continuation_start, request_index=i))
+            seqs.append(Sequence(list(r.token_ids), scoring, logprob_start=r.continuation_start, request_index=i))
         results: list[ScoreOutput | None] = [None] * len(seqs)
 
         def done(seq: Sequence) -> None:
@@ -191,15 +182,18 @@ class LLM:
         t0 = time.perf_counter()
         for seq in seqs:
             self.scheduler.add(seq)
+        gc.freeze()  # the requests live for the whole run: no collection of the loop's garbage walks them
         try:
             while self.scheduler.has_work() or self._inflight is not None:
                 for seq in self.step():
                     done(seq)
         finally:
+            gc.unfreeze()
             self.abort_all()  # an exception (or KeyboardInterrupt) must not leave requests holding blocks
             self.stats.seconds += time.perf_counter() - t0
             self.stats.preemptions = self.scheduler.num_preemptions
             self.stats.prefix_hit_tokens = self.block_manager.stats.hit_blocks * self.block_manager.block_size
+            self.stats.wait_seconds = self.runner.wait_seconds
             if self.speculator is not None:
                 self.stats.draft_proposed = self.speculator.stats.proposed
                 self.stats.draft_accepted = self.speculator.stats.accepted
@@ -271,7 +265,11 @@ class LLM:
         """Read ``step``'s tokens and advance its sequences: cache progress, prompt log-probs,
         generated tokens, end-of-request rules."""
         batch, out = step.batch, step.out
-        new_tokens = step.new_tokens if step.new_tokens is not None else [s[:1] for s in out.resolve().sampled]
+        if step.new_tokens is None:
+            waited = time.perf_counter()
+            out.resolve()
+            self.runner.wait_seconds += time.perf_counter() - waited
+        new_tokens = step.new_tokens if step.new_tokens is not None else [s[:1] for s in out.sampled]
         for seq in step.reserved:  # the real token replaces the placeholder
             seq.release_token()
         finished: list[Sequence] = []

@@ -21,6 +21,7 @@ the two halves of the engine's overlap scheduling.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence as Seq
 
 import numpy as np
@@ -77,6 +78,8 @@ class ModelRunner:
             for _ in range(model.num_attention_layers)
         ]
         self.sampler = Sampler()
+        #: Seconds the host has waited for the device's results (sampled tokens, log-probs).
+        self.wait_seconds = 0.0
         # Sizes derived from the context limit stop at what the KV cache can hold: no sequence
         # outgrows it, whatever max_position_embeddings says (issue 23).
         max_model_len = min(max_model_len, num_blocks * block_size)
@@ -278,13 +281,18 @@ class ModelRunner:
             out.tokens = SampledTokens(self.sampler(logits, sample_params, sample_index), host)
             out.token_owner = sample_owner
         # Prompt log-probs in slices: a [rows, vocab] float32 matrix for a whole 2k-token
-        # chunk would be ~1 GB at DeepSeek-V3's vocabulary.
+        # chunk would be ~1 GB at DeepSeek-V3's vocabulary. Every slice is launched before
+        # any is read, so the host waits for the device once per step.
+        slices = []
         for a in range(0, len(lp_rows), self.logprob_rows_per_pass):
             b = a + self.logprob_rows_per_pass
             idx = torch.tensor(lp_rows[a:b], dtype=torch.int64).to(dev, non_blocking=True)
             targets = torch.tensor(lp_targets[a:b], dtype=torch.int64).to(dev, non_blocking=True)
-            lps, greedy, top_lps, top_ids = token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets)
-            for (owner, p), lp, g, tlp, tid in zip(lp_owner[a:b], lps.tolist(), greedy.tolist(), top_lps.tolist(),
-                                                   top_ids.tolist()):
+            slices.append(token_logprobs(self.model.compute_logits(hidden.index_select(0, idx)), targets))
+        if slices:
+            waited = time.perf_counter()
+            lps, greedy, top_lps, top_ids = (torch.cat(parts).tolist() for parts in zip(*slices))
+            self.wait_seconds += time.perf_counter() - waited
+            for (owner, p), lp, g, tlp, tid in zip(lp_owner, lps, greedy, top_lps, top_ids):
                 out.logprobs[owner].append((p, TokenLogprob(float(lp), bool(g), int(tid), float(tlp))))
         return out if defer else out.resolve()

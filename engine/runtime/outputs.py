@@ -3,8 +3,13 @@ and the scoring request (a tokenized context + continuation)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from dseval.engine.runtime.sequence import TokenLogprob
 
@@ -56,7 +61,21 @@ class EngineStats:
     #: Wall time of the steps that applied a prefill (decode) batch, host work included.
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    #: Of ``seconds``, the time the host waited for a step's sampled tokens: the GPU was busy
+    #: and the host idle. A small share means the host's per-step work bounds the speed.
+    wait_seconds: float = 0.0
+    #: Seconds of each engine start-up phase (weights, prefill_probe, fused_moe, kv_cache).
+    load_seconds: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def timed_load(self, phase: str) -> Iterator[None]:
+        """Record the block's wall time, its device work included, as ``load_seconds[phase]``."""
+        start = time.perf_counter()
+        yield
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        self.load_seconds[phase] = round(time.perf_counter() - start, 3)
 
     def add_step_time(self, prefill: bool, seconds: float) -> None:
         if prefill:
