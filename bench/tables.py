@@ -301,6 +301,8 @@ def harness(load: Load) -> str:
         notes.append(f"engine alone ({e['task']}, {e['requests']} prompts, {e['max_num_seqs']} in flight, "
                      f"{e['generated_tokens']:,} tokens): {e['tok_per_s']:,} tok/s")
     notes += [f"{k}: {v}" for k, v in d.get("ratios", {}).items()]
+    if d["meta"].get("gpu"):
+        notes.append(f"on {d['meta']['gpu']}")
     return table + "".join(f"\n\n{n}" for n in notes)
 
 

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 __all__ = ["PREFILL_BACKENDS", "PrefillAttention", "VarlenLayout", "mla_prefill_attention",
            "mla_prefill_attention_torch", "mla_prefill_attention_varlen", "resolve_prefill_attention"]
@@ -233,6 +232,10 @@ def mla_prefill_attention(
         return out[0].transpose(0, 1)  # [t, H, v_dim]
     vp = F.pad(v.to(dtype), (0, nope + rope - v_dim)).transpose(0, 1)[None]  # [1, H, S, D]
     if attention.backend == "causal_bias":
+        # Imported here: the module pulls in torch._dynamo, seconds of every process start
+        # that only this fallback backend needs.
+        from torch.nn.attention.bias import causal_lower_right
+
         out = F.scaled_dot_product_attention(q, k, vp, attn_mask=causal_lower_right(t, s), scale=sm_scale)
     else:
         out = _split_attention(q, k, vp, sm_scale, attention.backend)  # [1, H, t, D]

@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 from dseval.engine.model.attention_metadata import AttentionMetadata
-from dseval.engine.runtime.block_manager import BlockManager
+from dseval.engine.runtime.block_manager import BlockManager, chain_hash
 from dseval.engine.api import LLM, ConfigError, EngineConfig, ScoreRequest
 from dseval.engine.loading.loader import load_model
 from dseval.engine.runtime.sampler import (
@@ -24,6 +24,7 @@ from dseval.engine.runtime.sampler import (
 from dseval.engine.runtime.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from dseval.engine.runtime.sequence import SamplingParams, Sequence
 from dseval.engine.runtime.speculative import MtpSpeculator
+from dseval.engine.runtime.stopping import StopRules
 
 
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
@@ -126,6 +127,26 @@ def test_block_manager_allocation_refcounts_and_prefix_hits():
     # Positions that need prompt logprobs are never served from the cache.
     f = Sequence(list(range(10)), SamplingParams(max_tokens=0), logprob_start=5)
     assert len(bm.lookup_prefix(f).block_ids) == 1
+
+
+def test_block_hashes_copied_between_sequences_equal_the_chain_computed_afresh():
+    """Prompt block hashes are computed once per sequence and copied from the sequence hashed
+    before where both agree: they must equal the chain computed from scratch, including where
+    only a later block or only an earlier one differs."""
+    rng = random.Random(0)
+    header = [rng.randrange(50) for _ in range(12)]
+    prompts = [header + [rng.randrange(50) for _ in range(rng.randrange(0, 14))] for _ in range(30)]
+    prompts += [[5] + header[1:] + [1] * 6, header[:4] + [0] * 4 + header[8:]]  # first / middle block differs
+    bm = BlockManager(num_blocks=4, block_size=4)
+    for ids in prompts + prompts[::-1]:
+        seq = Sequence(ids, GREEDY)
+        n = len(ids) // 4
+        got = [bm.block_hash(seq, i, None) for i in reversed(range(n))][::-1]  # latest block first
+        want, parent = [], None
+        for i in range(n):
+            parent = chain_hash(parent, ids[i * 4:(i + 1) * 4])
+            want.append(parent)
+        assert got == want, ids
 
 
 def test_block_manager_evicts_least_recently_freed_and_refuses_when_full():
@@ -327,6 +348,25 @@ def test_stop_strings_token_limits_and_eos(tiny):
     ended = llm.generate([prompt], SamplingParams(max_tokens=24, stop_token_ids=(eos_like,)))[0]
     assert ended.token_ids == full.token_ids[: first + 1] and ended.finish_reason == "stop"
     assert ended.text == tok.decode(full.token_ids[:first])
+
+
+def test_stop_strings_found_however_tokens_split_characters(tiny):
+    """Stop strings are searched in a window of the last tokens only: every stop string,
+    multi-byte characters and strings spanning several tokens included, ends the output
+    where the first occurrence in the whole decoded text does."""
+    _, config, tok = tiny
+    text = "价格是 100 元。Problem: ∑ x² ≤ 🙂𠀋𠀌 ꙮ𝔘𝔫 naïve\n\nProblem:"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    rules = StopRules.for_model(config, tok, 10_000)
+    prompt = tok.encode("Q", add_bos=True)
+    stops = {text[a:b] for a in range(len(text)) for b in range(a + 1, min(len(text), a + 6) + 1)}
+    for stop in sorted(stops):
+        seq = Sequence(prompt, SamplingParams(max_tokens=len(ids), ignore_eos=True, stop=(stop,)))
+        for t in ids:
+            if rules.append(seq, t):
+                break
+        assert seq.finish_reason == "stop" and seq.output_text == text[: text.find(stop)], stop
 
 
 def test_overlap_scheduling_changes_no_output(tiny):

@@ -39,7 +39,7 @@ class Block:
     #: Set once the block is full and its KV computed; then it may be shared.
     hash: BlockHash | None = None
     #: Kept with the hash so that a (astronomically unlikely) hash collision is not a hit.
-    token_ids: tuple[int, ...] = ()
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ class BlockManager:
         # Hashes of full prompt blocks whose KV is being computed right now, -> block id.
         self._pending: dict[BlockHash, int] = {}
         self._pending_of: dict[int, BlockHash] = {}
+        # The sequence hashed last: the next one usually shares its leading blocks (a
+        # question's choices, a subject's few-shot header), whose hashes are then copied.
+        self._last_hashed: Sequence | None = None
         self.stats = CacheStats()
 
     # ------------------------------------------------------------------ queries
@@ -97,18 +100,40 @@ class BlockManager:
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_needed(seq, num_tokens) <= self.num_free_blocks
 
+    def block_hash(self, seq: Sequence, i: int, parent: BlockHash | None) -> BlockHash:
+        """Chain hash of ``seq``'s full block ``i`` (``parent``: block ``i - 1``'s). The
+        hashes of all full prompt blocks are computed on the first call, once per sequence, and
+        copied from the sequence hashed before where both agree on every token up to the
+        block's end (equal chains, equal tokens)."""
+        bs = self.block_size
+        if (i + 1) * bs > seq.num_prompt_tokens:  # holds generated tokens: hashed once, at commit
+            return chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+        hashes, prev = seq.prompt_block_hashes, self._last_hashed
+        if hashes:
+            return hashes[i]
+        while len(hashes) < seq.num_prompt_tokens // bs:
+            j = len(hashes)
+            tokens = seq.token_ids[j * bs : (j + 1) * bs]
+            if (prev is not None and j < len(prev.prompt_block_hashes)
+                    and (j == 0 or prev.prompt_block_hashes[j - 1] == hashes[j - 1])
+                    and prev.token_ids[j * bs : (j + 1) * bs] == tokens):
+                hashes.append(prev.prompt_block_hashes[j])
+            else:
+                hashes.append(chain_hash(hashes[j - 1] if j else None, tokens))
+        self._last_hashed = seq
+        return hashes[i]
+
     def lookup_prefix(self, seq: Sequence) -> PrefixLookup:
         """Walk the hash chain of ``seq``'s leading full blocks through the cache."""
         if not self.enable_prefix_cache:
             return PrefixLookup([], False)
         hits: list[int] = []
         parent: BlockHash | None = None
-        bs = self.block_size
+        bs, cached, blocks, tokens = self.block_size, self._cached, self.blocks, seq.token_ids
         for i in range(seq.max_prefix_hit_tokens // bs):
-            tokens = seq.token_ids[i * bs : (i + 1) * bs]
-            h = chain_hash(parent, tokens)
-            block_id = self._cached.get(h)
-            if block_id is not None and self.blocks[block_id].token_ids == tuple(tokens):
+            h = self.block_hash(seq, i, parent)
+            block_id = cached.get(h)
+            if block_id is not None and blocks[block_id].token_ids == tokens[i * bs : (i + 1) * bs]:
                 hits.append(block_id)
                 parent = h
                 continue
@@ -146,7 +171,7 @@ class BlockManager:
                 if self._cached.get(block.hash) == block_id:
                     del self._cached[block.hash]
                     self.stats.evicted_blocks += 1
-                block.hash, block.token_ids = None, ()
+                block.hash, block.token_ids = None, []
             block.ref_count = 1
             seq.block_table.append(block_id)
             self.stats.allocated_blocks += 1
@@ -165,7 +190,7 @@ class BlockManager:
             if (i + 1) * bs > len(seq.token_ids):
                 break
             block_id = seq.block_table[i]
-            h = chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+            h = self.block_hash(seq, i, parent)
             if h not in self._cached and h not in self._pending:
                 self._pending[h] = block_id
                 self._pending_of[block_id] = h
@@ -188,9 +213,8 @@ class BlockManager:
             block_id = seq.block_table[i]
             block = self.blocks[block_id]
             if block.hash is None:
-                tokens = seq.token_ids[i * bs : (i + 1) * bs]
-                block.hash = chain_hash(parent, tokens)
-                block.token_ids = tuple(tokens)
+                block.hash = self.block_hash(seq, i, parent)
+                block.token_ids = seq.token_ids[i * bs : (i + 1) * bs]
                 self._withdraw_pending(block_id)
                 # A twin computed in the same step keeps the first registration.
                 self._cached.setdefault(block.hash, block_id)

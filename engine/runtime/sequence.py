@@ -102,6 +102,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     #: Leading blocks of ``block_table`` already registered in the prefix cache (hashed).
     num_hashed_blocks: int = 0
+    #: Chain hashes of the prompt's leading full blocks, computed once: a prompt never changes,
+    #: and a waiting sequence is looked up again on every step it waits.
+    prompt_block_hashes: list[bytes] = field(default_factory=list)
     num_prompt_tokens: int = 0
     #: Per scored position: the actual token's log-prob, and the position's top token.
     prompt_logprobs: dict[int, TokenLogprob] = field(default_factory=dict)

@@ -47,9 +47,11 @@ class StopRules:
         if p.stop and self.tokenizer is not None:  # LLM.generate refuses stop strings without one
             # A stop string completed by this token lies in the last few tokens' text; only
             # then is the whole output decoded (keeps long generations linear, not quadratic).
-            # Byte-level tokens may carry a quarter of a character, hence 4 tokens per char.
+            # Every token is at least one byte, so a string of b bytes ending in this token
+            # starts within its last b tokens; one more keeps it off the window's first token,
+            # whose decoding may differ at the cut (a partial character, a stripped space).
             # Sliced from token_ids itself: copying the whole output per token is quadratic.
-            window = 4 * max(len(s) for s in p.stop) + 4
+            window = max(len(s.encode()) for s in p.stop) + 1
             tail = self.tokenizer.decode(seq.token_ids[max(seq.num_prompt_tokens, len(seq.token_ids) - window) :])
             if any(s in tail for s in p.stop):
                 text = self.tokenizer.decode(seq.output_token_ids)
