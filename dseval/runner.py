@@ -29,6 +29,7 @@ from dseval.distributed import Topology, barrier, share, start_processes
 from dseval.errors import UserError
 from dseval.finite import check_generations
 from dseval.gc_policy import long_lived
+from dseval.interrupts import interrupts_held
 from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
 from dseval.progress import make_progress
@@ -326,10 +327,12 @@ class _Collector:
         if self.ready:
             for sample, metrics in zip(self.ready, self.prepared.task.score(self.ready), strict=True):
                 sample.metrics = metrics
-            self.writer.write(self.ready)
-            self.advance(len(self.ready))
-            self.finished += self.ready
-            self.ready = []
+            written = len(self.ready)
+            with interrupts_held():
+                self.writer.write(self.ready)
+                self.finished += self.ready
+                self.ready = []
+            self.advance(written)
         self.last_flush = time.monotonic()
 
 

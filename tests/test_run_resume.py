@@ -11,6 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from fake_model import FakeBackend
+
+from dseval.config import RunConfig
+from dseval.runner import evaluate
+from dseval.store import SampleWriter
+
 TESTS = Path(__file__).parent
 
 
@@ -56,6 +63,25 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, data_dir: Path
     assert all(after[i] == r for i, r in before_kill.items()), "finished samples were kept as they were"
     assert json.loads((interrupted / "summary.json").read_text()) == json.loads((reference / "summary.json").read_text())
     assert samples.read_bytes() == (reference / "mmlu" / "samples.jsonl").read_bytes()
+
+
+def test_ctrl_c_right_after_a_write_writes_no_sample_twice(tmp_path: Path, data_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C that lands just after samples reached the file, before the run recorded that they
+    did: the flush on the way out must not append them again."""
+    write = SampleWriter.write
+
+    def write_then_interrupt(self: SampleWriter, samples: list) -> None:
+        write(self, samples)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(SampleWriter, "write", write_then_interrupt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(RunConfig(tasks=["mmlu"], model="fake:hash", out=out, limit=4, data_dir=str(data_dir)),
+                 backend=FakeBackend(delay_s=0.001))
+    ids = [r["id"] for r in lines(out / "mmlu" / "samples.jsonl")]
+    assert 0 < len(ids) < 228 and len(ids) == len(set(ids)), "each finished sample written once"
 
 
 def test_torn_last_line_is_recomputed(tmp_path: Path, data_dir: Path) -> None:
