@@ -14,10 +14,10 @@ def interrupts_held() -> Iterator[None]:
 
     Appending samples and recording that they were appended is one step: a KeyboardInterrupt
     between the two would leave them queued, and the flush that runs on the way out would
-    write them a second time. Only the main thread receives signals, so elsewhere this is a
-    plain block.
+    write them a second time. Only the main thread receives signals, and a handler installed
+    outside Python could not be put back, so in those cases this is a plain block.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     caught: list[int] = []

@@ -32,11 +32,18 @@ from dseval.gc_policy import long_lived
 from dseval.interrupts import interrupts_held
 from dseval.judging import JudgedTask, judge_samples, open_judge
 from dseval.metrics import Summary
-from dseval.progress import make_progress
+from dseval.progress import Refresher, make_progress
 from dseval.reasoning import strip_reasoning
 from dseval.provenance import checkpoint_fingerprint, content_hash, git_commit, hardware, package_versions
 from dseval.records import Doc, Sample
-from dseval.requests import ChatRequest, GenerateRequest, LoglikelihoodRequest, LoglikelihoodRollingRequest, Request
+from dseval.requests import (
+    ChatRequest,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodRollingRequest,
+    Request,
+)
 from dseval.scoring.code_exec import CodeExecution
 from dseval.store import RunStore, SampleWriter
 from dseval.task import PromptContext, Task, all_tasks, get_task
@@ -265,14 +272,19 @@ def check_finite(doc: Doc, task: str, values: Sequence[float]) -> None:
 class _Collector:
     """Gathers per-request answers into finished docs and flushes scored samples to disk."""
 
-    def __init__(self, prepared: PreparedTask, pending: list[int], writer: SampleWriter | None, advance: Callable[[int], None]):
+    def __init__(self, prepared: PreparedTask, pending: list[int], writer: SampleWriter | None):
         self.prepared = prepared
         self.writer = writer
-        self.advance = advance
         self.owner: list[tuple[int, int]] = []  # flat request index -> (doc index, slot)
         for doc_index in pending:
             self.owner += [(doc_index, slot) for slot in range(len(prepared.requests[doc_index]))]
         self.answers: dict[int, list[Any]] = {i: [None] * len(prepared.requests[i]) for i in pending}
+        #: Each request's token limit (0 for scoring requests), and the limits of those unanswered.
+        self.budget = [getattr(r, "max_tokens", 0) for r in self.flat_requests()]
+        self.open_budget = sum(self.budget)
+        #: Tokens the answers received so far carry: generated, and prompt (where results count them).
+        self.answered_tokens = 0
+        self.answered_prompt_tokens = 0
         self.missing = {i: len(prepared.requests[i]) for i in pending}
         self.ready: list[Sample] = []
         self.finished: list[Sample] = []
@@ -286,6 +298,9 @@ class _Collector:
     def on_result(self, index: int, result: Any) -> None:
         doc_index, slot = self.owner[index]
         self.answers[doc_index][slot] = result
+        self.open_budget -= self.budget[index]
+        self.answered_tokens += result.num_tokens if isinstance(result, GenerateResult) else 0
+        self.answered_prompt_tokens += getattr(result, "prompt_tokens", None) or 0
         self.missing[doc_index] -= 1
         if self.missing[doc_index] == 0:
             if self.first_doc_at is None:
@@ -293,6 +308,22 @@ class _Collector:
             self.ready.append(self._sample(doc_index))
             if len(self.ready) >= FLUSH_DOCS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
                 self.flush()
+
+    def docs_done(self, generated: int) -> float:
+        """Docs answered, plus the open docs times the share of their token budget already
+        generated (``generated``: tokens generated in this task so far). Generations that run
+        together all finish late; counted this way the bar moves at the rate the run makes
+        progress from the first step, so its ETA holds (an upper bound where answers stop
+        before their token limit)."""
+        open_docs = len(self.answers)
+        share = 0.0
+        if open_docs and self.open_budget > 0:
+            share = min(1.0, max(0.0, (generated - self.answered_tokens) / self.open_budget))
+        return self.answered_docs + share * open_docs
+
+    @property
+    def answered_docs(self) -> int:
+        return len(self.missing) - len(self.answers)
 
     def _sample(self, doc_index: int) -> Sample:
         doc = self.prepared.docs[doc_index]
@@ -327,12 +358,10 @@ class _Collector:
         if self.ready:
             for sample, metrics in zip(self.ready, self.prepared.task.score(self.ready), strict=True):
                 sample.metrics = metrics
-            written = len(self.ready)
             with interrupts_held():
                 self.writer.write(self.ready)
                 self.finished += self.ready
                 self.ready = []
-            self.advance(written)
         self.last_flush = time.monotonic()
 
 
@@ -364,17 +393,32 @@ def run_task(prepared: PreparedTask, store: RunStore, backend: ModelBackend, top
     unfinished = [i for i, doc in enumerate(prepared.docs) if doc.id not in done_ids]
     pending = share(unfinished, topology)
     if topology.dp == 1:
-        bar = progress.add_task(name, total=len(prepared.docs), completed=len(prepared.docs) - len(unfinished))
+        done_before = len(prepared.docs) - len(unfinished)
+        bar = progress.add_task(name, total=len(prepared.docs), completed=done_before, docs_s=None, tok_s=None)
     else:  # rank 0 shows its own replica's share
-        bar = progress.add_task(f"{name} (replica 0 of {topology.dp})", total=len(pending))
+        done_before = 0
+        bar = progress.add_task(f"{name} (replica 0 of {topology.dp})", total=len(pending), docs_s=None, tok_s=None)
     writer = None
     if topology.is_writer:
         writer = store.sample_writer(name, shard=None if topology.dp == 1 else topology.dp_rank)
-    collector = _Collector(prepared, pending, writer, lambda n: progress.advance(bar, n))
+    collector = _Collector(prepared, pending, writer)
     requests = collector.flat_requests()
     before, start = backend.stats(), time.monotonic()
+
+    def show() -> None:
+        """The bar from the answers so far and the backend's token counters (where it keeps
+        them; else the tokens the answers carry)."""
+        now = backend.stats()
+        generated = now["generated_tokens"] - before["generated_tokens"] if "generated_tokens" in now \
+            else collector.answered_tokens
+        prompt = now["prefill_tokens"] - before["prefill_tokens"] if "prefill_tokens" in now \
+            else collector.answered_prompt_tokens
+        elapsed = max(time.monotonic() - start, 1e-6)
+        progress.update(bar, completed=done_before + collector.docs_done(generated),
+                        docs_s=collector.answered_docs / elapsed, tok_s=(generated + prompt) / elapsed)
+
     try:
-        with long_lived():  # docs, prompts and requests live for the whole task
+        with long_lived(), Refresher(show):  # docs, prompts and requests live for the whole task
             call_backend(backend, requests, collector.on_result)
     finally:
         collector.flush()  # whatever finished is kept, even when the backend fails
