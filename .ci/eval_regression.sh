@@ -5,8 +5,10 @@
 #
 #  1. The `tiny` preset (random weights, real tokenizer) on CPU over the first 2 docs of every
 #     task (per MMLU subject), as base and chat prompts, plus a small needle sweep. One thread,
-#     so the loglikelihoods and generated text are bitwise reproducible; `dseval compare --exact`
-#     checks every sample's output digest, loglikelihoods and metrics against results/baselines/.
+#     so the run is reproducible on a machine; `dseval compare --exact` checks every sample's
+#     output digest and metrics bitwise against results/baselines/, and its loglikelihoods to
+#     1e-4 nats: CPU models with other vector widths sum float32 in another order (about 2e-6
+#     apart on MMLU here), while a prompt, tokenizer or model change moves them far more.
 #  2. Replay of gold answers (.ci/gold_outputs.py, built from the data folder at run time):
 #     HumanEval's canonical solutions, MATH-500's and DROP's gold answers must score 100%
 #     (floors in .ci/gold-replay.toml) and equal the pinned per-doc scores.
@@ -51,7 +53,7 @@ if [[ "$pinned" != "$tasks" ]]; then
   status=1
 fi
 for run in "${runs[@]}"; do
-  options=(--exact)
+  options=(--exact --loglikelihood-atol 1e-4)
   [[ -f ".ci/$run.toml" ]] && options+=(--tolerances ".ci/$run.toml")
   [[ -n "${JUNIT_DIR:-}" ]] && options+=(--junit "$JUNIT_DIR/$run.xml")
   dseval compare "$baselines/$run" "$work/$run" "${options[@]}" || status=1

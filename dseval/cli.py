@@ -198,18 +198,24 @@ def compare(
     new: Annotated[Path, typer.Argument(help="New run folder.")],
     tolerances: Annotated[Path | None, typer.Option(help="TOML or JSON: alpha, per-task tolerance/floor in points.")] = None,
     exact: Annotated[bool, typer.Option(help="Tolerance 0: per-sample outputs and loglikelihoods must be identical.")] = False,
+    loglikelihood_atol: Annotated[float, typer.Option(help="With --exact: loglikelihoods may differ by this many nats "
+                                                            "(float32 sums move in their last bits between CPU models).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
     junit: Annotated[Path | None, typer.Option(help="Also write the report as JUnit XML here.")] = None,
 ) -> None:
     """Regression gate: exit 1 when a task dropped beyond chance, is missing or under its floor; 2 when the
     runs are not comparable (task version, prompts, data, shots, generation settings, engine numerics)."""
     import json
+    from dataclasses import replace
 
     from dseval.compare import compare_runs
     from dseval.gate_output import summary_line, table, write_junit
     from dseval.gate_settings import GateSettings
 
+    if loglikelihood_atol < 0 or (loglikelihood_atol and not exact):
+        raise UserError(f"--loglikelihood-atol {loglikelihood_atol}: must be >= 0, and it applies to --exact comparisons only")
     settings = GateSettings.from_file(tolerances, exact) if tolerances else GateSettings(exact=exact)
+    settings = replace(settings, loglikelihood_atol=loglikelihood_atol)
     report = compare_runs(baseline, new, settings)
     if junit:
         write_junit(report, junit)

@@ -15,7 +15,9 @@ Three questions, in this order:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +131,24 @@ def doc_differences(base: dict[str, dict], new: dict[str, dict], ids: list[str])
     return reasons
 
 
-def sample_differences(base: dict[str, dict], new: dict[str, dict], ids: list[str]) -> list[str]:
-    """Exact mode: per-sample outputs, loglikelihoods and metrics must be bitwise equal."""
+def sample_differences(base: dict[str, dict], new: dict[str, dict], ids: list[str], atol: float = 0.0) -> list[str]:
+    """Exact mode: per-sample outputs and metrics must be bitwise equal, loglikelihoods equal
+    to within ``atol`` (0: bitwise)."""
     reasons = []
     checks = {"output": lambda r: digests(r)["output_sha256"], "loglikelihoods": lambda r: r.get("loglikelihoods"),
               "is_greedy": lambda r: r.get("is_greedy"), "metrics": lambda r: r.get("metrics")}
     for what, get in checks.items():
-        changed = [i for i in ids if get(base[i]) != get(new[i])]
+        same = partial(values_close, atol=atol) if what == "loglikelihoods" else operator.eq
+        changed = [i for i in ids if not same(get(base[i]), get(new[i]))]
         if changed:
             reasons.append(f"{what} of {len(changed)} doc(s) changed: {', '.join(changed[:5])}")
     return reasons
+
+
+def values_close(a: list[float] | None, b: list[float] | None, atol: float) -> bool:
+    if not atol or a is None or b is None:
+        return a == b
+    return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b))
 
 
 def compare_task(base: Run, new: Run, task: str, settings: GateSettings) -> TaskResult:
@@ -179,7 +189,7 @@ def compare_task(base: Run, new: Run, task: str, settings: GateSettings) -> Task
         result.reasons.append(f"n differs: {result.base_n} baseline docs, {result.new_n} new; {result.paired_n} paired")
     if settings.exact:
         result.test = f"exact, {result.test}"
-        changed = sample_differences(b_samples, n_samples, ids)
+        changed = sample_differences(b_samples, n_samples, ids, settings.loglikelihood_atol)
         if result.base_n != result.new_n or changed:
             result.status = "CHANGED"
             result.reasons += changed

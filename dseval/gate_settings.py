@@ -49,6 +49,10 @@ class GateSettings:
     #: Tolerance zero for everything: per-sample outputs, loglikelihoods and metrics must be
     #: identical (a deterministic CPU run against its pinned baseline).
     exact: bool = False
+    #: In exact mode, how far (nats) a loglikelihood may move and still count as unchanged: a
+    #: CPU model with other vector widths sums float32 in another order, which moves the last
+    #: bits, while any change to a prompt, a tokenizer or the model moves it far more.
+    loglikelihood_atol: float = 0.0
 
     def limits(self, task: str) -> TaskLimits:
         return self.tasks.get(task, self.default)

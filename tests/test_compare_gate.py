@@ -190,6 +190,12 @@ def test_baseline_holds_no_benchmark_text_and_pairs_exactly(fake_runs, tmp_path:
     mmlu = report.results[0]
     assert mmlu.status == "CHANGED" and mmlu.reasons == [f"loglikelihoods of 1 doc(s) changed: {records[3]['id']}"]
     assert compare_runs(pinned, changed).exit_code == 0, "without --exact the same scores pass"
+    assert compare_runs(pinned, changed, GateSettings(exact=True, loglikelihood_atol=1e-4)).exit_code == 0
+    records[3]["loglikelihoods"][0] += 1e-3  # more than float32 summation order moves it
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert compare_runs(pinned, changed, GateSettings(exact=True, loglikelihood_atol=1e-4)).results[0].status == "CHANGED"
+    proc = cli("compare", str(pinned), str(changed), "--loglikelihood-atol", "1e-4")
+    assert proc.returncode == 2 and "applies to --exact comparisons only" in proc.stderr
     junit = tmp_path / "gate.xml"
     proc = cli("compare", str(pinned), str(changed), "--exact", "--junit", str(junit))
     assert proc.returncode == 1 and "CHANGED" in proc.stdout
