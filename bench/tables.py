@@ -306,6 +306,17 @@ def harness(load: Load) -> str:
     return table + "".join(f"\n\n{n}" for n in notes)
 
 
+def stop_strings(load: Load) -> str:
+    """``StopRules.append`` per token (bench/stop_strings.py): ratios to the call without stop strings."""
+    d = load("stop_strings")
+    rows = [[r["stream"], f"{r['tokens']:,}", f"{r['no_stop_us']:.2f}", f"{r['stop_us']:.2f}",
+             _ratio(r["stop_us"], r["no_stop_us"]), f"{r['stop_every_token_us']:.2f}",
+             _ratio(r["stop_every_token_us"], r["no_stop_us"]), f"{100 * r['decoded_share']:.1f}%"] for r in d["rows"]]
+    return md(["tokens of", "tokens", "us/token, no stop string", f"with {d['meta']['stop'][0]!r}", "ratio",
+               "tail decoded after every token", "ratio", "tokens after which the tail is decoded"], rows) + \
+        f"\n\nMedian of {d['meta']['repeats']} passes, Python {d['meta']['python']} on {d['meta']['machine']}."
+
+
 def long_context_numerics(load: Load) -> str:
     d = load("long_context_numerics")
     rows = [[f"{r['length'] // 1024}K", r["device"], r["dtype"], r["prefill_attention"], f"{r['engine_max_abs']:.2e}",
@@ -322,5 +333,5 @@ TABLES: dict[str, Callable[[Load], str]] = {
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
         w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness,
-        long_context_numerics)
+        stop_strings, long_context_numerics)
 }

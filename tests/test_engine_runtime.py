@@ -369,6 +369,28 @@ def test_stop_strings_found_however_tokens_split_characters(tiny):
         assert seq.finish_reason == "stop" and seq.output_text == text[: text.find(stop)], stop
 
 
+def test_stop_strings_decode_only_where_a_token_can_complete_one(tiny, monkeypatch):
+    """The output's tail is decoded only after a token whose text could end a stop string (it
+    holds the string's last character, or its text is not fixed): a long answer without a
+    colon costs no decode for "Problem:"."""
+    _, config, tok = tiny
+    rules = StopRules.for_model(config, tok, 10_000)
+    ids = tok.encode("Let x be 5. Then x² = 25, so the answer is 25 🙂 and 𠀋. " * 20 + "Problem: next")
+    may_end = {t for t in ids if tok.piece(t) is None or ":" in tok.piece(t)}  # pieces cached before counting
+    decoded: list[int] = []
+    decode = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda part, **kw: decoded.append(len(part)) or decode(part, **kw))
+    seq = Sequence(tok.encode("Q", add_bos=True), SamplingParams(max_tokens=len(ids), ignore_eos=True, stop=("Problem:",)))
+    for t in ids:
+        if rules.append(seq, t):
+            break
+    text = decode(ids)
+    assert seq.finish_reason == "stop" and seq.output_text == text[: text.find("Problem:")]
+    may = [t for t in seq.output_token_ids if t in may_end]
+    assert len(decoded) == len(may) + 1, "one tail per token that may complete it, then the whole output once"
+    assert 0 < len(may) < len(seq.output_token_ids) // 4
+
+
 def test_overlap_scheduling_changes_no_output(tiny):
     """Launching decode step N+1 before step N's tokens reach the host (overlap scheduling)
     gives the same outputs as the plain loop, with requests ending at different steps (stop

@@ -92,3 +92,38 @@ def test_other_tokenizers_encode_whole(tmp_path: Path, edit) -> None:
     tok = Tokenizer.from_dir(tmp_path)
     assert not tok.line_safe
     check_joined(tok, HEADS[:4], [(i, tail) for i in range(4) for tail in TAILS[:4]])
+
+
+def test_fixed_pieces_join_to_the_decoded_text(v3: Tokenizer) -> None:
+    """Where every token has a fixed piece, the pieces joined are the decoded text, whatever
+    precedes them; tokens that carry part of a character have none."""
+    import random
+
+    rng = random.Random(5)
+    texts = HEADS + [h + t for h in HEADS[:4] for t in TAILS] + ["价格是 100 元。∑ x² ≤ 🙂𠀋 naïve"]
+    streams = [v3.encode(t) for t in texts] + [[rng.randrange(v3.vocab_size) for _ in range(40)] for _ in range(50)]
+    joined = 0
+    for ids in streams:
+        for start in range(0, len(ids), 7):  # a piece must not depend on the tokens before it
+            pieces = [v3.piece(i) for i in ids[start:]]
+            if None not in pieces:
+                assert "".join(pieces) == v3.decode(ids[start:])
+                joined += 1
+    split = v3.encode("🙂")
+    assert len(split) > 1 and all(v3.piece(i) is None for i in split), "a character over several tokens"
+    assert joined > 50
+
+
+def test_no_fixed_piece_under_a_decoder_that_edits_the_text(tmp_path: Path) -> None:
+    """A leading-space marker (Metaspace) reads differently at the start: no token's text is
+    fixed there, so stop strings are checked on every token."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = HFTokenizer(models.WordLevel({"▁a": 0, "▁b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.decode([0]) == "a" and tok.decode([1, 0]) == "b a"
+    assert not tok.byte_level and tok.piece(0) is None and tok.piece(1) is None

@@ -22,7 +22,8 @@ from test_serve import free_port
 
 from dseval.backends.base import BackendOptions, ModelBackend
 from dseval.backends.registry import load_backend
-from dseval.engine.runtime.live import REPLACEMENT, IncrementalDetokenizer, stop_prefix_length
+from dseval.engine.loading.tokenizer import REPLACEMENT
+from dseval.engine.runtime.live import IncrementalDetokenizer, stop_prefix_length
 from dseval.serve import Server
 
 pytestmark = pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders
 
 from dseval.engine.errors import CheckpointError
 
@@ -31,6 +32,10 @@ def _token_text(value: Any) -> str | None:
 LINE_SAFE_PRE_TOKENIZERS = frozenset({"d8d32910cbb77e54a181e9b3f9a6808eed7fc330747bbcd913ef8c390bc1c9f9"})
 #: A line starting with one of these begins a new pre-token in such a tokenizer.
 _LINE_START = frozenset(string.punctuation)
+
+
+#: What a byte-level decoder writes for bytes that are not (yet) a whole UTF-8 character.
+REPLACEMENT = "\ufffd"
 
 
 def _pre_tokenizer_digest(config: dict[str, Any]) -> str:
@@ -59,6 +64,9 @@ class Tokenizer:
         self.bos_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         self.line_safe = self._is_line_safe(path)
+        #: A byte-level decoder decodes ids as their bytes joined; others may edit the joined text.
+        self.byte_level = isinstance(self._tok.decoder, decoders.ByteLevel)
+        self._pieces: dict[int, str | None] = {}
 
     @staticmethod
     def _is_line_safe(path: Path) -> bool:
@@ -132,6 +140,17 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def piece(self, token_id: int) -> str | None:
+        """The text ``token_id`` adds to any decoded text it ends, or None where that is not
+        fixed. Under a byte-level decoder the text of ids is their bytes joined and decoded, so
+        a token whose bytes are whole UTF-8 characters always adds its own decoding; one that
+        carries part of a character (it decodes to U+FFFD alone), or any token of another
+        decoder (a leading-space marker depends on the position), has no fixed piece."""
+        if token_id not in self._pieces:
+            text = self.decode([token_id]) if self.byte_level else REPLACEMENT
+            self._pieces[token_id] = None if REPLACEMENT in text else text
+        return self._pieces[token_id]
 
     @cached_property
     def _compiled_template(self) -> Any:

@@ -22,14 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dseval.engine.errors import RequestError
-from dseval.engine.loading.tokenizer import Tokenizer
+from dseval.engine.loading.tokenizer import REPLACEMENT, Tokenizer
 from dseval.engine.runtime.llm import LLM
 from dseval.engine.runtime.outputs import GenerationOutput
 from dseval.engine.runtime.sequence import SamplingParams, Sequence
-
-#: What a byte-level decoder writes for bytes that are not (yet) a whole UTF-8 character.
-REPLACEMENT = "\ufffd"
-
 
 class IncrementalDetokenizer:
     """The text of a growing list of token ids, one new piece per call, without decoding the
