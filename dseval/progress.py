@@ -7,6 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
+from rich.table import Column
 from rich.text import Text
 from rich.progress import (
     BarColumn,
@@ -78,17 +79,23 @@ class Refresher:
 
 
 def make_progress(enabled: bool = True) -> Progress:
-    """A progress display; ``enabled=False`` (ranks other than 0) shows nothing."""
+    """A progress display; ``enabled=False`` (ranks other than 0) shows nothing. Every column
+    but the bar keeps to one line and the bar takes what is left, so an 80-column log (CI,
+    a file) gets one line per task."""
+
+    def line() -> Column:
+        return Column(no_wrap=True)
+
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        RateColumn(),
-        TokenRateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}", table_column=line()),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(table_column=line()),
+        TaskProgressColumn(table_column=line()),
+        RateColumn(table_column=line()),
+        TokenRateColumn(table_column=line()),
+        TimeElapsedColumn(table_column=line()),
+        TextColumn("eta", table_column=line()),
+        TimeRemainingColumn(table_column=line()),
         console=console,
         transient=False,
         disable=not enabled,

@@ -3,6 +3,7 @@ so its ETA holds; answered docs count whole, and the tokens/s the engine reports
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -75,11 +76,14 @@ def test_refresher_updates_while_the_block_runs_and_once_at_its_end() -> None:
     assert not [t for t in threading.enumerate() if t.name == "dseval-progress"]
 
 
-def test_engine_run_shows_its_token_rate(tmp_path: Path, data_dir: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dseval", "run", "math500", "--model", "tiny", "--device", "cpu",
-                           "--limit", "2", "--max-tokens", "4", "--out", str(tmp_path), "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=600)
+def test_engine_run_shows_its_token_rate_one_line_per_task(tmp_path: Path, data_dir: Path) -> None:
+    """Two tasks (the longer name widens the first column) in a log of 80 columns."""
+    proc = subprocess.run([sys.executable, "-m", "dseval", "run", "math500", "mbpp_sanitized", "--model", "tiny",
+                           "--device", "cpu", "--limit", "2", "--max-tokens", "4", "--out", str(tmp_path),
+                           "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
-    shown = re.search(r"2/2\s+100%\s+([\d.]+) docs/s\s+([\d,]+) tok/s", proc.stderr)
-    assert shown, proc.stderr
-    assert float(shown.group(1)) > 0 and int(shown.group(2).replace(",", "")) > 0
+    for task in ("math500", "mbpp_sanitized"):
+        shown = re.search(task + r" .*2/2\s+100%\s+([\d.]+) docs/s\s+([\d,]+) tok/s", proc.stderr)
+        assert shown, proc.stderr
+        assert float(shown.group(1)) > 0 and int(shown.group(2).replace(",", "")) > 0
