@@ -59,10 +59,10 @@ def per_token_us(rules: StopRules, outputs: list[list[int]], stop: tuple[str, ..
     return 1e6 * statistics.median(times) / tokens
 
 
-def decoded_share(tok: Tokenizer, outputs: list[list[int]]) -> float:
-    """Share of tokens after which the tail is decoded (the filter's verdict)."""
+def decoded_share(rules: StopRules, outputs: list[list[int]]) -> float:
+    """Share of tokens after which the tail is decoded (:meth:`StopRules.may_complete`)."""
     tokens = [t for o in outputs for t in o]
-    return sum(1 for t in tokens if tok.piece(t) is None or any(s[-1] in tok.piece(t) for s in STOP)) / len(tokens)
+    return sum(rules.may_complete(t, STOP) for t in tokens) / len(tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                "no_stop_us": per_token_us(StopRules(frozenset(), fixed, 1 << 30), outputs, (), args.repeats),
                "stop_us": per_token_us(StopRules(frozenset(), fixed, 1 << 30), outputs, STOP, args.repeats),
                "stop_every_token_us": per_token_us(StopRules(frozenset(), unfixed, 1 << 30), outputs, STOP, args.repeats),
-               "decoded_share": decoded_share(fixed, outputs)}
+               "decoded_share": decoded_share(StopRules(frozenset(), fixed, 1 << 30), outputs)}
         rows.append(row)
         print(json.dumps(row))
     data = {"meta": {"python": platform.python_version(), "machine": platform.processor() or platform.machine(),

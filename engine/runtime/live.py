@@ -27,6 +27,7 @@ from dseval.engine.runtime.llm import LLM
 from dseval.engine.runtime.outputs import GenerationOutput
 from dseval.engine.runtime.sequence import SamplingParams, Sequence
 
+
 class IncrementalDetokenizer:
     """The text of a growing list of token ids, one new piece per call, without decoding the
     whole list each time (that is quadratic in the output length).

@@ -44,7 +44,7 @@ class StopRules:
             seq.finish_reason = "stop"
             self._set_text(seq, seq.output_token_ids[:-1])
             return True
-        if p.stop and self.tokenizer is not None and self._may_complete(tok, p.stop):
+        if p.stop and self.tokenizer is not None and self.may_complete(tok, p.stop):
             # A stop string completed by this token lies in the last few tokens' text; only
             # then is the whole output decoded (keeps long generations linear, not quadratic).
             # Every token is at least one byte, so a string of b bytes ending in this token
@@ -65,7 +65,7 @@ class StopRules:
             return True
         return False
 
-    def _may_complete(self, tok: int, stops: tuple[str, ...]) -> bool:
+    def may_complete(self, tok: int, stops: tuple[str, ...]) -> bool:
         """Whether ``tok`` can complete one of ``stops`` (LLM.generate refuses stop strings
         without a tokenizer). A stop string newly in the text ends inside what this token
         added; where that is fixed (:meth:`Tokenizer.piece`) and holds no stop string's last
