@@ -20,7 +20,8 @@
 #   harness: bench/harness.py: W3 written to disk, then `dseval run` per task as a user runs it,
 #           the transformers loglikelihood loop and the engine alone on the same prompts. Needs
 #           the benchmark data and the V3 tokenizer in DATA (default ../shared/data) and, on the
-#           device, math-verify's wheels (bench/harness.py's docstring).
+#           device, math-verify's wheels (bench/harness.py's docstring). Then bench/load.py on
+#           the checkpoint it wrote: pageable against pinned staged host-to-GPU copies.
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
 #           kernel (engine/parallel/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at
@@ -61,6 +62,8 @@ elif [ "$what" = harness ]; then
   export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/dseval-pycache}
   timeout 420 python3 bench/harness.py --data-dir "$data" --tokenizer-dir "$data/tokenizers/deepseek-v3" \
     --cli-timeout 150 --hf-docs 300 "${extra[@]}" --out "$out/harness.json" 2>&1 | tee "$out/harness.log"
+  # the checkpoint the harness wrote, now in the page cache: pageable against staged copies
+  timeout 150 python3 bench/load.py --ckpt /tmp/dseval_w3 --out "$out/load.json" 2>&1 | tee "$out/load.log"
 elif [ "$what" = proof ]; then
   common=(--batches 1 32 --prompts 256 --skip e2e --eval-requests 512)
   CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/engine_w3.py --no-hf --prefill-len 0 "${common[@]}" "${extra[@]}" \

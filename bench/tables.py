@@ -306,6 +306,20 @@ def harness(load: Load) -> str:
     return table + "".join(f"\n\n{n}" for n in notes)
 
 
+def checkpoint_load(load: Load) -> str:
+    """Host-to-GPU copy of the checkpoint (bench/load.py): pageable ``.to`` against pinned staging."""
+    d = load("load")
+    m = d["meta"]
+    page = next(r for r in d["rows"] if r["way"] == "pageable")
+    rows = [[r["way"], f"{r['median_s']:.2f}", f"{r['gib_s']:.1f}", _ratio(page["median_s"], r["median_s"])]
+            for r in d["rows"]]
+    loads = ", ".join(f"{s:.2f}" for s in d["load_model_s"])
+    return md(["copy", "median s", "GiB/s", "speed vs pageable"], rows) + \
+        f"\n\n{m['checkpoint_gib']:.1f} GiB in {m['tensors']:,} tensors, median of {m['repeats']} passes after a " \
+        f"warm-up; staged bytes equal to the pageable copy's: {'yes' if m['exact'] else 'NO'}. `load_model` end to " \
+        f"end (validation, staging, NaN check): {loads} s. {m['gpu']}, torch {m['torch']}."
+
+
 def stop_strings(load: Load) -> str:
     """``StopRules.append`` per token (bench/stop_strings.py): ratios to the call without stop strings."""
     d = load("stop_strings")
@@ -333,5 +347,5 @@ TABLES: dict[str, Callable[[Load], str]] = {
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
         w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness,
-        stop_strings, long_context_numerics)
+        checkpoint_load, stop_strings, long_context_numerics)
 }

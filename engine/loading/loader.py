@@ -23,6 +23,7 @@ from torch import nn
 
 from dseval.engine.errors import CheckpointError, ConfigError
 from dseval.engine.loading.checkpoint import SCALE_SUFFIX, CheckpointReader
+from dseval.engine.loading.host_to_device import HostToDevice
 from dseval.engine.loading.presets import PRESETS, ensure_preset
 from dseval.engine.loading.shard_reader import dequantize_shard, is_fp8, read_fp8_shard, read_shard, require_aligned
 from dseval.engine.loading.tokenizer import Tokenizer
@@ -114,11 +115,14 @@ class FiniteGuard:
 
 def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device: torch.device,
                  dtype: torch.dtype, keep_fp8: bool) -> None:
-    """Stream this rank's part of every checkpoint tensor into ``model`` (built on meta)."""
+    """Stream this rank's part of every checkpoint tensor into ``model`` (built on meta). On a GPU
+    tensors travel in their stored dtype through pinned staging buffers and are cast there."""
     modules = dict(model.named_modules())
     quant = model.config.quantization
     block = quant.weight_block_size if quant is not None else (128, 128)
     guard = FiniteGuard(reader)
+    stager = HostToDevice(device) if device.type == "cuda" else None
+    move = stager.copy if stager is not None else (lambda t: t.to(device))
     for _file, names in reader.names_by_file():
         for name in names:
             if name.endswith(SCALE_SUFFIX):
@@ -132,7 +136,7 @@ def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device:
                 part = read_fp8_shard(reader, name, shard, block)
                 if keep_fp8:
                     require_aligned(part, name, shard, block)
-                part = part.to(device)
+                part = part.moved(move)
                 guard.add(part.weight, name)
                 guard.add(part.scale_inv, name + SCALE_SUFFIX)
                 if keep_fp8:
@@ -142,9 +146,11 @@ def load_weights(model: DeepseekV3ForCausalLM, reader: CheckpointReader, device:
             else:  # routing in fp32
                 target = torch.float32 if isinstance(module, Router) else dtype
                 tensor = (reader.get(name) if isinstance(module, Router) else read_shard(reader, name, shard))
-                tensor = tensor.to(device=device, dtype=target)
+                tensor = move(tensor).to(target)
                 guard.add(tensor, name)  # after the cast: a value too large for dtype is Inf now
                 _place(module, attr, tensor)
+    if stager is not None:
+        stager.finish()
     guard.check()
     if model.config.tie_word_embeddings and "lm_head.weight" not in reader.infos:
         model.lm_head.weight = model.model.embed_tokens.weight

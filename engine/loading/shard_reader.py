@@ -11,6 +11,7 @@ with the covering scale blocks, or refused with the shapes spelled out when FP8 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -39,8 +40,9 @@ class Fp8Shard:
     dim: int
     aligned: bool  # both edges on block edges (or the tensor's end): the part can stay FP8
 
-    def to(self, device: torch.device) -> Fp8Shard:
-        return replace(self, weight=self.weight.to(device), scale_inv=self.scale_inv.to(device))
+    def moved(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Fp8Shard:
+        """The same part with weight and scales passed through ``move`` (a host-to-device copy)."""
+        return replace(self, weight=move(self.weight), scale_inv=move(self.scale_inv))
 
 
 def read_fp8_shard(reader: CheckpointReader, name: str, shard: TensorShard | None,
