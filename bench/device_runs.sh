@@ -56,10 +56,7 @@ if [ "$what" = w3 ]; then
     --deadline-s 300 "${extra[@]}" --out "$out/engine_w3.json" 2>&1 | tee "$out/engine_w3.log"
 elif [ "$what" = harness ]; then
   data=${DATA:-$root/../shared/data}
-  # An installed package has its bytecode compiled at install time; the device's packages and this
-  # checkout have none, and without a writable cache every process compiles every module again.
-  unset PYTHONDONTWRITEBYTECODE
-  export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/dseval-pycache}
+  # harness.py gives its runs a bytecode cache and a Triton cache of their own (a fresh install's)
   timeout 420 python3 bench/harness.py --data-dir "$data" --tokenizer-dir "$data/tokenizers/deepseek-v3" \
     --cli-timeout 150 --hf-docs 300 "${extra[@]}" --out "$out/harness.json" 2>&1 | tee "$out/harness.log"
   # the checkpoint the harness wrote, now in the page cache: pageable against staged copies

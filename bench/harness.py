@@ -5,11 +5,14 @@ user would otherwise write, on the same prompts, in one device call (issue 16).
    GPU by :func:`random_fp8_model`) written as a checkpoint folder in the official layout, with
    the real V3 tokenizer; every later step reads it from disk (the page cache) as a user's run does.
 2. ``cli``: ``python -m dseval run TASK --model engine:CKPT`` as subprocesses with default flags:
-   first a one-doc run on a fresh machine (the cold start: imports and kernel compilation), then
+   first a one-doc run on a fresh install (the cold start: imports and kernel compilation), then
    the same again (the next run's start), then each task (a generation task twice: its first run
-   compiles the decode kernels, the second runs with them cached). Each run writes ``timing.json``
-   (:func:`dseval.runner.write_timing`): load, docs/s, time to the first doc, the engine's prompt
-   and generated tokens and the seconds of its prefill and decode steps.
+   compiles the decode kernels, the second runs with them cached). A fresh install here is what
+   ``pip install`` leaves: the bytecode of every module written (by a one-doc CPU run into a
+   bytecode cache of the runs' own) and an empty Triton cache, also of their own. Each run writes
+   ``timing.json`` (:func:`dseval.runner.write_timing`): load, docs/s, time to the first doc, the
+   engine's prompt and generated tokens and the seconds of its prefill and decode steps; and runs
+   under ``bench/triton_compiles.py``, whose log of the kernels Triton compiled joins its row.
 3. ``hf``: the loglikelihood loop of lm-evaluation-harness's ``hf`` backend on the same MMLU
    requests: transformers' DeepseekV3ForCausalLM in bf16 with the same config, context +
    continuation encoded together, sorted by length (longest first), padded batches of
@@ -19,6 +22,7 @@ user would otherwise write, on the same prompts, in one device call (issue 16).
 
     python bench/harness.py [--ckpt /tmp/w3] [--layers 3] [--tasks mmlu math500] [--limit math500=100]
         [--max-tokens 1024] [--hf-docs 500] [--out results/bench/harness.json]
+    python bench/harness.py --skip write hf engine --tasks   # the cold start alone, on the checkpoint at --ckpt
     python bench/harness.py --smoke   # CPU: the tiny preset, a few docs: this script's logic, no measurement
 
 On the H200 machines math-verify (MATH-500's scorer) is missing: carry its wheels and their
@@ -120,18 +124,27 @@ def write_w3(ckpt: Path, layers: int, tokenizer_dir: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------- cli
+def cli_env() -> dict[str, str]:
+    """This process's environment with the checkout first on the import path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """One ``dseval run`` in a fresh process, timed from outside; its timing.json merged in."""
     out = Path(args.runs) / name
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "dseval", "run", task, "--model", f"engine:{model}", "--data-dir", args.data_dir,
-           "--out", str(out), *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    compiles = Path(args.runs) / f"{name}.triton_compiles.json"
+    dseval = ["dseval", "run", task, "--model", f"engine:{model}", "--data-dir", args.data_dir, "--out", str(out),
+              *extra]
+    cmd = [sys.executable, str(ROOT / "bench" / "triton_compiles.py"), "--log", str(compiles), "-m", *dseval]
     say(" ".join(cmd))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.cli_timeout)
+    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=args.cli_timeout)
     wall = time.perf_counter() - t0
-    row: dict[str, Any] = {"name": name, "task": task, "argv": cmd[3:], "process_s": round(wall, 2), "rc": proc.returncode}
+    row: dict[str, Any] = {"name": name, "task": task, "argv": dseval[1:], "process_s": round(wall, 2),
+                           "rc": proc.returncode}
+    if compiles.exists():  # every kernel variant Triton compiled (or found in its disk cache) in the run
+        row["triton"] = json.loads(compiles.read_text())
     if proc.returncode != 0:
         row["stderr"] = proc.stderr[-3000:]
         say(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
@@ -143,8 +156,22 @@ def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: l
     row["run_s"] = round(wall - (timing["load_s"] or 0), 2)  # end to end, load excluded
     summary = json.loads((out / "summary.json").read_text())["tasks"][task]
     row["metrics"] = summary.get("metrics", summary)
-    say(f"{name}: {json.dumps({k: v for k, v in row.items() if k not in ('argv', 'metrics')})}")
+    say(f"{name}: {json.dumps({k: v for k, v in row.items() if k not in ('argv', 'metrics', 'triton')})}")
     return row
+
+
+def fresh_install(args: argparse.Namespace) -> None:
+    """Point every later run at caches of its own, as a fresh install finds them: Python bytecode
+    written (``pip install`` compiles it; here a one-doc run of the tiny preset on the CPU imports
+    what a run imports) and Triton's kernel cache empty, so the cold row pays each compile."""
+    caches = Path(args.runs) / "caches"
+    shutil.rmtree(caches, ignore_errors=True)
+    os.environ.update(PYTHONPYCACHEPREFIX=str(caches / "pycache"), TRITON_CACHE_DIR=str(caches / "triton"))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    cmd = [sys.executable, "-m", "dseval", "run", "mmlu", "--model", "engine:tiny", "--device", "cpu", "--limit", "1",
+           "--data-dir", args.data_dir, "--out", str(caches / "bytecode_run")]
+    subprocess.run(cmd, env=cli_env(), capture_output=True, check=True, timeout=args.cli_timeout)
+    shutil.rmtree(caches / "triton", ignore_errors=True)  # whatever Triton built on the CPU run
 
 
 # ---------------------------------------------------------------------------------------- requests
@@ -295,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-dir", default=str(ROOT.parent / "shared" / "data" / "tokenizers" / "deepseek-v3"))
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--runs", default="/tmp/dseval_harness_runs")
-    p.add_argument("--tasks", nargs="+", default=["mmlu", "math500"])
+    p.add_argument("--tasks", nargs="*", default=["mmlu", "math500"], help="none: the cold and next rows alone")
     p.add_argument("--limit", nargs="*", default=["math500=100"], help="TASK=N docs (per subject for mmlu)")
     p.add_argument("--max-tokens", type=int, default=1024, help="generation tasks' --max-tokens")
     p.add_argument("--hf-docs", type=int, default=500)
     p.add_argument("--hf-batch", type=int, default=16)
     p.add_argument("--cli-timeout", type=float, default=300)
-    p.add_argument("--skip", nargs="*", default=[], help="phases to skip: cold hf engine")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="phases to skip: write (reuse the checkpoint at --ckpt) cold hf engine")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, a few docs: the logic, not a measurement")
     p.add_argument("--out", default=str(ROOT / "results" / "bench" / "harness.json"))
     args = p.parse_args(argv)
@@ -319,15 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         args.hf_docs = min(args.hf_docs, 2)
     else:
         model_dir = Path(args.ckpt)
-        # In a child process: a CUDA context left in this one would share the GPU with every run
-        # timed after it, which a user's run does not.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            write_s = pool.submit(write_w3, model_dir, args.layers, Path(args.tokenizer_dir)).result()
-        report.data["meta"]["write_s"] = round(write_s, 1)
         report.data["meta"]["gpu"] = gpu_name()
-        say(f"checkpoint at {model_dir}: written in {report.data['meta']['write_s']} s")
+        if "write" not in args.skip:
+            # In a child process: a CUDA context left in this one would share the GPU with every
+            # run timed after it, which a user's run does not.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                write_s = pool.submit(write_w3, model_dir, args.layers, Path(args.tokenizer_dir)).result()
+            report.data["meta"]["write_s"] = round(write_s, 1)
+            say(f"checkpoint at {model_dir}: written in {report.data['meta']['write_s']} s")
+        elif not (model_dir / "config.json").exists():
+            raise SystemExit(f"--skip write: no checkpoint at {model_dir} (its config.json is missing)")
     report.save()
-    if "cold" not in args.skip:  # a one-doc run on a fresh machine, then the same again
+    fresh_install(args)
+    if "cold" not in args.skip:  # a one-doc run on a fresh install, then the same again
         for name in ("cold", "next"):
             try:
                 report.data["cli"].append(run_cli(name, "mmlu", str(model_dir), args, extra + ["--limit", "1"]))

@@ -306,6 +306,23 @@ def harness(load: Load) -> str:
     return table + "".join(f"\n\n{n}" for n in notes)
 
 
+def harness_compiles(load: Load) -> str:
+    """Triton kernels the cold and next runs of bench/harness.py built (bench/triton_compiles.py):
+    on a fresh install every variant is compiled; on the next run each comes from Triton's disk cache."""
+    d = load("harness")
+    runs = {r["name"]: r for r in d["cli"] if r["name"] in ("cold", "next") and r.get("triton")}
+    if set(runs) != {"cold", "next"}:
+        return "no compile log in this run"
+    cold, nxt = runs["cold"]["triton"], runs["next"]["triton"]
+    rows = [[f"`{k}`", v["variants"], f"{v['compile_s']:.2f}",
+             f"{nxt['per_kernel'].get(k, {}).get('compile_s', 0):.2f}"] for k, v in cold["per_kernel"].items()]
+    rows.append(["all", cold["compiles"], f"{cold['compile_s']:.2f}", f"{nxt['compile_s']:.2f}"])
+    cold_s, next_s = runs["cold"]["process_s"], runs["next"]["process_s"]
+    return md(["kernel", "variants", "cold run: compile s", "next run: from Triton's cache, s"], rows) + \
+        f"\n\nThe cold run's process took {cold_s - next_s:.1f} s longer than the next run's " \
+        f"({cold_s} against {next_s} s, one doc per MMLU subject)."
+
+
 def checkpoint_load(load: Load) -> str:
     """Host-to-GPU copy of the checkpoint (bench/load.py): pageable ``.to`` against pinned staging."""
     d = load("load")
@@ -347,5 +364,5 @@ TABLES: dict[str, Callable[[Load], str]] = {
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
         w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness,
-        checkpoint_load, stop_strings, long_context_numerics)
+        harness_compiles, checkpoint_load, stop_strings, long_context_numerics)
 }

@@ -290,7 +290,9 @@ if HAS_TRITON:
             acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    # M and the activation scales' stride follow each step's row count and only bound masks:
+    # not specialized, so one compiled variant serves every step.
+    @triton.jit(do_not_specialize=["M", "stride_asg"])
     def _w8a8_block_gemm_kernel(
         a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr,
         M, N, K,

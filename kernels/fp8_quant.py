@@ -170,7 +170,9 @@ def dequant_block_fp8_weight(
 
 if HAS_TRITON:
 
-    @triton.jit
+    # M, M_PAD and the column-major scales' stride follow each step's row count and only bound
+    # masks: not specialized, so one compiled variant serves every step.
+    @triton.jit(do_not_specialize=["M", "M_PAD", "stride_sg"])
     def _per_token_group_quant_kernel(
         x_ptr,
         q_ptr,

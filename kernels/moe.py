@@ -169,7 +169,9 @@ def moe_align(
 
 if HAS_TRITON:
 
-    @triton.jit
+    # The kernels' step-varying integers (slot, row and tile counts) only bound masks and loops:
+    # do_not_specialize, so one compiled variant serves every step's shape.
+    @triton.jit(do_not_specialize=["S", "P", "MAX_TILES"])
     def _moe_align_small_kernel(
         ids_ptr, sorted_ptr, tile_expert_ptr, num_post_ptr,
         S, E, P, MAX_TILES,
@@ -298,7 +300,7 @@ if HAS_TRITON:
                 bu_ptrs += BLOCK_K
         return acc, acc_up
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_valid", "num_tiles"])
     def _moe_gemm1_kernel(
         a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr,
         sorted_ids_ptr, tile_expert_ptr, num_post_ptr,
@@ -327,7 +329,7 @@ if HAS_TRITON:
         c_ptrs = c_ptr + offs_p[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, h.to(c_ptr.dtype.element_ty), mask=n_mask[None, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_valid", "num_tiles"])
     def _moe_grouped_gemm_kernel(
         a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, w_ptr,
         sorted_ids_ptr, tile_expert_ptr, num_post_ptr,
@@ -367,7 +369,7 @@ if HAS_TRITON:
             c_ptrs = c_ptr + offs_p[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=n_mask[None, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["P"])
     def _silu_mul_quant_kernel(
         gu_ptr, q_ptr, s_ptr, P, I, stride_gu, stride_q, stride_s,
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, FP8_MAX_C: tl.constexpr, EPS: tl.constexpr,

@@ -132,3 +132,28 @@ def test_kernel_scripts_refuse_to_run_without_a_gpu(script: str, tmp_path: Path)
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and f"bench/{script}.py needs a CUDA GPU" in done.stderr
     assert not out.exists()
+
+
+def test_triton_compile_log_passes_the_module_its_arguments_and_exit_status(tmp_path: Path) -> None:
+    (tmp_path / "probe_module.py").write_text("import sys\nprint(' '.join(sys.argv[1:]))\nraise SystemExit(3)\n")
+    log = tmp_path / "compiles.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "triton_compiles.py"), "--log", str(log),
+                           "-m", "probe_module", "run", "--log", "-m", "x"], capture_output=True, text=True,
+                          env={**_env(), "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.strip() == "run --log -m x"  # what follows the module's name is the module's own
+    assert json.loads(log.read_text()) == {"compiles": 0, "compile_s": 0, "per_kernel": {}, "log": []}  # CPU
+
+
+def test_triton_compile_log_sums_variants_per_kernel_largest_first() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from triton_compiles import summary
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    log = [{"kernel": "quant", "compile_s": 0.25}, {"kernel": "gemm", "compile_s": 1.0},
+           {"kernel": "quant", "compile_s": 1.0}]
+    out = summary(log)
+    assert (out["compiles"], out["compile_s"]) == (3, 2.25)
+    assert list(out["per_kernel"].items()) == [("quant", {"variants": 2, "compile_s": 1.25}),
+                                               ("gemm", {"variants": 1, "compile_s": 1.0})]
