@@ -323,6 +323,24 @@ def harness_compiles(load: Load) -> str:
         f"({cold_s} against {next_s} s, one doc per MMLU subject)."
 
 
+def progress_eta(load: Load) -> str:
+    """The bar's ETA against the time the run really had left (bench/progress_eta.py)."""
+    d = load("progress_eta")
+    runs = d["runs"]
+    rows = [[f"{r0['share_of_run']:.0%}"] + [f"{'-' if r['eta_s'] is None else r['eta_s']} / {r['left_s']}"
+                                             for r in (run["rows"][i] for run in runs)]
+            for i, r0 in enumerate(runs[0]["rows"])]
+
+    def worst(run: dict[str, Any]) -> str:
+        s = run["max_abs_error_after_first_minute_s"]
+        return "- (the run ended within it)" if s is None else f"{s} s"
+
+    notes = [f"`{run['name']}`: {run['total']} docs in {run['task_s']} s; largest ETA error after the first "
+             f"minute: {worst(run)}" for run in runs]
+    return md(["share of the run's time"] + [f"`{run['name']}`: ETA shown / time left, s" for run in runs], rows) + \
+        "".join(f"\n\n{n}" for n in notes) + f"\n\n{d['meta']['runs']}"
+
+
 def checkpoint_load(load: Load) -> str:
     """Host-to-GPU copy of the checkpoint (bench/load.py): pageable ``.to`` against pinned staging."""
     d = load("load")
@@ -364,5 +382,5 @@ TABLES: dict[str, Callable[[Load], str]] = {
         kernel_sweep_mla_decode, kernel_moe, kernel_moe_prefill, kernel_gemm_prefill, kernel_prefill_attention,
         kernel_sweep_prefill_attention, kernel_rope, w3_decode_grid, w3_decode, w3_prefill_chunks,
         w3_prefill_profile, prefill_shapes, x2_layouts, x4_layouts, x2_profiles, layers_extrapolation, harness,
-        harness_compiles, checkpoint_load, stop_strings, long_context_numerics)
+        harness_compiles, progress_eta, checkpoint_load, stop_strings, long_context_numerics)
 }

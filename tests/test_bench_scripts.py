@@ -157,3 +157,20 @@ def test_triton_compile_log_sums_variants_per_kernel_largest_first() -> None:
     assert (out["compiles"], out["compile_s"]) == (3, 2.25)
     assert list(out["per_kernel"].items()) == [("quant", {"variants": 2, "compile_s": 1.25}),
                                                ("gemm", {"variants": 1, "compile_s": 1.0})]
+
+
+def test_progress_eta_reads_the_bar_of_a_real_run_on_a_terminal(tmp_path: Path, data_dir: Path) -> None:
+    rec, out = tmp_path / "run.jsonl", tmp_path / "eta.json"
+    script = [sys.executable, str(ROOT / "bench" / "progress_eta.py")]
+    run = [sys.executable, "-m", "dseval", "run", "mmlu", "--model", "tiny", "--device", "cpu", "--limit", "1",
+           "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]
+    done = subprocess.run([*script, "record", str(rec), "--", *run], env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, rec.read_text()[-2000:]
+    subprocess.run([*script, "report", f"tiny={rec}", "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+    result = json.loads(out.read_text())["runs"][0]
+    assert result["total"] == 57 and result["frames"] >= 2  # one doc per subject, redrawn as it ran
+    lefts = [r["left_s"] for r in result["rows"]]
+    assert lefts == sorted(lefts, reverse=True) and 0 <= lefts[-1] < lefts[0] <= result["task_s"]
+    for r in result["rows"]:
+        assert r["error_s"] is None or r["error_s"] == pytest.approx(r["eta_s"] - r["left_s"], abs=0.11)
