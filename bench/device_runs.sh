@@ -21,7 +21,8 @@
 #           the transformers loglikelihood loop and the engine alone on the same prompts. Needs
 #           the benchmark data and the V3 tokenizer in DATA (default ../shared/data) and, on the
 #           device, math-verify's wheels (bench/harness.py's docstring). Then bench/load.py on
-#           the checkpoint it wrote: pageable against pinned staged host-to-GPU copies.
+#           the checkpoint it wrote: pageable against pinned staged host-to-GPU copies. On two
+#           GPUs (nvidia-h200-x2), BENCH_EXTRA="--dp 2" adds each task on two replicas.
 #   shapes: first-call cost of each prefill-attention backend on unseen prompt lengths.
 #   oneshot: one GPU, then TP2 and EP2 each with small all-reduces by the one-shot symmetric-memory
 #           kernel (engine/parallel/one_shot_all_reduce.py, with the logits check) and by NCCL, decode at

@@ -129,20 +129,26 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """One ``dseval run`` in a fresh process, timed from outside; its timing.json merged in."""
+def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: list[str],
+            dp: int = 1) -> dict[str, Any]:
+    """One ``dseval run`` in a fresh process (``dp`` > 1: that many data-parallel replicas under
+    torchrun, as a user launches them), timed from outside; its timing.json merged in."""
     out = Path(args.runs) / name
     shutil.rmtree(out, ignore_errors=True)
     compiles = Path(args.runs) / f"{name}.triton_compiles.json"
     dseval = ["dseval", "run", task, "--model", f"engine:{model}", "--data-dir", args.data_dir, "--out", str(out),
               *extra]
-    cmd = [sys.executable, str(ROOT / "bench" / "triton_compiles.py"), "--log", str(compiles), "-m", *dseval]
+    if dp > 1:  # every rank compiles into the same Triton cache: no per-process compile log
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(dp), "-m",
+               *dseval, "--dp", str(dp)]
+    else:
+        cmd = [sys.executable, str(ROOT / "bench" / "triton_compiles.py"), "--log", str(compiles), "-m", *dseval]
     say(" ".join(cmd))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=args.cli_timeout)
     wall = time.perf_counter() - t0
-    row: dict[str, Any] = {"name": name, "task": task, "argv": dseval[1:], "process_s": round(wall, 2),
-                           "rc": proc.returncode}
+    row: dict[str, Any] = {"name": name, "task": task, "argv": cmd[cmd.index("dseval") + 1:], "dp": dp,
+                           "process_s": round(wall, 2), "rc": proc.returncode}
     if compiles.exists():  # every kernel variant Triton compiled (or found in its disk cache) in the run
         row["triton"] = json.loads(compiles.read_text())
     if proc.returncode != 0:
@@ -158,6 +164,12 @@ def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: l
     row["metrics"] = summary.get("metrics", summary)
     say(f"{name}: {json.dumps({k: v for k, v in row.items() if k not in ('argv', 'metrics', 'triton')})}")
     return row
+
+
+def task_flags(task: str, args: argparse.Namespace, limits: dict[str, int]) -> list[str]:
+    """The task's ``--limit`` (if one was asked) and a generation task's ``--max-tokens``."""
+    lim = ["--limit", str(limits[task])] if task in limits else []
+    return lim + ([] if task == "mmlu" else ["--max-tokens", str(args.max_tokens)])
 
 
 def fresh_install(args: argparse.Namespace) -> None:
@@ -301,13 +313,20 @@ def print_table(data: dict[str, Any]) -> None:
     print("\n" + harness(lambda _name: data))
 
 
-def ratios(data: dict[str, Any]) -> dict[str, float]:
-    """The issue's targets as numbers: MMLU docs/s over the transformers loop's, and the CLI's
-    generated tok/s over the engine alone's on the same prompts."""
-    out = {}
+def ratios(data: dict[str, Any]) -> dict[str, float | bool]:
+    """The issue's targets as numbers: MMLU docs/s over the transformers loop's, the CLI's
+    generated tok/s over the engine alone's on the same prompts, and data-parallel runs' speed
+    over one GPU's (with whether their merged scores are the one GPU's)."""
+    out: dict[str, float | bool] = {}
     rows = {r["name"]: r for r in data["cli"] if r.get("rc") == 0}
     if "mmlu" in rows and data["hf"]:
         out["mmlu_docs_per_s_vs_transformers"] = round(rows["mmlu"]["docs_per_s"] / data["hf"]["docs_per_s"], 2)
+    for row in rows.values():  # data-parallel rows against the one-GPU row of the same task
+        one = rows.get(row["task"]) if row.get("dp", 1) > 1 else None
+        if one:
+            key = f"{row['task']}_dp{row['dp']}"
+            out[f"{key}_vs_one_gpu"] = round(one["run_s"] / row["run_s"], 2)  # end to end, load excluded
+            out[f"{key}_same_scores"] = row["metrics"] == one["metrics"]
     eng = data["engine"]
     if eng and eng["task"] in rows:
         r = rows[eng["task"]]
@@ -325,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="*", default=["mmlu", "math500"], help="none: the cold and next rows alone")
     p.add_argument("--limit", nargs="*", default=["math500=100"], help="TASK=N docs (per subject for mmlu)")
     p.add_argument("--max-tokens", type=int, default=1024, help="generation tasks' --max-tokens")
+    p.add_argument("--dp", type=int, default=1, help="also run each task on this many data-parallel replicas")
     p.add_argument("--hf-docs", type=int, default=500)
     p.add_argument("--hf-batch", type=int, default=16)
     p.add_argument("--cli-timeout", type=float, default=300)
@@ -367,15 +387,22 @@ def main(argv: list[str] | None = None) -> int:
                 report.error(name, e)
             report.save()
     for task in args.tasks:
-        lim = ["--limit", str(limits[task])] if task in limits else []
-        gen = [] if task == "mmlu" else ["--max-tokens", str(args.max_tokens)]
+        flags = task_flags(task, args, limits)
         # A generation task's first run on the machine compiles the decode kernels (MMLU never
         # decodes); the row named for the task is the next run, as the engine phase is.
         for name in ([task] if task == "mmlu" else [f"{task}-first", task]):
             try:
-                report.data["cli"].append(run_cli(name, task, str(model_dir), args, extra + lim + gen))
+                report.data["cli"].append(run_cli(name, task, str(model_dir), args, extra + flags))
             except Exception as e:  # noqa: BLE001
                 report.error(name, e)
+            report.save()
+    if args.dp > 1:  # the same tasks again on args.dp replicas, kernels cached by the rows above
+        for task in args.tasks:
+            try:
+                report.data["cli"].append(run_cli(f"{task}-dp{args.dp}", task, str(model_dir), args,
+                                                  extra + task_flags(task, args, limits), dp=args.dp))
+            except Exception as e:  # noqa: BLE001
+                report.error(f"{task}-dp{args.dp}", e)
             report.save()
     if "hf" not in args.skip and "mmlu" in args.tasks:
         try:

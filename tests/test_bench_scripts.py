@@ -174,3 +174,22 @@ def test_progress_eta_reads_the_bar_of_a_real_run_on_a_terminal(tmp_path: Path, 
     assert lefts == sorted(lefts, reverse=True) and 0 <= lefts[-1] < lefts[0] <= result["task_s"]
     for r in result["rows"]:
         assert r["error_s"] is None or r["error_s"] == pytest.approx(r["eta_s"] - r["left_s"], abs=0.11)
+
+
+def test_harness_ratios_put_data_parallel_rows_against_the_one_gpu_row_of_their_task() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from harness import ratios
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    acc = {"acc": 0.25}
+
+    def row(name: str, task: str, dp: int, run_s: float, metrics: dict) -> dict:
+        return {"name": name, "task": task, "dp": dp, "rc": 0, "run_s": run_s, "metrics": metrics}
+
+    data = {"hf": None, "engine": None, "cli": [
+        row("mmlu", "mmlu", 1, 40.0, acc), row("math500-first", "math500", 1, 12.0, acc),
+        row("math500", "math500", 1, 10.0, acc), row("mmlu-dp2", "mmlu", 2, 20.5, acc),
+        row("math500-dp2", "math500", 2, 5.0, {"acc": 0.3})]}
+    assert ratios(data) == {"mmlu_dp2_vs_one_gpu": 1.95, "mmlu_dp2_same_scores": True,
+                            "math500_dp2_vs_one_gpu": 2.0, "math500_dp2_same_scores": False}
