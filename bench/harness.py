@@ -136,6 +136,7 @@ def run_cli(name: str, task: str, model: str, args: argparse.Namespace, extra: l
     out = Path(args.runs) / name
     shutil.rmtree(out, ignore_errors=True)
     compiles = Path(args.runs) / f"{name}.triton_compiles.json"
+    compiles.unlink(missing_ok=True)  # a log left by an earlier invocation is not this run's
     dseval = ["dseval", "run", task, "--model", f"engine:{model}", "--data-dir", args.data_dir, "--out", str(out),
               *extra]
     if dp > 1:  # every rank compiles into the same Triton cache: no per-process compile log

@@ -74,5 +74,6 @@ def main() -> None:
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
+
 if __name__ == "__main__":
     main()

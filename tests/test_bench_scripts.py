@@ -7,6 +7,7 @@ commands the README and bench/device_runs.sh give exist."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -60,6 +62,15 @@ def test_extrapolation_follows_from_the_committed_layer_runs(tmp_path: Path) -> 
         # the fit reproduces the measured points it came from to within a few percent
         for layers, ms in a["points"]:
             assert a["intercept_ms"] + a["ms_per_moe_layer_step"] * (layers - 1) == pytest.approx(ms, rel=0.05)
+
+
+def _bench_module(name: str) -> ModuleType:
+    """A script of bench/ imported as a module (its functions, not its command line)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _report(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -146,11 +157,7 @@ def test_triton_compile_log_passes_the_module_its_arguments_and_exit_status(tmp_
 
 
 def test_triton_compile_log_sums_variants_per_kernel_largest_first() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from triton_compiles import summary
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    summary = _bench_module("triton_compiles").summary
     log = [{"kernel": "quant", "compile_s": 0.25}, {"kernel": "gemm", "compile_s": 1.0},
            {"kernel": "quant", "compile_s": 1.0}]
     out = summary(log)
@@ -177,11 +184,7 @@ def test_progress_eta_reads_the_bar_of_a_real_run_on_a_terminal(tmp_path: Path, 
 
 
 def test_harness_ratios_put_data_parallel_rows_against_the_one_gpu_row_of_their_task() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from harness import ratios
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    ratios = _bench_module("harness").ratios
     acc = {"acc": 0.25}
 
     def row(name: str, task: str, dp: int, run_s: float, metrics: dict) -> dict:
